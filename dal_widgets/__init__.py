@@ -1,0 +1,48 @@
+"""dal_widgets: Jupyter widgets for deep active learning.
+
+The headless core (``datasets``, ``strategies``, ``Session``, ``simulate``) works without
+Jupyter; the widgets (``App``, ``LabelingWidget``, ...) are thin views over a ``Session``.
+Everything heavy (torch, umap, plotly) is imported on first use, so ``import dal_widgets`` is fast.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from dal_widgets._checks import DalWarning
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DalWarning",
+    "Session",
+    "datasets",
+    "simulate",
+    "strategies",
+]
+
+# name -> (module, attribute or None for the module itself)
+_LAZY = {
+    "datasets": ("dal_widgets.data", None),
+    "strategies": ("dal_widgets.strategies", None),
+    "store": ("dal_widgets.store", None),
+    "training": ("dal_widgets.training", None),
+    "Session": ("dal_widgets.session", "Session"),
+    "simulate": ("dal_widgets.simulate", "simulate"),
+}
+
+
+def __getattr__(name: str) -> Any:
+    try:
+        module_name, attr = _LAZY[name]
+    except KeyError:
+        raise AttributeError(f"module 'dal_widgets' has no attribute {name!r}") from None
+    module = importlib.import_module(module_name)
+    value = module if attr is None else getattr(module, attr)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
