@@ -29,7 +29,7 @@ _LAZY = {
     "store": ("dal_widgets.store", None),
     "training": ("dal_widgets.training", None),
     "Session": ("dal_widgets.session", "Session"),
-    "simulate": ("dal_widgets.simulate", "simulate"),
+    "simulate": ("dal_widgets.simulation", "simulate"),
 }
 
 

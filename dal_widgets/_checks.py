@@ -41,7 +41,9 @@ def param_error(
     name: str, where: str, expected: str, got: Any, cls: type[Exception] = ValueError
 ) -> Exception:
     """Build (not raise) an error that names the parameter, the expectation and the value."""
-    return cls(f"The {name!r} parameter of {where} must be {expected}. Got {short_repr(got)} instead.")
+    return cls(
+        f"The {name!r} parameter of {where} must be {expected}. Got {short_repr(got)} instead."
+    )
 
 
 def check_int(

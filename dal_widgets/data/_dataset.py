@@ -1,0 +1,279 @@
+"""The Dataset: model inputs, stable sample ids, a fixed class list and a held-out split."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from dal_widgets._checks import param_error, short_repr
+
+__all__ = ["KINDS", "Dataset"]
+
+KINDS = ("image", "tabular", "text")
+
+
+def _as_ids(ids: Any, n: int, where: str) -> np.ndarray:
+    """Validate sample ids: one per sample, unique, all int or all str."""
+    if ids is None:
+        return np.arange(n, dtype=np.int64)
+    values = list(ids) if not isinstance(ids, np.ndarray) else ids.tolist()
+    if len(values) != n:
+        raise ValueError(
+            f"The 'ids' parameter of {where} must have one id per sample ({n}). "
+            f"Got {len(values)} instead."
+        )
+    if all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in values):
+        arr = np.asarray(values, dtype=np.int64)
+    elif all(isinstance(v, str) for v in values):
+        arr = np.asarray(values, dtype=object)
+    else:
+        kinds = sorted({type(v).__name__ for v in values})
+        raise TypeError(
+            f"The 'ids' parameter of {where} must hold all ints or all strs. "
+            f"Got a mix of {', '.join(kinds)} instead."
+        )
+    if n and np.unique(arr.astype(str) if arr.dtype == object else arr).size != n:
+        uniq, counts = np.unique(
+            arr.astype(str) if arr.dtype == object else arr, return_counts=True
+        )
+        dup = uniq[counts > 1][:5].tolist()
+        raise ValueError(
+            f"The 'ids' parameter of {where} must hold unique ids. Got duplicates: {dup}."
+        )
+    return arr
+
+
+class Dataset:
+    """A pool of samples to label, with stable ids and a fixed class list.
+
+    Build one with the loaders in :mod:`dal_widgets.datasets` (``digits()``, ``mnist()``,
+    ``from_arrays()``, ``image_folder()``, ``texts()``) rather than directly.
+
+    Attributes
+    ----------
+    X : numpy.ndarray
+        Model inputs, float32: ``(N, C, H, W)`` in [0, 1] for images, ``(N, F)`` otherwise.
+    ids : numpy.ndarray
+        One stable id per sample (int64, or object array of str). Ids, not positions, are what
+        the store, the session and the widgets exchange, so they survive reordering.
+    classes : tuple of str
+        The class names, fixed up front.
+    kind : {"image", "tabular", "text"}
+    targets : numpy.ndarray or None
+        Known class indices for the pool (for simulated oracles), or None.
+    X_eval, y_eval : numpy.ndarray or None
+        The held-out split used by ``Session.evaluate``.
+    name : str
+    """
+
+    def __init__(
+        self,
+        X: np.ndarray,
+        *,
+        classes: Sequence[str],
+        kind: str,
+        ids: Any = None,
+        targets: np.ndarray | None = None,
+        X_eval: np.ndarray | None = None,
+        y_eval: np.ndarray | None = None,
+        eval_ids: Any = None,
+        name: str = "dataset",
+        content_key: bytes | None = None,
+        texts: Sequence[str] | None = None,
+        columns: Sequence[str] | None = None,
+        paths: Sequence[str] | None = None,
+    ) -> None:
+        where = "Dataset"
+        if kind not in KINDS:
+            raise param_error("kind", where, f"one of {KINDS}", kind)
+        self.X = X
+        self.ids = _as_ids(ids, len(X), where)
+        self.classes = tuple(classes)
+        self.kind = kind
+        self.targets = targets
+        self.X_eval = X_eval
+        self.y_eval = y_eval
+        self.eval_ids = eval_ids
+        self.name = name
+        self.texts = None if texts is None else list(texts)
+        self.columns = None if columns is None else [str(c) for c in columns]
+        self.paths = None if paths is None else list(paths)
+        self._content_key = content_key
+        self._sorter: np.ndarray | None = None
+        self._sorted_ids: np.ndarray | None = None
+        self._fingerprint: str | None = None
+
+    # ------------------------------------------------------------------ basic protocol
+    def __len__(self) -> int:
+        return int(self.X.shape[0])
+
+    def __repr__(self) -> str:
+        held = 0 if self.X_eval is None else len(self.X_eval)
+        return (
+            f"Dataset({self.name!r}, kind={self.kind!r}, n={len(self)}, "
+            f"classes={len(self.classes)}, held_out={held}, "
+            f"targets={'known' if self.targets is not None else 'unknown'})"
+        )
+
+    @property
+    def n_classes(self) -> int:
+        """Number of classes."""
+        return len(self.classes)
+
+    @property
+    def has_holdout(self) -> bool:
+        """Whether a held-out split with labels exists."""
+        return self.X_eval is not None and self.y_eval is not None and len(self.X_eval) > 0
+
+    @property
+    def features(self) -> np.ndarray:
+        """The inputs flattened to ``(N, F)`` (for maps and cold-start strategies)."""
+        return self.X.reshape(len(self), -1)
+
+    # ------------------------------------------------------------------ ids
+    def positions(self, ids: Any, *, where: str = "Dataset.positions") -> np.ndarray:
+        """Positions of the given sample ids, vectorized.
+
+        Raises
+        ------
+        KeyError
+            If any id is not in the dataset (the first few are named).
+        """
+        query = np.asarray(list(ids) if not isinstance(ids, np.ndarray) else ids)
+        if query.ndim != 1:
+            query = query.reshape(-1)
+        if query.size == 0:
+            return np.zeros(0, dtype=np.int64)
+        if self._sorter is None:
+            keys = self._key_array(self.ids)
+            self._sorter = np.argsort(keys, kind="stable")
+            self._sorted_ids = keys[self._sorter]
+        assert self._sorted_ids is not None
+        try:
+            keys = self._key_array(query)
+        except (TypeError, ValueError):
+            raise KeyError(
+                f"{where}: sample ids must be {self._id_type()}. Got {short_repr(query)}."
+            ) from None
+        idx = np.searchsorted(self._sorted_ids, keys)
+        idx = np.clip(idx, 0, len(self._sorted_ids) - 1)
+        found = self._sorted_ids[idx] == keys
+        if not found.all():
+            missing = query[~found][:5].tolist()
+            raise KeyError(
+                f"{where}: unknown sample id(s) {missing}"
+                f"{' and more' if (~found).sum() > 5 else ''}. Ids are {self._id_type()} "
+                f"taken from dataset.ids (e.g. {self.ids[:3].tolist()})."
+            )
+        return self._sorter[idx].astype(np.int64)
+
+    def _id_type(self) -> str:
+        return "strs" if self.ids.dtype == object else "ints"
+
+    def _key_array(self, values: np.ndarray) -> np.ndarray:
+        if self.ids.dtype == object:
+            if values.dtype.kind not in "OU" or not all(
+                isinstance(v, str) for v in values.tolist()
+            ):
+                raise TypeError("string ids expected")
+            return values.astype(str)
+        if values.dtype.kind not in "iu":
+            if values.dtype == object and all(
+                isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+                for v in values.tolist()
+            ):
+                return values.astype(np.int64)
+            raise TypeError("int ids expected")
+        return values.astype(np.int64)
+
+    def python_id(self, sample_id: Any) -> int | str:
+        """An id as a plain Python int or str (numpy scalars are not JSON or SQLite friendly)."""
+        return str(sample_id) if self.ids.dtype == object else int(sample_id)
+
+    # ------------------------------------------------------------------ identity
+    @property
+    def fingerprint(self) -> str:
+        """A short hash of the ids and content, tying a label store to this dataset."""
+        if self._fingerprint is None:
+            h = hashlib.sha256()
+            h.update(f"{self.kind}|{len(self)}|".encode())
+            h.update(
+                self._key_array(self.ids).tobytes()
+                if self.ids.dtype != object
+                else "\x00".join(self.ids.tolist()).encode()
+            )
+            if self._content_key is not None:
+                h.update(self._content_key)
+            elif self.texts is not None:
+                h.update("\x00".join(self.texts).encode("utf-8", "surrogatepass"))
+            else:
+                # A strided subsample of rows keeps this fast on million-sample pools.
+                step = max(1, len(self) // 1024)
+                h.update(np.ascontiguousarray(self.X[::step], dtype=np.float32).tobytes())
+            self._fingerprint = h.hexdigest()[:16]
+        return self._fingerprint
+
+    # ------------------------------------------------------------------ rendering
+    def render(self, sample_id: Any, *, size: int | None = None) -> Any:
+        """What the widgets show for one sample.
+
+        Returns PNG bytes for images (nearest-neighbour upscaling for tiny images so pixels stay
+        crisp), the raw text for texts (not escaped: escaping is the view's job) and a
+        ``{column: value}`` dict for tabular rows.
+        """
+        pos = int(self.positions([sample_id], where="Dataset.render")[0])
+        return _RENDERERS[self.kind](self, pos, size)
+
+
+def _render_image(ds: Dataset, pos: int, size: int | None) -> bytes:
+    from PIL import Image
+
+    img = None
+    if ds.paths is not None:
+        try:
+            with Image.open(ds.paths[pos]) as handle:
+                img = handle.convert("RGB")
+        except OSError:
+            img = None  # the file moved or broke since loading: fall back to the array
+    if img is None:
+        arr = np.asarray(ds.X[pos], dtype=np.float32)
+        lo, hi = float(arr.min()), float(arr.max())
+        if lo < 0.0 or hi > 1.0:  # inputs outside [0, 1]: stretch for display only
+            arr = (arr - lo) / (hi - lo if hi > lo else 1.0)
+        pixels = np.clip(arr * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        if pixels.shape[0] == 1:
+            img = Image.fromarray(pixels[0], mode="L")
+        else:
+            img = Image.fromarray(np.moveaxis(pixels[:3], 0, -1), mode="RGB")
+    side = max(img.size)
+    target = size if size is not None else max(64, min(side, 128))
+    scale = target / side
+    new = (max(1, round(img.size[0] * scale)), max(1, round(img.size[1] * scale)))
+    resample = Image.Resampling.NEAREST if scale >= 2 else Image.Resampling.BILINEAR
+    img = img.resize(new, resample)
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _render_text(ds: Dataset, pos: int, size: int | None) -> str:
+    assert ds.texts is not None
+    text = ds.texts[pos]
+    return text if size is None or len(text) <= size else text[: size - 1] + "\u2026"
+
+
+def _render_row(ds: Dataset, pos: int, size: int | None) -> dict[str, float]:
+    row = np.asarray(ds.X[pos]).reshape(-1)
+    names = ds.columns or [f"x{i}" for i in range(row.size)]
+    return {name: float(v) for name, v in zip(names, row.tolist())}
+
+
+_RENDERERS: dict[str, Callable[[Dataset, int, int | None], Any]] = {
+    "image": _render_image,
+    "text": _render_text,
+    "tabular": _render_row,
+}

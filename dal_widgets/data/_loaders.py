@@ -1,0 +1,592 @@
+"""Dataset loaders. None of them downloads anything: they read arrays or local files."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import os
+import warnings
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dal_widgets._checks import DalWarning, check_array, check_int, param_error, short_repr
+from dal_widgets.data._dataset import KINDS, Dataset, _as_ids
+
+__all__ = ["digits", "from_arrays", "image_folder", "mnist", "texts"]
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+
+
+# ---------------------------------------------------------------------------- shared helpers
+def _holdout_split(
+    y: np.ndarray | None, holdout: Any, seed: int, where: str
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """Positions (pool, held-out) for a fraction or a count, stratified by y; None for no split."""
+    if holdout is None:
+        return None
+    n = len(y) if y is not None else 0
+    if isinstance(holdout, float):
+        if not 0.0 < holdout < 1.0:
+            raise param_error(
+                "holdout", where, "None, a fraction in (0, 1), a count or (X_eval, y_eval)", holdout
+            )
+        n_eval = max(1, round(holdout * n))
+    else:
+        n_eval = check_int(holdout, "holdout", where, lo=1, hi=max(1, n - 1))
+    if y is None:
+        raise ValueError(
+            f"The 'holdout' parameter of {where} splits off labeled samples, so 'y' must be "
+            "given. Got y=None instead."
+        )
+    if n_eval >= n:
+        raise param_error("holdout", where, f"smaller than the number of samples ({n})", holdout)
+    rng = np.random.default_rng(seed)
+    # Stratified: take from each class in proportion, the rounding remainder at random.
+    classes, counts = np.unique(y, return_counts=True)
+    quota = np.floor(counts * n_eval / n).astype(int)
+    remainder = n_eval - quota.sum()
+    if remainder > 0:
+        frac = counts * n_eval / n - quota
+        p = frac / frac.sum() if frac.sum() > 0 else None
+        extra = rng.choice(len(classes), size=remainder, replace=False, p=p)
+        quota[extra] += 1
+    eval_pos = []
+    for cls, q in zip(classes, quota):  # loops over classes, not samples
+        members = np.flatnonzero(y == cls)
+        eval_pos.append(rng.choice(members, size=min(q, len(members)), replace=False))
+    held = np.sort(np.concatenate(eval_pos)) if eval_pos else np.zeros(0, dtype=np.int64)
+    mask = np.ones(n, dtype=bool)
+    mask[held] = False
+    return np.flatnonzero(mask), held
+
+
+def _classes_and_targets(
+    y: Any, classes: Any, n: int, where: str
+) -> tuple[tuple[str, ...], np.ndarray | None]:
+    """Resolve the class list once and turn y into class indices.
+
+    ``y`` may hold class names or values; with ``classes`` given, y's values must be among them
+    (or be integer indices into them). Without ``classes``, they are the sorted unique values
+    of ``y``, as strings.
+    """
+    if classes is not None:
+        names = [str(c) for c in classes]
+        if len(names) == 0:
+            raise param_error("classes", where, "a non-empty list of class names", classes)
+        if len(set(names)) != len(names):
+            dup = sorted({c for c in names if names.count(c) > 1})
+            raise ValueError(
+                f"The 'classes' parameter of {where} must hold unique names. Got duplicates: {dup}."
+            )
+    if y is None:
+        if classes is None:
+            raise ValueError(
+                f"{where} needs the class list: pass 'classes' (a list of class names) when 'y' "
+                "is None. The class list is fixed up front, never inferred from labels seen later."
+            )
+        return tuple(names), None
+    y_arr = np.asarray(y)
+    if y_arr.ndim != 1 or len(y_arr) != n:
+        raise ValueError(
+            f"The 'y' parameter of {where} must be 1-D with one label per sample ({n}). "
+            f"Got {short_repr(y_arr)} instead."
+        )
+    if y_arr.dtype.kind == "f":
+        if not np.isfinite(y_arr).all():
+            raise ValueError(
+                f"The 'y' parameter of {where} must hold finite labels. Got NaN or infinity."
+            )
+        if not np.all(y_arr == np.round(y_arr)):
+            raise param_error(
+                "y", where, "class labels (ints or strs), not continuous values", y_arr, TypeError
+            )
+        y_arr = y_arr.astype(np.int64)
+    if classes is None:
+        values = np.unique(y_arr.astype(str) if y_arr.dtype == object else y_arr)
+        names = [str(v) for v in values]
+        lookup = {str(v): i for i, v in enumerate(values.tolist())}
+    else:
+        lookup = {c: i for i, c in enumerate(names)}
+    y_str = y_arr.astype(str)
+    targets = (
+        np.fromiter((lookup.get(v, -1) for v in y_str), dtype=np.int64, count=n)
+        if n
+        else np.zeros(0, np.int64)
+    )
+    unknown = targets < 0
+    if unknown.any() and classes is not None and y_arr.dtype.kind in "iu":
+        # Integer y with explicit names: the ints are indices into the class list.
+        idx = y_arr.astype(np.int64)
+        ok = (idx >= 0) & (idx < len(names))
+        if ok.all():
+            return tuple(names), idx
+    if unknown.any():
+        bad = sorted(set(y_str[unknown].tolist()))[:5]
+        raise ValueError(
+            f"The 'y' parameter of {where} holds labels outside 'classes': {bad}. "
+            f"Expected names from {names[:10]}{'...' if len(names) > 10 else ''} "
+            "or integer indices into them."
+        )
+    return tuple(names), targets
+
+
+def _image_array(X: np.ndarray, where: str) -> np.ndarray:
+    """Images to float32 (N, C, H, W) in [0, 1] for uint8 input; floats are kept as given."""
+    if X.ndim == 3:
+        X = X[:, None]
+    elif X.ndim == 4 and X.shape[-1] in (1, 3, 4) and X.shape[1] not in (1, 3, 4):
+        X = np.moveaxis(X, -1, 1)  # channels-last to channels-first
+    elif X.ndim != 4:
+        raise ValueError(
+            f"The 'X' parameter of {where} with kind='image' must be (N, H, W), (N, C, H, W) "
+            f"or (N, H, W, C). Got shape {X.shape} instead."
+        )
+    if X.dtype == np.uint8:
+        return np.ascontiguousarray(X, dtype=np.float32) / np.float32(255.0)
+    return np.ascontiguousarray(X, dtype=np.float32)
+
+
+def _split_dataset(
+    X: np.ndarray,
+    targets: np.ndarray | None,
+    ids: np.ndarray | None,
+    holdout: Any,
+    seed: int,
+    where: str,
+    **kwargs: Any,
+) -> Dataset:
+    split = _holdout_split(targets, holdout, seed, where)
+    if split is None:
+        return Dataset(X, ids=ids, targets=targets, **kwargs)
+    pool, held = split
+    all_ids = _as_ids(ids, len(X), where)
+    assert targets is not None
+    texts = kwargs.pop("texts", None)
+    paths = kwargs.pop("paths", None)
+    return Dataset(
+        X[pool],
+        ids=all_ids[pool],
+        targets=targets[pool],
+        X_eval=X[held],
+        y_eval=targets[held],
+        eval_ids=all_ids[held],
+        texts=None if texts is None else [texts[i] for i in pool],
+        paths=None if paths is None else [paths[i] for i in pool],
+        **kwargs,
+    )
+
+
+# ---------------------------------------------------------------------------- loaders
+def digits(*, holdout: float | int = 0.2, seed: int = 0) -> Dataset:
+    """scikit-learn's bundled 8x8 digits (1,797 images, 10 classes): the embedded default.
+
+    Nothing is downloaded: the data ships inside scikit-learn. Ids are the row numbers in
+    ``sklearn.datasets.load_digits()``. With the defaults, a fixed stratified 20% (360
+    images) is held out for evaluation and 1,437 form the pool.
+
+    Parameters
+    ----------
+    holdout : float or int
+        Fraction or count held out, stratified.
+    seed : int
+        Seed of the held-out split (fixed by default, so results are comparable).
+    """
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    X = (bunch.images.astype(np.float32) / np.float32(16.0))[:, None]  # (N, 1, 8, 8) in [0, 1]
+    y = bunch.target.astype(np.int64)
+    return _split_dataset(
+        X,
+        y,
+        None,
+        holdout,
+        seed,
+        "datasets.digits",
+        classes=[str(c) for c in range(10)],
+        kind="image",
+        name="digits",
+        content_key=b"sklearn-digits-v1",
+    )
+
+
+_MNIST_FILES = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+
+
+def _read_idx(path: Path) -> np.ndarray:
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as fh:
+        data = fh.read()
+    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 0x08:
+        raise ValueError(f"{path} is not an IDX file of unsigned bytes (bad magic number).")
+    ndim = data[3]
+    dims = [int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
+    offset = 4 + 4 * ndim
+    expected = int(np.prod(dims))
+    if len(data) - offset != expected:
+        raise ValueError(
+            f"{path} is truncated or corrupt: expected {expected} bytes of data, found {len(data) - offset}."
+        )
+    return np.frombuffer(data, dtype=np.uint8, offset=offset).reshape(dims)
+
+
+def mnist(
+    root: str | os.PathLike[str],
+    *,
+    split: str = "test",
+    holdout: float | int | None = None,
+    seed: int = 0,
+    verify: bool = True,
+) -> Dataset:
+    """MNIST from local IDX files (``.gz`` or raw). Never downloads.
+
+    Parameters
+    ----------
+    root : path
+        Folder holding ``t10k-images-idx3-ubyte[.gz]`` and ``t10k-labels-idx1-ubyte[.gz]``
+        (``split="test"``) or the ``train-`` files.
+    split : {"test", "train"}
+    holdout : float, int or None
+        Fraction or count held out for evaluation, stratified by ``seed``.
+    verify : bool
+        If a ``SHA256SUMS`` file lies beside the data, check the files against it.
+    """
+    where = "datasets.mnist"
+    if split not in _MNIST_FILES:
+        raise param_error("split", where, "'test' or 'train'", split)
+    root_path = Path(root)
+    found = []
+    looked = []
+    for stem in _MNIST_FILES[split]:
+        candidates = [root_path / (stem + ".gz"), root_path / stem]
+        looked += [str(c) for c in candidates]
+        hit = next((c for c in candidates if c.is_file()), None)
+        found.append(hit)
+    if None in found:
+        raise FileNotFoundError(
+            f"datasets.mnist found no MNIST {split} files in {str(root_path)!r}; it looked for: "
+            + ", ".join(looked)
+            + ". It never downloads: put the IDX files there."
+        )
+    images_path, labels_path = found
+    assert images_path is not None and labels_path is not None
+    if verify:
+        _verify_sha256(root_path, [images_path, labels_path])
+    images = _read_idx(images_path)
+    labels = _read_idx(labels_path).astype(np.int64)
+    if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
+        raise ValueError(
+            f"MNIST files in {root_path} disagree: images {images.shape}, labels {labels.shape}."
+        )
+    h = hashlib.sha256(labels.tobytes())
+    h.update(images[:: max(1, len(images) // 512)].tobytes())
+    return _split_dataset(
+        images[:, None].astype(np.float32) / np.float32(255.0),
+        labels,
+        None,
+        holdout,
+        seed,
+        where,
+        classes=[str(c) for c in range(10)],
+        kind="image",
+        name=f"mnist-{split}",
+        content_key=h.digest(),
+    )
+
+
+def _verify_sha256(root: Path, files: list[Path]) -> None:
+    sums = root / "SHA256SUMS"
+    if not sums.is_file():
+        return
+    expected = {}
+    for line in sums.read_text().splitlines():
+        parts = line.split()
+        if len(parts) == 2:
+            expected[parts[1].lstrip("*")] = parts[0].lower()
+    for path in files:
+        want = expected.get(path.name)
+        if want is None:
+            continue
+        got = hashlib.sha256(path.read_bytes()).hexdigest()
+        if got != want:
+            raise ValueError(
+                f"{path} does not match SHA256SUMS (expected {want[:12]}..., got {got[:12]}...)."
+            )
+
+
+def from_arrays(
+    X: Any,
+    y: Any = None,
+    classes: Sequence[Any] | None = None,
+    kind: str | None = None,
+    *,
+    holdout: Any = None,
+    ids: Any = None,
+    columns: Sequence[str] | None = None,
+    seed: int = 0,
+    name: str = "arrays",
+) -> Dataset:
+    """A dataset from in-memory arrays.
+
+    Parameters
+    ----------
+    X : array-like
+        ``(N, F)`` for tabular data; ``(N, H, W)``, ``(N, C, H, W)`` or ``(N, H, W, C)`` for
+        images (uint8 is scaled to [0, 1]); a list of str for texts (see :func:`texts`).
+    y : array-like, optional
+        Known labels (class names, or indices into ``classes``). Used by simulated oracles
+        and to split off ``holdout``.
+    classes : list, optional
+        The class names. Required when ``y`` is None; otherwise the sorted unique values of y.
+    kind : {"image", "tabular", "text"}, optional
+        Inferred when None: a list of str is text, 2-D is tabular, 3-D or 4-D is image.
+    holdout : None, float, int or (X_eval, y_eval)
+        A held-out split for ``Session.evaluate``: a stratified fraction or count split off
+        the given data, or separate arrays.
+    ids : sequence of int or str, optional
+        Stable sample ids (default ``0..N-1``).
+    columns : list of str, optional
+        Column names for tabular rows.
+    """
+    where = "datasets.from_arrays"
+    if kind is not None and kind not in KINDS:
+        raise param_error("kind", where, f"one of {KINDS} or None", kind)
+    if kind == "text" or (
+        kind is None and isinstance(X, (list, tuple)) and X and isinstance(X[0], (str, bytes))
+    ):
+        return texts(X, y=y, classes=classes, ids=ids, holdout=holdout, seed=seed, name=name)
+    arr = check_array(X, "X", where, ndim=(2, 3, 4), min_rows=1)
+    if arr.dtype.kind not in "fiub":
+        raise param_error("X", where, "a numeric array", arr, TypeError)
+    if kind is None:
+        kind = "tabular" if arr.ndim == 2 else "image"
+    if kind == "tabular":
+        if arr.ndim != 2:
+            raise ValueError(
+                f"The 'X' parameter of {where} with kind='tabular' must be 2-D (N, F). Got shape {arr.shape}."
+            )
+        data = np.ascontiguousarray(arr, dtype=np.float32)
+        if columns is not None and len(columns) != data.shape[1]:
+            raise ValueError(
+                f"The 'columns' parameter of {where} must name {data.shape[1]} columns. Got {len(columns)}."
+            )
+    else:
+        data = _image_array(arr, where)
+    if not np.isfinite(data).all():
+        raise ValueError(
+            f"The 'X' parameter of {where} must hold finite numbers after conversion to float32. Got overflow."
+        )
+    classes_t, targets = _classes_and_targets(y, classes, len(data), where)
+    common: dict[str, Any] = dict(classes=classes_t, kind=kind, name=name, columns=columns)
+    if isinstance(holdout, tuple):
+        if len(holdout) != 2:
+            raise param_error("holdout", where, "a pair (X_eval, y_eval)", holdout)
+        X_eval = check_array(holdout[0], "holdout[0] (X_eval)", where, min_rows=1)
+        X_eval = (
+            np.ascontiguousarray(X_eval, dtype=np.float32)
+            if kind == "tabular"
+            else _image_array(X_eval, where)
+        )
+        if X_eval.shape[1:] != data.shape[1:]:
+            raise ValueError(
+                f"The 'holdout' parameter of {where} must have samples shaped like X {data.shape[1:]}. "
+                f"Got {X_eval.shape[1:]} instead."
+            )
+        _, y_eval = _classes_and_targets(holdout[1], classes_t, len(X_eval), where)
+        return Dataset(data, ids=ids, targets=targets, X_eval=X_eval, y_eval=y_eval, **common)
+    return _split_dataset(data, targets, ids, holdout, seed, where, **common)
+
+
+def image_folder(
+    path: str | os.PathLike[str],
+    *,
+    size: int = 32,
+    grayscale: bool | None = None,
+    holdout: float | int | None = None,
+    on_error: str = "warn",
+    seed: int = 0,
+) -> Dataset:
+    """Images in the torchvision ImageFolder layout: ``path/<class name>/<image file>``.
+
+    Class names are the sub-folder names, sorted. Ids are the file paths relative to ``path``
+    (``"cat/001.png"``), so they survive reordering and re-scanning.
+
+    Parameters
+    ----------
+    path : path
+        The root folder.
+    size : int
+        Images are resized to ``size`` x ``size`` for the model (thumbnails use the originals).
+    grayscale : bool, optional
+        Load as one channel. By default: one channel when every image is grayscale.
+    holdout : float, int or None
+        A stratified held-out fraction or count.
+    on_error : {"warn", "raise"}
+        Unreadable image files: ``"warn"`` skips them with one warning that lists them;
+        ``"raise"`` fails on the first with its path.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    where = "datasets.image_folder"
+    root = Path(path)
+    if not root.is_dir():
+        raise FileNotFoundError(
+            f"The 'path' parameter of {where} must be an existing folder. Got {str(root)!r}."
+        )
+    if on_error not in ("warn", "raise"):
+        raise param_error("on_error", where, "'warn' or 'raise'", on_error)
+    size = check_int(size, "size", where, lo=4, hi=1024)
+    class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not class_dirs:
+        raise ValueError(
+            f"{where} found no class folders in {str(root)!r}: expected {root}/<class name>/<image>."
+        )
+    files: list[tuple[Path, int]] = []
+    for ci, d in enumerate(class_dirs):
+        files += [
+            (f, ci)
+            for f in sorted(d.rglob("*"))
+            if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES
+        ]
+    if not files:
+        raise ValueError(
+            f"{where} found no image files ({', '.join(IMAGE_SUFFIXES)}) under {str(root)!r}."
+        )
+    images, labels, rel, full, bad = [], [], [], [], []
+    modes = set()
+    for f, ci in files:  # one file at a time is unavoidable: decoding is per file
+        try:
+            with Image.open(f) as im:
+                im.load()
+                modes.add(im.mode)
+                images.append(im.convert("RGB").resize((size, size), Image.Resampling.BILINEAR))
+        except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as exc:
+            if on_error == "raise":
+                raise ValueError(f"{where} could not read image {str(f)!r}: {exc}") from None
+            bad.append(str(f.relative_to(root)))
+            continue
+        labels.append(ci)
+        rel.append(f.relative_to(root).as_posix())
+        full.append(str(f))
+    if bad:
+        warnings.warn(
+            f"{where} skipped {len(bad)} unreadable image file(s): {', '.join(bad[:10])}"
+            f"{' ...' if len(bad) > 10 else ''}",
+            DalWarning,
+            stacklevel=2,
+        )
+    if not images:
+        raise ValueError(
+            f"{where} could read none of the {len(files)} image files under {str(root)!r}."
+        )
+    gray = grayscale if grayscale is not None else modes <= {"L", "1", "LA", "I", "I;16", "F"}
+    stack = np.stack([np.asarray(im, dtype=np.uint8) for im in images])  # (N, H, W, 3)
+    X = (stack[..., :1] if gray else stack).astype(np.float32) / np.float32(255.0)
+    X = np.ascontiguousarray(np.moveaxis(X, -1, 1))
+    h = hashlib.sha256()
+    for r, fp in zip(rel, full):
+        h.update(f"{r}|{os.path.getsize(fp)}\x00".encode())
+    return _split_dataset(
+        X,
+        np.asarray(labels, dtype=np.int64),
+        np.asarray(rel, dtype=object),
+        holdout,
+        seed,
+        where,
+        classes=[d.name for d in class_dirs],
+        kind="image",
+        name=root.name,
+        paths=full,
+        content_key=h.digest() + f"|{size}|{gray}".encode(),
+    )
+
+
+def _default_text_features(docs: list[str], n_components: int, seed: int) -> np.ndarray:
+    """TF-IDF (word 1-2 grams) reduced by truncated SVD: dense, small, no download."""
+    from sklearn.decomposition import TruncatedSVD
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
+    tfidf = TfidfVectorizer(ngram_range=(1, 2), min_df=1, max_features=50_000, sublinear_tf=True)
+    try:
+        sparse = tfidf.fit_transform(docs)
+    except ValueError:  # every document is empty or stop words only
+        return np.zeros((len(docs), 1), dtype=np.float32)
+    k = min(n_components, sparse.shape[1] - 1, len(docs) - 1)
+    if k < 2:
+        return np.asarray(sparse.todense(), dtype=np.float32)
+    dense = TruncatedSVD(n_components=k, random_state=seed).fit_transform(sparse)
+    norms = np.linalg.norm(dense, axis=1, keepdims=True)
+    return (dense / np.maximum(norms, 1e-12)).astype(np.float32)
+
+
+def texts(
+    texts: Sequence[str],
+    y: Any = None,
+    classes: Sequence[Any] | None = None,
+    *,
+    ids: Any = None,
+    holdout: Any = None,
+    featurizer: Callable[[list[str]], Any] | None = None,
+    n_components: int = 256,
+    seed: int = 0,
+    name: str = "texts",
+) -> Dataset:
+    """A dataset of texts.
+
+    Parameters
+    ----------
+    texts : sequence of str
+        The documents. ``bytes`` are decoded as UTF-8 (an error names the first that is not).
+    y, classes, ids, holdout
+        As in :func:`from_arrays`.
+    featurizer : callable, optional
+        ``featurizer(list_of_str) -> (N, F)`` array. The default (no download) is TF-IDF on word
+        uni- and bigrams reduced to ``n_components`` dimensions by truncated SVD, L2-normalized.
+    """
+    where = "datasets.texts"
+    if isinstance(texts, (str, bytes)) or not isinstance(texts, Sequence):
+        raise param_error("texts", where, "a list of str", texts, TypeError)
+    docs: list[str] = []
+    for i, t in enumerate(texts):  # validation of user input, once
+        if isinstance(t, bytes):
+            try:
+                t = t.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise ValueError(
+                    f"The 'texts' parameter of {where} must hold UTF-8 text. texts[{i}] is not "
+                    f"valid UTF-8 ({exc.reason} at byte {exc.start}); decode it yourself first."
+                ) from None
+        if not isinstance(t, str):
+            raise param_error(f"texts[{i}]", where, "a str", t, TypeError)
+        docs.append(t)
+    if not docs:
+        raise param_error("texts", where, "a non-empty list of str", texts)
+    if isinstance(holdout, tuple):
+        raise param_error("holdout", where, "None, a fraction or a count (for texts)", holdout)
+    if featurizer is None:
+        X = _default_text_features(docs, n_components, seed)
+    else:
+        X = check_array(featurizer(docs), "featurizer(texts)", where, ndim=2, dtype=np.float32)
+        if len(X) != len(docs):
+            raise ValueError(
+                f"The featurizer given to {where} returned {len(X)} rows for {len(docs)} texts."
+            )
+    classes_t, targets = _classes_and_targets(y, classes, len(docs), where)
+    return _split_dataset(
+        np.ascontiguousarray(X, dtype=np.float32),
+        targets,
+        ids,
+        holdout,
+        seed,
+        where,
+        classes=classes_t,
+        kind="text",
+        name=name,
+        texts=docs,
+    )

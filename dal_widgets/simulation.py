@@ -1,0 +1,308 @@
+"""Simulated-oracle loops: compare strategies on data whose labels are known.
+
+The loop pretends not to know the labels: it queries with a :class:`~dal_widgets.Session`,
+answers with the known targets (optionally with label noise), retrains and evaluates on the
+held-out split, round after round, exactly as a person's session would run.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from dal_widgets._checks import check_int, check_real, param_error
+from dal_widgets.data import Dataset
+
+__all__ = ["SimulationResult", "balanced_initial", "simulate"]
+
+
+def balanced_initial(
+    targets: np.ndarray, n: int, n_classes: int, rng: np.random.Generator
+) -> np.ndarray:
+    """Positions of ``n`` samples spread as evenly as possible over the classes.
+
+    The papers' protocol (e.g. 20 balanced initial labels on MNIST). Classes with too few
+    samples give what they have; the remainder is drawn from the rest at random.
+    """
+    per_class = np.full(n_classes, n // n_classes)
+    per_class[rng.choice(n_classes, size=n % n_classes, replace=False)] += 1
+    chosen = []
+    for c in range(n_classes):  # a loop over classes, not samples
+        members = np.flatnonzero(targets == c)
+        take = min(per_class[c], members.size)
+        chosen.append(rng.choice(members, size=take, replace=False))
+    picked = np.concatenate(chosen) if chosen else np.zeros(0, np.int64)
+    if picked.size < n:
+        rest = np.setdiff1d(np.arange(targets.size), picked)
+        picked = np.concatenate([picked, rng.choice(rest, size=n - picked.size, replace=False)])
+    return picked.astype(np.int64)
+
+
+@dataclass
+class SimulationResult:
+    """The rows of a simulation, with learning curves and summaries computed from them.
+
+    Each row: ``strategy``, ``seed``, ``round``, ``labels``, ``accuracy``, ``train_s``,
+    ``infer_s``, ``select_s``, ``seconds`` (the round's wall time).
+    """
+
+    records: list[dict[str, Any]] = field(default_factory=list)
+    budget: int = 0
+    initial: int = 0
+
+    def to_records(self) -> list[dict[str, Any]]:
+        """One dict per (strategy, seed, round)."""
+        return [dict(r) for r in self.records]
+
+    @property
+    def strategies(self) -> list[str]:
+        return list(dict.fromkeys(r["strategy"] for r in self.records))
+
+    def _matrix(self, strategy: str) -> tuple[np.ndarray, np.ndarray]:
+        rows = [r for r in self.records if r["strategy"] == strategy]
+        if not rows:
+            raise KeyError(f"No records for strategy {strategy!r}; have {self.strategies}.")
+        labels = np.array(sorted({r["labels"] for r in rows}))
+        seeds = sorted({r["seed"] for r in rows})
+        acc = np.full((len(seeds), labels.size), np.nan)
+        for r in rows:
+            acc[seeds.index(r["seed"]), np.searchsorted(labels, r["labels"])] = r["accuracy"]
+        return labels, acc
+
+    def curve(self, strategy: str) -> dict[str, np.ndarray]:
+        """Learning curve over seeds: ``labels``, ``mean``, ``std``, ``q25``, ``median``, ``q75``."""
+        labels, acc = self._matrix(strategy)
+        return {
+            "labels": labels,
+            "mean": np.nanmean(acc, axis=0),
+            "std": np.nanstd(acc, axis=0),
+            "q25": np.nanquantile(acc, 0.25, axis=0),
+            "median": np.nanmedian(acc, axis=0),
+            "q75": np.nanquantile(acc, 0.75, axis=0),
+        }
+
+    def aubc(self, strategy: str) -> float:
+        """Area under the budget curve, normalized to [0, 1]: the mean accuracy over the budget.
+
+        Trapezoids of accuracy against the number of labels, divided by the label range, per
+        seed, then averaged over seeds.
+        """
+        labels, acc = self._matrix(strategy)
+        if labels.size < 2:
+            return float(np.nanmean(acc))
+        width = labels[-1] - labels[0]
+        areas = ((acc[:, 1:] + acc[:, :-1]) / 2 * np.diff(labels)).sum(axis=1) / width
+        return float(np.nanmean(areas))
+
+    def labels_to_reach(self, accuracy: float) -> dict[str, list[int | None]]:
+        """Per strategy and seed, the first number of labels at which ``accuracy`` was reached."""
+        check_real(accuracy, "accuracy", "SimulationResult.labels_to_reach", lo=0.0, hi=1.0)
+        out: dict[str, list[int | None]] = {}
+        for s in self.strategies:
+            labels, acc = self._matrix(s)
+            hits = []
+            for row in acc:
+                reached = np.flatnonzero(row >= accuracy)
+                hits.append(int(labels[reached[0]]) if reached.size else None)
+            out[s] = hits
+        return out
+
+    def seconds(self, strategy: str) -> dict[str, float]:
+        """Mean seconds per round spent in training, inference and selection."""
+        rows = [r for r in self.records if r["strategy"] == strategy]
+        return {
+            k: float(np.mean([r[k] for r in rows]))
+            for k in ("train_s", "infer_s", "select_s", "seconds")
+        }
+
+    def table(self) -> str:
+        """The learning curves as a text table: labels by strategy (mean accuracy, +- std)."""
+        strategies = self.strategies
+        curves = {s: self.curve(s) for s in strategies}
+        labels = sorted({int(v) for c in curves.values() for v in c["labels"]})
+        multi = len({r["seed"] for r in self.records}) > 1
+        width = max(14 if multi else 9, *(len(s) for s in strategies))
+        lines = ["labels " + " ".join(f"{s:>{width}}" for s in strategies)]
+        for n in labels:
+            cells = []
+            for s in strategies:
+                c = curves[s]
+                hit = np.flatnonzero(c["labels"] == n)
+                if hit.size == 0:
+                    cells.append(f"{'':>{width}}")
+                    continue
+                i = hit[0]
+                text = f"{c['mean'][i]:.3f}" + (f" +- {c['std'][i]:.3f}" if multi else "")
+                cells.append(f"{text:>{width}}")
+            lines.append(f"{n:>6} " + " ".join(cells))
+        lines.append("  AUBC " + " ".join(f"{self.aubc(s):>{width}.3f}" for s in strategies))
+        return "\n".join(lines)
+
+
+def simulate(
+    dataset: Dataset,
+    strategies: Sequence[str] = ("random", "entropy"),
+    initial: int = 20,
+    batch: int = 10,
+    budget: int = 120,
+    seeds: int | Sequence[int] = 1,
+    *,
+    noise: float = 0.0,
+    model: Any = "auto",
+    device: Any = "auto",
+    train_config: Any = None,
+    progress: Callable[[dict[str, Any]], None] | None = None,
+) -> SimulationResult:
+    """Run simulated-oracle active learning for each strategy and seed.
+
+    Parameters
+    ----------
+    dataset : Dataset
+        Needs known ``targets`` (the oracle) and a held-out split (for accuracy).
+    strategies : sequence of str
+        Names from ``dal_widgets.strategies.available()``.
+    initial : int
+        Labels before the first query, balanced over the classes; the same for every
+        strategy at a given seed, so curves start together.
+    batch : int
+        Labels per round.
+    budget : int
+        Total labels at the end (the last batch is cut to fit).
+    seeds : int or sequence of int
+        How many seeds (0, 1, ...) or which.
+    noise : float
+        Fraction of oracle answers replaced by a random other class (label noise).
+    progress : callable, optional
+        Called with each new record (for progress displays).
+
+    Returns
+    -------
+    SimulationResult
+    """
+    from dal_widgets import strategies as registry
+    from dal_widgets.session import Session
+
+    where = "simulate"
+    if not isinstance(dataset, Dataset):
+        raise param_error(
+            "dataset", where, "a Dataset from dal_widgets.datasets", dataset, TypeError
+        )
+    if dataset.targets is None:
+        raise ValueError(
+            f"{where} needs a dataset with known labels (targets) to act as the oracle; {dataset.name!r} has none."
+        )
+    if not dataset.has_holdout:
+        raise ValueError(
+            f"{where} needs a held-out split to measure accuracy; load {dataset.name!r} with holdout=0.2."
+        )
+    if isinstance(strategies, str):
+        strategies = [strategies]
+    strategies = list(strategies)
+    if not strategies:
+        raise param_error("strategies", where, "a non-empty list of strategy names", strategies)
+    for s in strategies:
+        registry.get(s)
+    initial = check_int(initial, "initial", where, lo=1, hi=len(dataset) - 1)
+    budget = check_int(budget, "budget", where, lo=initial, hi=len(dataset))
+    batch = check_int(batch, "batch", where, lo=1, hi=len(dataset))
+    noise = check_real(noise, "noise", where, lo=0.0, hi=1.0, hi_open=True)
+    if isinstance(seeds, (int, np.integer)) and not isinstance(seeds, bool):
+        seed_list = list(range(check_int(seeds, "seeds", where, lo=1, hi=1000)))
+    else:
+        seed_list = [check_int(s, "seeds[i]", where, lo=0) for s in seeds]  # type: ignore[union-attr]
+        if not seed_list:
+            raise param_error(
+                "seeds", where, "a positive count or a non-empty list of seeds", seeds
+            )
+    targets = dataset.targets
+    result = SimulationResult(budget=budget, initial=initial)
+    for seed in seed_list:
+        rng = np.random.default_rng([seed, 7])
+        start = balanced_initial(targets, initial, len(dataset.classes), rng)
+        # Noisy answers are fixed per seed, so every strategy meets the same oracle.
+        answers = targets.copy()
+        if noise > 0:
+            flip = rng.random(targets.size) < noise
+            shift = rng.integers(1, len(dataset.classes), size=targets.size)
+            answers[flip] = (targets[flip] + shift[flip]) % len(dataset.classes)
+        for name in strategies:
+            _run_one(
+                Session,
+                dataset,
+                name,
+                seed,
+                start,
+                answers,
+                batch,
+                budget,
+                model,
+                device,
+                train_config,
+                result,
+                progress,
+            )
+    return result
+
+
+def _run_one(
+    session_cls: Any,
+    dataset: Dataset,
+    name: str,
+    seed: int,
+    start: np.ndarray,
+    answers: np.ndarray,
+    batch: int,
+    budget: int,
+    model: Any,
+    device: Any,
+    train_config: Any,
+    result: SimulationResult,
+    progress: Callable[[dict[str, Any]], None] | None,
+) -> None:
+    session = session_cls(
+        dataset,
+        strategy=name,
+        model=model,
+        store=":memory:",
+        seed=seed,
+        device=device,
+        train_config=train_config,
+    )
+    try:
+        t0 = time.perf_counter()
+        session.label(dataset.ids[start].tolist(), answers[start].tolist(), source="oracle")
+        rnd = 0
+        infer_s = select_s = 0.0
+        while True:
+            session.train(block=True)
+            acc = session.evaluate()["accuracy"]
+            record = {
+                "strategy": name,
+                "seed": seed,
+                "round": rnd,
+                "labels": len(session.labels),
+                "accuracy": acc,
+                "train_s": session.model_version.seconds if session.model_version else math.nan,
+                "infer_s": infer_s,
+                "select_s": select_s,
+                "seconds": time.perf_counter() - t0,
+            }
+            result.records.append(record)
+            if progress is not None:
+                progress(dict(record))
+            left = budget - len(session.labels)
+            if left <= 0:
+                break
+            t0 = time.perf_counter()
+            ids = session.query(min(batch, left))
+            row = session.store.rounds()[-1]
+            infer_s, select_s = row["infer_s"], row["select_s"]
+            session.label(ids, answers[dataset.positions(ids)].tolist(), source="oracle")
+            rnd += 1
+    finally:
+        session.close()

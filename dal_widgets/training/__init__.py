@@ -1,0 +1,26 @@
+"""Models, the single fit loop with callbacks, and batched inference on the session's device."""
+
+from __future__ import annotations
+
+from dal_widgets.training._device import resolve_device
+from dal_widgets.training._fit import Callback, EarlyStopping, FitResult, FitState, TrainConfig, fit
+from dal_widgets.training._inference import INFERABLE, mc_dropout, predict
+from dal_widgets.training._models import MLP, SmallCNN, classifier_layer, default_model, has_dropout
+
+__all__ = [
+    "INFERABLE",
+    "MLP",
+    "Callback",
+    "EarlyStopping",
+    "FitResult",
+    "FitState",
+    "SmallCNN",
+    "TrainConfig",
+    "classifier_layer",
+    "default_model",
+    "fit",
+    "has_dropout",
+    "mc_dropout",
+    "predict",
+    "resolve_device",
+]

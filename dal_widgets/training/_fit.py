@@ -1,0 +1,258 @@
+"""The one training loop. Everything else (progress, early stopping, ...) is a callback."""
+
+from __future__ import annotations
+
+import copy
+import math
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from dal_widgets._checks import check_int, check_real
+
+__all__ = ["Callback", "EarlyStopping", "FitResult", "FitState", "TrainConfig", "fit"]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How a model is fitted on the labeled set.
+
+    The defaults fit a fresh model for a fixed number of optimizer steps (``steps``), so that
+    a fit on 20 labels gets as many updates as a fit on 2,000 (epochs = steps / batches per
+    epoch, at least ``min_epochs``). From scratch rather than warm-started: warm starting
+    tends to generalize worse (Ash & Adams, "On warm-starting neural network training",
+    NeurIPS 2020) and would make results depend on the order of rounds.
+
+    Attributes
+    ----------
+    steps : int
+        Optimizer steps per fit.
+    min_epochs, max_epochs : int
+        Bounds on passes over the labeled set.
+    batch_size : int
+    lr, weight_decay : float
+        Adam's learning rate and L2 weight decay.
+    inference_batch_size : int
+        Chunk size for probabilities and embeddings over the pool.
+    mc_samples : int
+        T, the number of MC-dropout passes for the Bayesian strategies.
+    """
+
+    steps: int = 500
+    min_epochs: int = 1
+    max_epochs: int = 500
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    inference_batch_size: int = 2048
+    mc_samples: int = 20
+
+    def validated(self, where: str = "TrainConfig") -> TrainConfig:
+        check_int(self.steps, "steps", where, lo=1)
+        check_int(self.min_epochs, "min_epochs", where, lo=1)
+        check_int(self.max_epochs, "max_epochs", where, lo=self.min_epochs)
+        check_int(self.batch_size, "batch_size", where, lo=1, hi=1 << 16)
+        check_real(self.lr, "lr", where, lo=0.0, lo_open=True)
+        check_real(self.weight_decay, "weight_decay", where, lo=0.0)
+        check_int(self.inference_batch_size, "inference_batch_size", where, lo=1)
+        check_int(self.mc_samples, "mc_samples", where, lo=2, hi=1000)
+        return self
+
+    def with_(self, **changes: Any) -> TrainConfig:
+        return replace(self, **changes).validated()
+
+
+@dataclass
+class FitState:
+    """What callbacks see; also the progress that views observe."""
+
+    model: nn.Module
+    epoch: int = 0
+    epochs: int = 0
+    step: int = 0
+    steps: int = 0
+    loss: float = math.nan
+    samples_seen: int = 0
+    started: float = field(default_factory=time.perf_counter)
+    metrics: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def seconds(self) -> float:
+        return time.perf_counter() - self.started
+
+    @property
+    def samples_per_second(self) -> float:
+        s = self.seconds
+        return self.samples_seen / s if s > 0 else 0.0
+
+    @property
+    def eta(self) -> float:
+        """Seconds left, from the pace so far."""
+        if self.step == 0:
+            return math.nan
+        return self.seconds * (self.steps - self.step) / self.step
+
+
+class Callback:
+    """Hooks of the training loop; every hook is a no-op unless overridden.
+
+    ``on_epoch_end`` and ``on_batch_end`` may return True to stop the fit early (a returned
+    flag, not an exception).
+    """
+
+    def on_fit_begin(self, state: FitState) -> None:
+        """Before the first step."""
+
+    def on_epoch_begin(self, state: FitState) -> None:
+        """Before each pass over the labeled set."""
+
+    def on_batch_end(self, state: FitState) -> bool | None:
+        """After each optimizer step; return True to stop."""
+        return None
+
+    def on_epoch_end(self, state: FitState) -> bool | None:
+        """After each pass; return True to stop."""
+        return None
+
+    def on_fit_end(self, state: FitState) -> None:
+        """After the last step (also when stopped)."""
+
+
+class EarlyStopping(Callback):
+    """Stop when accuracy on a validation slice has not improved for ``patience`` epochs,
+    and restore the best weights.
+
+    Parameters
+    ----------
+    X_val, y_val : tensors
+        The validation slice (typically split off the labeled set).
+    patience : int
+        Epochs without improvement before stopping.
+    every : int
+        Evaluate every ``every`` epochs (tiny labeled sets have one-step epochs).
+    """
+
+    def __init__(
+        self, X_val: torch.Tensor, y_val: torch.Tensor, patience: int = 20, every: int = 1
+    ) -> None:
+        self.X_val, self.y_val = X_val, y_val
+        self.patience, self.every = patience, every
+        self.best = -1.0
+        self.best_state: dict[str, torch.Tensor] | None = None
+        self.bad = 0
+
+    def on_epoch_end(self, state: FitState) -> bool | None:
+        if state.epoch % self.every:
+            return None
+        model = state.model
+        model.eval()
+        with torch.inference_mode():
+            acc = float((model(self.X_val).argmax(1) == self.y_val).float().mean())
+        model.train()
+        state.metrics["val_accuracy"] = acc
+        if acc > self.best:
+            self.best, self.bad = acc, 0
+            self.best_state = copy.deepcopy(model.state_dict())
+        else:
+            self.bad += 1
+        return self.bad >= self.patience
+
+    def on_fit_end(self, state: FitState) -> None:
+        if self.best_state is not None:
+            state.model.load_state_dict(self.best_state)
+            state.metrics["val_accuracy"] = self.best
+
+
+@dataclass(frozen=True)
+class FitResult:
+    """Summary of one fit."""
+
+    epochs: int
+    steps: int
+    loss: float
+    seconds: float
+    cancelled: bool
+    metrics: dict[str, float]
+
+
+def fit(
+    model: nn.Module,
+    X: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    config: TrainConfig,
+    callbacks: Sequence[Callback] = (),
+    stop_event: threading.Event | None = None,
+    seed: int = 0,
+) -> FitResult:
+    """Fit ``model`` on ``(X, y)`` in place: the single training loop of the package.
+
+    ``X`` and ``y`` should already be on the model's device (the labeled set is small, so it is
+    moved once rather than per batch). Randomness (shuffling, dropout) is seeded by ``seed``
+    without touching the caller's global torch RNG state beyond this call.
+
+    Returns
+    -------
+    FitResult
+        ``cancelled`` is True when ``stop_event`` was set (the model is then unfinished);
+        a callback that stops the fit early (early stopping) is a normal finish.
+    """
+    n = int(X.shape[0])
+    if n == 0:
+        raise ValueError("fit needs at least one labeled sample. Got 0.")
+    batch = min(config.batch_size, n)
+    per_epoch = math.ceil(n / batch)
+    epochs = int(np.clip(math.ceil(config.steps / per_epoch), config.min_epochs, config.max_epochs))
+    state = FitState(model=model, epochs=epochs, steps=epochs * per_epoch)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    loss_fn = nn.CrossEntropyLoss()
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    stopped = cancelled = False
+    devices = [X.device] if X.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        model.train()
+        for cb in callbacks:
+            cb.on_fit_begin(state)
+        for epoch in range(epochs):
+            state.epoch = epoch
+            for cb in callbacks:
+                cb.on_epoch_begin(state)
+            order = torch.randperm(n, generator=gen).to(X.device)
+            for start in range(0, n, batch):
+                idx = order[start : start + batch]
+                optimizer.zero_grad(set_to_none=True)
+                loss = loss_fn(model(X[idx]), y[idx])
+                loss.backward()
+                optimizer.step()
+                state.step += 1
+                state.samples_seen += int(idx.shape[0])
+                state.loss = float(loss.detach())
+                if any([bool(cb.on_batch_end(state)) for cb in callbacks]):
+                    stopped = True
+                if stop_event is not None and stop_event.is_set():
+                    stopped = cancelled = True
+                if stopped:
+                    break
+            if stopped:
+                break
+            if any([bool(cb.on_epoch_end(state)) for cb in callbacks]):
+                stopped = True
+                break
+        for cb in callbacks:
+            cb.on_fit_end(state)
+    model.eval()
+    return FitResult(
+        epochs=state.epoch + 1,
+        steps=state.step,
+        loss=state.loss,
+        seconds=state.seconds,
+        cancelled=cancelled,
+        metrics=dict(state.metrics),
+    )

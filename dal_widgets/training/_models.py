@@ -1,0 +1,126 @@
+"""Default models and the protocol for penultimate embeddings.
+
+Any ``torch.nn.Module`` that maps a batch of inputs to logits works. Embeddings (for the map
+and the diversity strategies) are the *input of the model's classifier layer*: the module named
+by the model's ``classifier`` attribute if it has one, else its last ``nn.Linear``. So a model
+``Sequential(..., nn.Linear(128, 10))`` gives 128-dimensional embeddings with no extra code.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import nn
+
+__all__ = ["MLP", "SmallCNN", "classifier_layer", "default_model", "has_dropout"]
+
+
+class MLP(nn.Module):
+    """A two-hidden-layer perceptron with dropout, for tabular data, texts and tiny images.
+
+    Parameters
+    ----------
+    in_features : int
+    n_classes : int
+    hidden : tuple of int
+    dropout : float
+        Dropout after each hidden layer (MC-dropout strategies need it).
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        n_classes: int,
+        hidden: tuple[int, ...] = (256, 128),
+        dropout: float = 0.3,
+    ) -> None:
+        super().__init__()
+        layers: list[nn.Module] = [nn.Flatten()]
+        width = in_features
+        for h in hidden:
+            layers += [nn.Linear(width, h), nn.ReLU(), nn.Dropout(dropout)]
+            width = h
+        self.features = nn.Sequential(*layers)
+        self.classifier = nn.Linear(width, n_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x))
+
+
+class SmallCNN(nn.Module):
+    """A small CNN in the style of Gal et al. (2017): two conv blocks, dropout, a dense layer.
+
+    Works for any image size of at least 8 pixels (adaptive pooling before the dense layer).
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        n_classes: int,
+        width: int = 32,
+        embed_dim: int = 128,
+        dropout: float = 0.5,
+    ) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(in_channels, width, 3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(width, width, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Dropout(0.25),
+            nn.Conv2d(width, 2 * width, 3, padding=1),
+            nn.ReLU(),
+            nn.AdaptiveMaxPool2d(4),
+            nn.Flatten(),
+            nn.Linear(2 * width * 16, embed_dim),
+            nn.ReLU(),
+            nn.Dropout(dropout),
+        )
+        self.classifier = nn.Linear(embed_dim, n_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x))
+
+
+def default_model(input_shape: tuple[int, ...], n_classes: int, kind: str) -> nn.Module:
+    """The model sized from the data: a CNN for images of 16 pixels or more, else an MLP.
+
+    8x8 digits get an MLP: at that size convolutions buy little and cost time.
+    """
+    if kind == "image" and len(input_shape) == 3 and min(input_shape[1:]) >= 16:
+        return SmallCNN(input_shape[0], n_classes)
+    return MLP(int(math.prod(input_shape)), n_classes)
+
+
+def classifier_layer(model: nn.Module) -> nn.Module:
+    """The layer whose input is the penultimate embedding (see the module docstring)."""
+    layer = getattr(model, "classifier", None)
+    if isinstance(layer, nn.Module):
+        return layer
+    last = None
+    for module in model.modules():
+        if isinstance(module, nn.Linear):
+            last = module
+    if last is None:
+        raise ValueError(
+            "The model has no 'classifier' attribute and no nn.Linear layer, so its penultimate "
+            "embeddings cannot be found. Give it a 'classifier' attribute: the module that maps "
+            "embeddings to logits."
+        )
+    return last
+
+
+def has_dropout(model: nn.Module) -> bool:
+    """Whether the model has a dropout layer (MC-dropout strategies need one)."""
+    return any(isinstance(m, nn.modules.dropout._DropoutNd) for m in model.modules())
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def describe_model(model: nn.Module) -> dict[str, Any]:
+    return {"class": type(model).__name__, "parameters": count_parameters(model)}

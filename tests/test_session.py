@@ -1,0 +1,338 @@
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import dal_widgets as dal
+from dal_widgets.store import StoreMismatchError
+from dal_widgets.training import TrainConfig
+
+FAST = TrainConfig(steps=40, batch_size=32)
+
+
+def blobs(n=240, seed=0, holdout=0.25):
+    rng = np.random.default_rng(seed)
+    centers = np.array([[0, 0], [4, 0], [0, 4]], dtype=float)
+    y = np.arange(n) % 3
+    X = centers[y] + rng.normal(scale=0.7, size=(n, 2))
+    return dal.datasets.from_arrays(
+        X, y=np.array(["a", "b", "c"])[y], holdout=holdout, name="blobs"
+    )
+
+
+@pytest.fixture
+def ds():
+    return blobs()
+
+
+@pytest.fixture
+def session(ds, tmp_path):
+    s = dal.Session(
+        ds, strategy="entropy", store=str(tmp_path / "s.db"), device="cpu", train_config=FAST
+    )
+    yield s
+    s.close()
+
+
+def oracle(ds, ids):
+    return ds.targets[ds.positions(ids)].tolist()
+
+
+def test_query_cold_start_then_strategy(session, ds):
+    ids = session.query(12)
+    assert len(ids) == 12 and len(set(ids)) == 12
+    assert session.store.queries()[-1]["strategy"] == "random (cold start for entropy)"
+    session.label(ids, oracle(ds, ids))
+    session.train(block=True)
+    more = session.query(10)
+    assert not set(more) & set(ids)
+    assert session.store.queries()[-1]["strategy"] == "entropy"
+    assert session.round == 2 and session.pending == more
+
+
+def test_entropy_queries_prefer_uncertain_points(session, ds):
+    start = [ds.ids[i] for i in range(30)]
+    session.label(start, oracle(ds, start))
+    session.train(block=True)
+    picks = session.query(10)
+    probs = session.predict_proba()
+    ent = -(probs * np.log(probs + 1e-12)).sum(1)
+    unl = np.setdiff1d(np.arange(len(ds)), ds.positions(start))
+    threshold = np.sort(ent[unl])[-10]
+    assert (ent[ds.positions(picks)] >= threshold - 1e-6).all()
+
+
+def test_label_forms_and_events(session, ds):
+    seen = []
+    session.on("labeled", lambda **kw: seen.append(kw))
+    a, b, c = (ds.python_id(i) for i in ds.ids[:3])
+    session.label([a, b], ["a", 2])  # a class name, a class index
+    session.label(c, "b")  # one id
+    session.label([a, b], "c")  # one label for several ids
+    assert session.labels == {a: "c", b: "c", c: "b"}
+    assert seen[0] == {"ids": [a, b], "labels": ["a", "c"], "source": "human"}
+    assert session.undo() == [a, b]
+    assert session.labels == {a: "a", b: "c", c: "b"}
+
+
+@pytest.mark.parametrize(
+    ("call", "exc", "match"),
+    [
+        (lambda s, ds: s.label([10**9], ["a"]), KeyError, "unknown sample id"),
+        (lambda s, ds: s.label([ds.ids[0]], ["zebra"]), ValueError, "'labels'.*'zebra'"),
+        (lambda s, ds: s.label([ds.ids[0]], [7]), ValueError, r"indices in \[0, 2\]"),
+        (lambda s, ds: s.label([ds.ids[0], ds.ids[1]], ["a"]), ValueError, "one label per id"),
+        (lambda s, ds: s.label([], []), ValueError, "at least one"),
+        (lambda s, ds: s.label(None, "a"), TypeError, "'ids'"),
+        (lambda s, ds: s.query(0), ValueError, r"'n'.*\[1, 180\]. Got 0"),
+        (lambda s, ds: s.query(181), ValueError, r"'n'.*\[1, 180\]. Got 181"),
+        (lambda s, ds: s.query(2.5), TypeError, "'n'"),
+        (lambda s, ds: setattr(s, "strategy", "entropi"), KeyError, "Did you mean 'entropy'"),
+        (lambda s, ds: s.train(), ValueError, "at least one label"),
+        (lambda s, ds: s.on("nonsense", print), ValueError, "'event'"),
+    ],
+)
+def test_bad_input_is_named(session, ds, call, exc, match):
+    with pytest.raises(exc, match=match):
+        call(session, ds)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "exc", "match"),
+    [
+        ({"dataset": np.zeros(3)}, TypeError, "'dataset'"),
+        ({"seed": -1}, ValueError, "'seed'"),
+        ({"device": "tpu"}, ValueError, "'device'"),
+        ({"model": 42}, TypeError, "'model'"),
+        ({"model": "big"}, ValueError, "'model'"),
+        ({"strategy": "nope"}, KeyError, "Unknown strategy"),
+        ({"train_config": TrainConfig(steps=0)}, ValueError, "'steps'"),
+    ],
+)
+def test_bad_session_arguments(ds, kwargs, exc, match):
+    args = {"dataset": ds, "store": None, **kwargs}
+    with pytest.raises(exc, match=match):
+        dal.Session(**args)
+
+
+def test_train_runs_in_background_and_reports_progress(ds):
+    slow = TrainConfig(steps=3000, batch_size=8)
+    s = dal.Session(ds, store=None, device="cpu", train_config=slow)
+    seen = []
+    s.on("train_progress", lambda progress: seen.append(progress))
+    ids = ds.ids[:60].tolist()
+    s.label(ids, oracle(ds, ids))
+    t0 = time.perf_counter()
+    s.train()
+    assert time.perf_counter() - t0 < 0.5 and s.training
+    assert s.wait(timeout=120)
+    assert s.model_version.version == 1 and s.model_version.n_labels == 60
+    assert seen and seen[-1]["step"] == seen[-1]["steps"] and not s.observer_errors
+    assert {"epoch", "loss", "samples_per_second", "eta"} <= set(seen[0])
+    s.close()
+
+
+def test_labels_given_during_training_reach_the_next_fit(ds):
+    s = dal.Session(ds, store=None, device="cpu", train_config=TrainConfig(steps=400, batch_size=8))
+    first = ds.ids[:20].tolist()
+    s.label(first, oracle(ds, first))
+    s.train()
+    more = ds.ids[20:50].tolist()
+    s.label(more, oracle(ds, more))  # while the first fit runs
+    s.train()  # queued behind it
+    assert s.wait(timeout=120)
+    assert s.model_version.n_labels == 50 and s.staleness == 0
+    s.close()
+
+
+def test_stop_cancels_within_a_second(ds):
+    s = dal.Session(
+        ds, store=None, device="cpu", train_config=TrainConfig(steps=10**6, batch_size=8)
+    )
+    ids = ds.ids[:30].tolist()
+    s.label(ids, oracle(ds, ids))
+    s.train()
+    time.sleep(0.3)
+    t0 = time.perf_counter()
+    s.stop()
+    assert s.wait(timeout=5)
+    assert time.perf_counter() - t0 < 1.0
+    assert s.model is None and s.progress["state"] == "cancelled"
+    s.close()
+
+
+def test_training_error_is_captured_and_next_train_works(ds):
+    calls = {"n": 0}
+
+    def factory(shape, n_classes):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise RuntimeError("boom in the model factory")
+        return nn.Sequential(
+            nn.Flatten(),
+            nn.Linear(shape[0], 16),
+            nn.ReLU(),
+            nn.Dropout(0.2),
+            nn.Linear(16, n_classes),
+        )
+
+    s = dal.Session(ds, model=factory, store=None, device="cpu", train_config=FAST)
+    errors = []
+    s.on("train_failed", lambda error: errors.append(error))
+    ids = ds.ids[:30].tolist()
+    s.label(ids, oracle(ds, ids))
+    s.train()
+    s.wait(timeout=60)
+    assert "boom in the model factory" in s.train_error and "Traceback" in s.train_error
+    assert errors and s.model is None
+    s.train(block=True)
+    assert s.train_error is None and s.model_version.version == 1
+    assert s.evaluate()["accuracy"] > 0.5  # chance is 1/3
+    s.close()
+
+
+def test_same_seed_same_model_and_picks(ds):
+    def run():
+        s = dal.Session(ds, strategy="margin", store=None, device="cpu", seed=3, train_config=FAST)
+        ids = s.query(15)
+        s.label(ids, oracle(ds, ids))
+        s.train(block=True)
+        picks = s.query(5)
+        state = {k: v.clone() for k, v in s.model.state_dict().items()}
+        s.close()
+        return ids, picks, state
+
+    a, b = run(), run()
+    assert a[0] == b[0] and a[1] == b[1]
+    for k in a[2]:
+        assert torch.equal(a[2][k], b[2][k]), k
+
+
+def test_evaluate_and_history(session, ds):
+    with pytest.raises(RuntimeError, match="No trained model"):
+        session.evaluate()
+    ids = session.query(30)
+    session.label(ids, oracle(ds, ids))
+    session.train(block=True)
+    res = session.evaluate()
+    assert res["n_eval"] == 60 and res["n_labels"] == 30 and res["accuracy"] > 0.8
+    (row,) = session.history
+    assert row["round"] == 1 and row["n_labels"] == 30 and row["accuracy"] == res["accuracy"]
+    assert row["train_s"] > 0 and row["select_s"] >= 0 and row["infer_s"] >= 0
+
+
+def test_evaluate_without_holdout(tmp_path):
+    ds = blobs(holdout=None)
+    s = dal.Session(ds, store=None, device="cpu", train_config=FAST)
+    ids = ds.ids[:9].tolist()
+    s.label(ids, oracle(ds, ids))
+    s.train(block=True)
+    with pytest.raises(ValueError, match="held-out split.*holdout=0.2"):
+        s.evaluate()
+    s.close()
+
+
+def test_resume_from_store(ds, tmp_path):
+    path = str(tmp_path / "resume.db")
+    s = dal.Session(ds, store=path, device="cpu", train_config=FAST)
+    ids = s.query(8)
+    s.label(ids[:5], oracle(ds, ids[:5]))
+    s.skip(ids[5])
+    s.close()
+    again = dal.Session(ds, store=path, device="cpu", train_config=FAST)
+    assert again.labels == dict(zip(ids[:5], ["abc"[t] for t in oracle(ds, ids[:5])]))
+    assert again.round == 1 and again.pending == ids[6:]
+    nxt = again.query(5)
+    assert not set(nxt) & set(ids[:6])  # labeled and skipped samples are not offered again
+    again.close()
+
+
+def test_store_of_another_dataset_is_refused(ds, tmp_path):
+    path = str(tmp_path / "x.db")
+    dal.Session(ds, store=path, device="cpu").close()
+    with pytest.raises(StoreMismatchError, match="belongs to another dataset"):
+        dal.Session(blobs(seed=1), store=path, device="cpu")
+
+
+def test_custom_module_and_embeddings(ds):
+    net = nn.Sequential(nn.Linear(2, 32), nn.ReLU(), nn.Dropout(0.1), nn.Linear(32, 3))
+    s = dal.Session(ds, model=net, store=None, device="cpu", train_config=FAST)
+    ids = ds.ids[:30].tolist()
+    s.label(ids, oracle(ds, ids))
+    s.train(block=True)
+    arrays = s.compute_arrays({"probs", "embeddings", "mc_probs"})
+    assert arrays["probs"].shape == (180, 3) and arrays["embeddings"].shape == (180, 32)
+    assert arrays["mc_probs"].shape == (180, FAST.mc_samples, 3)
+    assert np.abs(arrays["mc_probs"].std(axis=1)).max() > 0  # dropout really varies
+    s.close()
+
+
+def test_mc_dropout_on_a_model_without_dropout_is_a_clear_error(ds):
+    net = nn.Sequential(nn.Linear(2, 8), nn.ReLU(), nn.Linear(8, 3))
+    s = dal.Session(ds, model=net, store=None, device="cpu", train_config=FAST)
+    ids = ds.ids[:30].tolist()
+    s.label(ids, oracle(ds, ids))
+    s.train(block=True)
+    with pytest.raises(ValueError, match="no dropout|none"):
+        s.compute_arrays({"mc_probs"})
+    s.close()
+
+
+def test_observer_errors_do_not_break_the_session(session, ds):
+    session.on("labeled", lambda **kw: 1 / 0)
+    hits = []
+    session.on("labeled", lambda **kw: hits.append(1))
+    session.label(ds.ids[0], "a")
+    assert hits == [1] and "ZeroDivisionError" in session.observer_errors[0]
+
+
+def test_many_labels_while_training(ds):
+    s = dal.Session(ds, store=None, device="cpu", train_config=TrainConfig(steps=200, batch_size=8))
+    errors = []
+    s.on("train_failed", lambda error: errors.append(error))
+    s.label(ds.ids[:10].tolist(), oracle(ds, ds.ids[:10]))
+    for i in range(10, 170):
+        s.label(ds.python_id(ds.ids[i]), oracle(ds, [ds.ids[i]])[0])
+        if i % 40 == 0:
+            s.train()
+    s.train()
+    assert s.wait(timeout=120) and not errors
+    assert len(s.labels) == 170 and s.model_version.n_labels == 170
+    assert threading.active_count() < 10
+    s.close()
+
+
+def test_label_is_durable_when_the_process_is_killed(ds, tmp_path):
+    path = str(tmp_path / "kill.db")
+    code = textwrap.dedent(f"""
+        import numpy as np, dal_widgets as dal
+        rng = np.random.default_rng(0)
+        centers = np.array([[0, 0], [4, 0], [0, 4]], dtype=float)
+        y = np.arange(240) % 3
+        X = centers[y] + rng.normal(scale=0.7, size=(240, 2))
+        ds = dal.datasets.from_arrays(X, y=np.array(["a", "b", "c"])[y], holdout=0.25, name="blobs")
+        s = dal.Session(ds, store={path!r}, device="cpu")
+        for i in ds.ids.tolist():
+            s.label(i, "a")
+            print(i, flush=True)
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    returned = []
+    for line in proc.stdout:
+        returned.append(int(line))
+        if len(returned) == 25:
+            proc.send_signal(signal.SIGKILL)
+            break
+    proc.wait(timeout=30)
+    s = dal.Session(ds, store=path, device="cpu")
+    assert set(returned) <= set(s.labels)
+    s.close()

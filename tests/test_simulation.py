@@ -1,0 +1,122 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import dal_widgets as dal
+from dal_widgets.simulation import SimulationResult, balanced_initial
+from dal_widgets.training import TrainConfig
+
+FAST = TrainConfig(steps=40, batch_size=32)
+
+
+@pytest.fixture(scope="module")
+def ds():
+    rng = np.random.default_rng(0)
+    centers = np.array([[0, 0], [3, 0], [0, 3]], dtype=float)
+    y = np.arange(300) % 3
+    X = centers[y] + rng.normal(scale=0.8, size=(300, 2))
+    return dal.datasets.from_arrays(X, y=y, holdout=0.2)
+
+
+def test_balanced_initial():
+    targets = np.repeat(np.arange(4), 25)
+    pos = balanced_initial(targets, 10, 4, np.random.default_rng(0))
+    counts = np.bincount(targets[pos], minlength=4)
+    assert (
+        counts.sum() == 10 and counts.min() == 2 and counts.max() == 3 and np.unique(pos).size == 10
+    )
+
+
+def test_simulate_records_curves_and_summaries(ds):
+    res = dal.simulate(
+        ds,
+        ["random", "margin"],
+        initial=6,
+        batch=5,
+        budget=21,
+        seeds=2,
+        device="cpu",
+        train_config=FAST,
+    )
+    recs = res.to_records()
+    assert len(recs) == 2 * 2 * 4  # strategies x seeds x rounds (6, 11, 16, 21 labels)
+    assert {r["labels"] for r in recs} == {6, 11, 16, 21}
+    assert {
+        "strategy",
+        "seed",
+        "round",
+        "labels",
+        "accuracy",
+        "train_s",
+        "infer_s",
+        "select_s",
+        "seconds",
+    } <= set(recs[0])
+    # the same initial labels per seed: round 0 identical across strategies
+    r0 = {(r["strategy"], r["seed"]): r["accuracy"] for r in recs if r["round"] == 0}
+    assert r0[("random", 0)] == r0[("margin", 0)]
+    curve = res.curve("margin")
+    assert curve["labels"].tolist() == [6, 11, 16, 21]
+    assert np.all(curve["q25"] <= curve["q75"])
+    assert 0.0 < res.aubc("margin") <= 1.0
+    reach = res.labels_to_reach(0.0)
+    assert reach["random"] == [6, 6]
+    assert "AUBC" in res.table() and "margin" in res.table()
+
+
+def test_aubc_by_hand():
+    res = SimulationResult(
+        records=[
+            {"strategy": "s", "seed": 0, "round": 0, "labels": 10, "accuracy": 0.5},
+            {"strategy": "s", "seed": 0, "round": 1, "labels": 20, "accuracy": 0.7},
+            {"strategy": "s", "seed": 0, "round": 2, "labels": 40, "accuracy": 0.9},
+        ]
+    )
+    # trapezoids: 10*(0.6) + 20*(0.8) = 22 over a width of 30
+    assert res.aubc("s") == pytest.approx(22 / 30)
+    assert res.labels_to_reach(0.7) == {"s": [20]} and res.labels_to_reach(0.95) == {"s": [None]}
+
+
+def test_label_noise_changes_answers(ds):
+    clean = dal.simulate(
+        ds, ["random"], initial=30, batch=10, budget=30, seeds=1, device="cpu", train_config=FAST
+    )
+    noisy = dal.simulate(
+        ds,
+        ["random"],
+        initial=30,
+        batch=10,
+        budget=30,
+        seeds=1,
+        noise=0.9,
+        device="cpu",
+        train_config=FAST,
+    )
+    assert noisy.records[0]["accuracy"] < clean.records[0]["accuracy"]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "exc", "match"),
+    [
+        ({"strategies": ["nope"]}, KeyError, "Unknown strategy"),
+        ({"strategies": []}, ValueError, "'strategies'"),
+        ({"initial": 0}, ValueError, "'initial'"),
+        ({"budget": 5, "initial": 10}, ValueError, "'budget'"),
+        ({"batch": 0}, ValueError, "'batch'"),
+        ({"seeds": 0}, ValueError, "'seeds'"),
+        ({"noise": 1.0}, ValueError, "'noise'"),
+    ],
+)
+def test_simulate_bad_input(ds, kwargs, exc, match):
+    with pytest.raises(exc, match=match):
+        dal.simulate(ds, **{"strategies": ["random"], **kwargs})
+
+
+def test_simulate_needs_targets_and_holdout():
+    unl = dal.datasets.from_arrays(np.zeros((10, 2)), classes=["a", "b"])
+    with pytest.raises(ValueError, match="known labels"):
+        dal.simulate(unl, ["random"])
+    no_hold = dal.datasets.from_arrays(np.zeros((10, 2)), y=[0, 1] * 5)
+    with pytest.raises(ValueError, match="held-out"):
+        dal.simulate(no_hold, ["random"])

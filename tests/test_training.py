@@ -1,0 +1,177 @@
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from dal_widgets.training import (
+    MLP,
+    Callback,
+    EarlyStopping,
+    SmallCNN,
+    TrainConfig,
+    classifier_layer,
+    default_model,
+    fit,
+    has_dropout,
+    predict,
+    resolve_device,
+)
+
+
+def toy(n=120, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    X = torch.randn(n, 4, generator=g)
+    y = (X[:, 0] + X[:, 1] > 0).long()
+    return X, y
+
+
+def test_default_model_sizes_from_data():
+    assert isinstance(default_model((1, 8, 8), 10, "image"), MLP)
+    assert isinstance(default_model((1, 28, 28), 10, "image"), SmallCNN)
+    assert isinstance(default_model((20,), 3, "tabular"), MLP)
+    cnn = default_model((3, 32, 32), 5, "image")
+    assert cnn(torch.zeros(2, 3, 32, 32)).shape == (2, 5) and has_dropout(cnn)
+
+
+def test_fit_learns_and_counts_steps():
+    X, y = toy()
+    model = MLP(4, 2)
+    res = fit(model, X, y, config=TrainConfig(steps=200, batch_size=32))
+    assert res.steps == 4 * 50 and res.epochs == 50 and not res.cancelled
+    assert (model(X).argmax(1) == y).float().mean() > 0.9
+
+
+def test_callbacks_see_every_hook_and_can_stop():
+    calls = []
+
+    class Recorder(Callback):
+        def on_fit_begin(self, state):
+            calls.append("begin")
+
+        def on_epoch_end(self, state):
+            calls.append(("epoch", state.epoch))
+            return state.epoch == 2  # stop after the third epoch
+
+        def on_fit_end(self, state):
+            calls.append("end")
+
+    X, y = toy()
+    res = fit(
+        MLP(4, 2), X, y, config=TrainConfig(steps=1000, batch_size=60), callbacks=[Recorder()]
+    )
+    assert calls == ["begin", ("epoch", 0), ("epoch", 1), ("epoch", 2), "end"]
+    assert res.steps == 6 and not res.cancelled
+
+
+def test_stop_event_cancels():
+    X, y = toy()
+    ev = threading.Event()
+
+    class SetAfter(Callback):
+        def on_batch_end(self, state):
+            if state.step == 5:
+                ev.set()
+
+    res = fit(
+        MLP(4, 2), X, y, config=TrainConfig(steps=1000), callbacks=[SetAfter()], stop_event=ev
+    )
+    assert res.cancelled and res.steps == 5
+
+
+def test_early_stopping_restores_best_weights():
+    X, y = toy()
+    Xv, yv = toy(60, seed=1)
+    es = EarlyStopping(Xv, yv, patience=3)
+    model = MLP(4, 2)
+    fit(model, X, y, config=TrainConfig(steps=2000, batch_size=120), callbacks=[es])
+    with torch.no_grad():
+        acc = float((model.eval()(Xv).argmax(1) == yv).float().mean())
+    assert acc == pytest.approx(es.best) and es.best > 0.8
+
+
+def test_fit_is_reproducible_and_leaves_global_rng_alone():
+    X, y = toy()
+    torch.manual_seed(123)
+    before = torch.rand(1)
+    torch.manual_seed(123)
+    states = []
+    for _ in range(2):
+        torch.manual_seed(0)
+        m = MLP(4, 2)
+        fit(m, X, y, config=TrainConfig(steps=30), seed=5)
+        states.append(m.state_dict())
+    torch.manual_seed(123)
+    for k in states[0]:
+        assert torch.equal(states[0][k], states[1][k])
+    assert torch.equal(torch.rand(1), before)
+
+
+def test_predict_one_pass_shapes_and_embeddings():
+    torch.manual_seed(0)
+    model = MLP(4, 3, hidden=(16, 8))
+    X = np.random.default_rng(0).normal(size=(50, 4)).astype(np.float32)
+    out = predict(model, X, {"probs", "embeddings", "mc_probs"}, batch_size=16, mc_samples=5)
+    assert out["probs"].shape == (50, 3) and np.allclose(out["probs"].sum(1), 1, atol=1e-5)
+    assert out["embeddings"].shape == (50, 8)
+    assert out["mc_probs"].shape == (50, 5, 3)
+    with torch.no_grad():
+        emb = model.features(torch.as_tensor(X)).numpy()
+    np.testing.assert_allclose(out["embeddings"], emb, atol=1e-5)
+    again = predict(model, X, {"mc_probs"}, batch_size=16, mc_samples=5)
+    np.testing.assert_array_equal(out["mc_probs"], again["mc_probs"])  # seeded masks
+
+
+def test_mc_passes_keep_batchnorm_in_eval_mode():
+    model = nn.Sequential(
+        nn.Linear(4, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Dropout(0.5), nn.Linear(8, 2)
+    )
+    seen = []
+    model[1].register_forward_hook(lambda m, i, o: seen.append(m.training))
+    predict(model, np.zeros((6, 4), np.float32), {"mc_probs"}, mc_samples=3)
+    assert seen and not any(seen)
+    assert not model[3].training  # dropout back in eval mode afterwards
+
+
+def test_classifier_layer_protocol():
+    seq = nn.Sequential(nn.Linear(3, 5), nn.ReLU(), nn.Linear(5, 2))
+    assert classifier_layer(seq) is seq[2]
+    with pytest.raises(ValueError, match="classifier"):
+        classifier_layer(nn.Sequential(nn.ReLU()))
+
+
+def test_predict_refuses_unknown_arrays():
+    with pytest.raises(ValueError, match="cannot compute"):
+        predict(MLP(2, 2), np.zeros((2, 2), np.float32), {"gradients"})
+
+
+def test_resolve_device():
+    assert resolve_device("cpu").type == "cpu"
+    assert resolve_device("auto").type in {"cpu", "cuda", "mps"}
+    with pytest.raises(ValueError, match="'device'"):
+        resolve_device("quantum")
+    with pytest.raises(TypeError, match="'device'"):
+        resolve_device(3.5)
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="CUDA is not available"):
+            resolve_device("cuda")
+
+
+def test_train_config_validation():
+    with pytest.raises(ValueError, match="'lr'"):
+        TrainConfig(lr=0).validated()
+    with pytest.raises(TypeError, match="'batch_size'"):
+        TrainConfig(batch_size=2.5).validated()
+    assert TrainConfig().with_(steps=7).steps == 7
+
+
+@pytest.mark.gpu
+def test_fit_and_predict_on_cuda():
+    X, y = toy()
+    model = MLP(4, 2).cuda()
+    fit(model, X.cuda(), y.cuda(), config=TrainConfig(steps=100))
+    out = predict(model, X.numpy(), {"probs", "embeddings"}, device="cuda")
+    assert out["probs"].shape == (120, 2)
