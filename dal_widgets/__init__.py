@@ -16,6 +16,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "DalWarning",
+    "LabelingWidget",
     "Session",
     "datasets",
     "simulate",
@@ -30,6 +31,7 @@ _LAZY = {
     "training": ("dal_widgets.training", None),
     "Session": ("dal_widgets.session", "Session"),
     "simulate": ("dal_widgets.simulation", "simulate"),
+    "LabelingWidget": ("dal_widgets.widgets.labeler", "LabelingWidget"),
 }
 
 

@@ -117,6 +117,8 @@ class _Worker:
         with self.cond:
             if self.closed:
                 raise RuntimeError("This session is closed; make a new Session to train.")
+            if self.busy and not self.pending and self.session._fitting_epoch == self.session._label_epoch:
+                return  # the running fit already has exactly these labels
             self.pending = True
             self.cancel.clear()
             if self.thread is None or not self.thread.is_alive():
@@ -137,7 +139,7 @@ class _Worker:
                 self.busy = True
             try:
                 self.session._fit_once(self.cancel)
-            except BaseException:
+            except BaseException:  # noqa: BLE001 (captured for the views, never printed)
                 self.session._record_failure(traceback.format_exc())
             finally:
                 with self.cond:
@@ -215,6 +217,7 @@ class Session:
         *,
         train_config: TrainConfig | None = None,
         cold_start: str = "random",
+        retrain: str | int = "batch",
         annotator: str | None = None,
     ) -> None:
         where = "Session"
@@ -250,7 +253,17 @@ class Session:
         self.train_error: str | None = None
         self.last_query: dict[str, Any] | None = None
         self._fit_lock = threading.Lock()
+        self._query_lock = threading.Lock()
         self._worker = _Worker(self)
+        self.retrain = retrain  # validated by the property setter
+        self._new_since_request = 0
+        self._label_epoch = 0  # bumped by every change of the labeled set
+        self._fitting_epoch = -1
+        self._why: dict[Any, dict[str, Any]] = {}
+        # Query batches not finished yet (for retrain="batch"); the last one survives a restart.
+        self._open_batches: list[set[Any]] = []
+        if self.pending:
+            self._open_batches.append(set(self.pending))
 
     # ------------------------------------------------------------------ configuration
     @property
@@ -261,6 +274,40 @@ class Session:
     @strategy.setter
     def strategy(self, name: str) -> None:
         self._strategy = _strategies.get(name).name
+
+    @property
+    def retrain(self) -> str | int:
+        """When training starts by itself.
+
+        ``"batch"`` (the default): when every sample of a query batch is labeled or skipped;
+        an int k: after every k new labels; ``"manual"``: only on :meth:`train`.
+        """
+        return self._retrain
+
+    @retrain.setter
+    def retrain(self, value: str | int) -> None:
+        if isinstance(value, str):
+            check_choice(value, "retrain", "Session", ["batch", "manual"])
+        else:
+            check_int(value, "retrain", "Session", lo=1)
+        self._retrain = value
+
+    def _after_labels(self, ids: list[Any]) -> None:
+        """Apply the retrain policy after labels or skips were committed."""
+        self._label_epoch += 1
+        self._new_since_request += len(ids)
+        due = False
+        if self._retrain == "batch":
+            done = set(self.store.labels) | self.store.marked("skip")
+            finished = [b for b in self._open_batches if b <= done]
+            if finished:
+                self._open_batches = [b for b in self._open_batches if not b <= done]
+                due = True
+        elif isinstance(self._retrain, int):
+            due = self._new_since_request >= self._retrain
+        if due:
+            self._new_since_request = 0
+            self._worker.request()
 
     @property
     def classes(self) -> list[str]:
@@ -320,7 +367,7 @@ class Session:
         for callback in list(self._observers.get(event, ())):
             try:
                 callback(**payload)
-            except Exception:
+            except Exception:  # noqa: BLE001 (an observer's bug must not break the session)
                 self.observer_errors.append(traceback.format_exc())
 
     # ------------------------------------------------------------------ labels
@@ -409,6 +456,7 @@ class Session:
         names = self._label_names(labels, len(ids_list), where)
         self.store.label(ids_list, names, source=source)
         self._emit("labeled", ids=ids_list, labels=names, source=source)
+        self._after_labels(ids_list)
 
     def undo(self) -> list[Any] | None:
         """Undo the newest label action (a whole multi-sample call at once).
@@ -417,6 +465,7 @@ class Session:
         """
         ids = self.store.undo()
         if ids is not None:
+            self._label_epoch += 1
             self._emit("undone", ids=ids)
         return ids
 
@@ -425,6 +474,7 @@ class Session:
         ids_list = self._ids_arg(ids, "Session.skip")
         self.store.mark(ids_list, "skip")
         self._emit("marked", ids=ids_list, field="skip", value=True)
+        self._after_labels(ids_list)
 
     def flag(self, ids: Any, value: bool = True) -> None:
         """Flag samples for review (or clear the flag); undoable."""
@@ -471,12 +521,13 @@ class Session:
             )
         return arrays
 
-    def query(self, n: int) -> list[Any]:
+    def query(self, n: int, *, exclude: Any = None) -> list[Any]:
         """Pick the next ``n`` samples to label with the session's strategy.
 
         While no model exists, strategies that need model outputs are replaced by
         ``cold_start`` (recorded in the query log). Labeled and skipped samples are never
-        picked. Each call starts a new round.
+        picked, nor the ids in ``exclude`` (e.g. those on screen while the next batch is
+        prefetched). Each call starts a new round. Safe to call from a background thread.
 
         Returns
         -------
@@ -484,13 +535,21 @@ class Session:
             Sample ids, best first where the strategy ranks.
         """
         where = "Session.query"
-        mask = self._labeled_mask()
-        available = int((~mask).sum())
-        if available == 0:
-            raise ValueError(
-                f"{where}: every sample is labeled or skipped; nothing is left to query."
-            )
-        n = check_int(n, "n", where, lo=1, hi=available)
+        with self._query_lock:
+            mask = self._labeled_mask()
+            if exclude is not None:
+                excluded = self._ids_arg(exclude, where) if len(list(exclude)) else []
+                if excluded:
+                    mask[self.dataset.positions(excluded)] = True
+            available = int((~mask).sum())
+            if available == 0:
+                raise ValueError(
+                    f"{where}: every sample is labeled, skipped or excluded; nothing is left to query."
+                )
+            n = check_int(n, "n", where, lo=1, hi=available)
+            return self._query_locked(n, mask)
+
+    def _query_locked(self, n: int, mask: np.ndarray) -> list[Any]:
         strategy = _strategies.get(self.strategy)
         used = strategy
         if self._model is None and self._needs_model(strategy):
@@ -524,6 +583,8 @@ class Session:
             n_labels_at_query=len(self.store),
             model_version=version,
         )
+        self._remember_why(ids, picks, scores, mask, label, rnd)
+        self._open_batches = [*self._open_batches[-3:], set(ids)]
         self.last_query = {
             "round": rnd,
             "ids": ids,
@@ -534,6 +595,68 @@ class Session:
         }
         self._emit("queried", ids=ids, round=rnd, strategy=label)
         return ids
+
+    def _remember_why(
+        self,
+        ids: list[Any],
+        picks: np.ndarray,
+        scores: np.ndarray | None,
+        mask: np.ndarray,
+        strategy: str,
+        rnd: int,
+    ) -> None:
+        """Score and rank among the candidates of each pick, for "why this sample"."""
+        candidates = int((~mask).sum())
+        if scores is None:
+            ranks = np.arange(1, len(ids) + 1)
+            values: list[float | None] = [None] * len(ids)
+        else:
+            ordered = np.sort(scores[~mask])  # ascending
+            # rank 1 = highest score; ties share the best rank
+            ranks = candidates - np.searchsorted(ordered, scores[picks], side="right") + 1
+            values = [float(v) for v in scores[picks]]
+        if len(self._why) > 10_000:
+            self._why.clear()
+        for i, sid in enumerate(ids):
+            self._why[sid] = {
+                "strategy": strategy,
+                "round": rnd,
+                "score": values[i],
+                "rank": int(ranks[i]),
+                "candidates": candidates,
+            }
+
+    def explain(self, ids: Any) -> list[dict[str, Any]]:
+        """Why each sample was picked and what the newest model thinks of it.
+
+        Returns one dict per id: ``probs`` (class probabilities, or None before the first
+        model), ``predicted`` and ``prob`` (the suggestion), and from the query that picked it:
+        ``strategy``, ``round``, ``score`` (None for strategies that pick a batch jointly),
+        ``rank`` among the ``candidates`` (1 = picked first).
+        """
+        ids_list = self._ids_arg(ids, "Session.explain")
+        probs = self.predict_proba(ids_list) if self._model is not None else None
+        classes = self.classes
+        out = []
+        for i, sid in enumerate(ids_list):
+            rec: dict[str, Any] = {
+                "id": sid,
+                "probs": None,
+                "predicted": None,
+                "prob": None,
+                "strategy": None,
+                "round": None,
+                "score": None,
+                "rank": None,
+                "candidates": None,
+            }
+            if probs is not None:
+                p = probs[i]
+                top = int(p.argmax())
+                rec.update(probs=[float(v) for v in p], predicted=classes[top], prob=float(p[top]))
+            rec.update(self._why.get(sid, {}))
+            out.append(rec)
+        return out
 
     @property
     def pending(self) -> list[Any]:
@@ -598,6 +721,7 @@ class Session:
 
     def _fit_once(self, cancel: threading.Event) -> None:
         with self._fit_lock:
+            self._fitting_epoch = self._label_epoch
             X, y, n_labels = self._training_data()
             next_version = 1 if self.model_version is None else self.model_version.version + 1
             self.train_error = None

@@ -266,6 +266,7 @@ def _run_one(
 ) -> None:
     session = session_cls(
         dataset,
+        retrain="manual",
         strategy=name,
         model=model,
         store=":memory:",

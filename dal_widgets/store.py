@@ -387,7 +387,7 @@ class LabelStore:
     def __del__(self) -> None:
         try:
             self._release_lock()
-        except Exception:
+        except Exception:  # noqa: BLE001 (interpreter shutdown: nothing sensible to do)
             pass
 
     def _check_open(self, writing: bool = False) -> None:

@@ -5,4 +5,20 @@ Submodules are imported on first use, so importing this package costs nothing.
 
 from __future__ import annotations
 
-__all__: list[str] = []
+import importlib
+from typing import Any
+
+__all__ = ["LabelingWidget", "register_renderer"]
+
+_LAZY = {
+    "LabelingWidget": "dal_widgets.widgets.labeler",
+    "register_renderer": "dal_widgets.widgets.labeler",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module 'dal_widgets.widgets' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_LAZY[name]), name)
+    globals()[name] = value
+    return value

@@ -1,0 +1,199 @@
+"""The labeling widget, driven through its public methods and synced traits (no browser)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import dal_widgets as dal
+from dal_widgets.training import TrainConfig
+
+FAST = TrainConfig(steps=30, batch_size=16)
+
+
+@pytest.fixture
+def ds():
+    rng = np.random.default_rng(0)
+    y = np.arange(300) % 3
+    X = np.array([[0, 0], [4, 0], [0, 4]])[y] + rng.normal(scale=0.6, size=(300, 2))
+    return dal.datasets.from_arrays(X, y=np.array(["ant", "bee", "cat"])[y], holdout=0.2)
+
+
+@pytest.fixture
+def session(ds, tmp_path):
+    s = dal.Session(ds, store=str(tmp_path / "w.db"), device="cpu", train_config=FAST, retrain="manual")
+    yield s
+    s.close()
+
+
+def truth(ds, sid):
+    return ds.classes[ds.targets[ds.positions([sid])[0]]]
+
+
+def current(w):
+    return w._keys[w.items[w.cursor]["key"]]
+
+
+def test_first_batch_is_shown_with_ids_and_payloads(session):
+    w = dal.LabelingWidget(session, batch_size=6)
+    assert len(w.items) == 6 and w.cursor == 0
+    assert all(it["sample"]["type"] == "table" for it in w.items)
+    assert [it["key"] for it in w.items] == [str(i) for i in session.pending]
+    assert all(st["status"] == "pending" for st in w.states.values())
+    assert w.classes == ["ant", "bee", "cat"]
+    assert "Round 1" in w.message
+
+
+def test_labeling_commits_marks_done_and_advances(session, ds):
+    w = dal.LabelingWidget(session, batch_size=5)
+    sid = current(w)
+    w.label("bee")
+    assert session.store.labels[sid] == "bee"  # committed
+    assert w.states[str(sid)] == {"status": "done", "label": "bee", "flagged": False}
+    assert w.cursor == 1
+    w.label(2)  # class index
+    assert session.labels[w._keys[w.items[1]["key"]]] == "cat"
+
+
+def test_finishing_a_batch_shows_the_prefetched_one(session, ds, monkeypatch):
+    w = dal.LabelingWidget(session, batch_size=5)
+    first = list(w._keys.values())
+    for _ in range(4):
+        w.label(truth(ds, current(w)))
+    w._fetching.join(timeout=30)  # prefetch started when the batch was nearly done
+    assert w._next is not None and not set(w._next) & set(first)
+    monkeypatch.setattr(session, "query", lambda *a, **k: pytest.fail("next batch was not prefetched"))
+    w.label(truth(ds, current(w)))
+    assert [w._keys[it["key"]] for it in w.items] != first and len(w.items) == 5
+    assert all(st["status"] == "pending" for st in w.states.values())
+
+
+def test_skip_flag_and_undo(session, ds):
+    w = dal.LabelingWidget(session, batch_size=4)
+    a = current(w)
+    w.skip()
+    assert w.states[str(a)]["status"] == "skipped" and a in session.store.marked("skip")
+    b = current(w)
+    w.flag()
+    assert w.states[str(b)]["flagged"] and w.cursor == 1  # flagging does not move on
+    w.label("ant")
+    assert w.undo() == [b]
+    assert w.states[str(b)]["status"] == "pending" and b not in session.labels
+    assert w.items[w.cursor]["key"] == str(b)
+
+
+def test_undo_brings_back_a_sample_from_the_previous_batch(session, ds):
+    w = dal.LabelingWidget(session, batch_size=2, prefetch=False)
+    first = list(w._keys.values())
+    w.label("ant")
+    w.label("bee")  # finishes the batch: the next one is shown
+    assert set(w._keys.values()).isdisjoint(first)
+    assert w.undo() == [first[1]]
+    assert w.items[0]["key"] == str(first[1]) and w.cursor == 0
+    assert w.states[str(first[1])]["status"] == "pending"
+
+
+def test_suggestions_and_why_card_after_training(session, ds):
+    start = ds.ids[:60].tolist()
+    session.label(start, [truth(ds, i) for i in start])
+    session.train(block=True)
+    session.strategy = "margin"
+    w = dal.LabelingWidget(session, batch_size=5)
+    it = w.items[0]
+    assert it["suggestion"] in ds.classes and 0 < it["prob"] <= 1
+    assert len(it["probs"]) == 3 and abs(sum(it["probs"]) - 1) < 1e-5
+    assert it["strategy"] == "margin" and it["rank"] == 1 and it["candidates"] == 240 - 60
+    assert it["score"] is not None
+    w.accept_suggestion()
+    hist = session.store.history(w._keys[it["key"]])
+    assert hist[-1]["source"] == "suggestion" and hist[-1]["new"] == it["suggestion"]
+    assert w.progress["model_version"] == 1 and w.progress["staleness"] == 1
+
+
+def test_accept_without_model_is_a_shown_error(session):
+    w = dal.LabelingWidget(session, batch_size=3)
+    with pytest.raises(ValueError, match="no model suggestion"):
+        w.accept_suggestion()
+    assert "no model suggestion" in w.error and "Traceback" in w.errors[-1]
+    w.label("ant")  # the widget keeps working, and clears the error
+    assert w.error == ""
+
+
+def test_frontend_messages_dispatch_and_ack(session):
+    w = dal.LabelingWidget(session, batch_size=3)
+    key = w.items[0]["key"]
+    w._handle_custom_msg({"action": "label", "key": key, "label": "cat", "seq": 7}, [])
+    assert w.ack == 7 and w.states[key]["status"] == "done"
+    w._handle_custom_msg({"action": "label", "key": w.items[1]["key"], "label": "<b>nope</b>", "seq": 8}, [])
+    assert w.ack == 8 and "'labels'" in w.error and "<b>nope</b>" in w.error  # shown as text by the view
+    w._handle_custom_msg({"action": "view", "seq": 9}, [])
+    assert w.view == "single"
+    w._handle_custom_msg({"action": "undo", "seq": 10}, [])
+    assert w.states[key]["status"] == "pending"
+    w._handle_custom_msg({"action": "rm -rf", "seq": 11}, [])  # unknown actions are ignored
+    assert w.ack == 10
+
+
+def test_move_select_view_and_add_class(session):
+    w = dal.LabelingWidget(session, batch_size=4)
+    w.move(2)
+    assert w.cursor == 2
+    w.move(10)
+    assert w.cursor == 3
+    w.select(w._keys[w.items[1]["key"]])
+    assert w.cursor == 1
+    with pytest.raises(KeyError, match="not on screen"):
+        w.select(10**6)
+    w.toggle_view()
+    assert w.view == "single"
+    with pytest.raises(ValueError, match="'view'"):
+        w.toggle_view("carousel")
+    w.add_class("dog")
+    assert w.classes == ["ant", "bee", "cat", "dog"] and session.classes[-1] == "dog"
+    w.label("dog")
+    assert "dog" in session.labels.values()
+
+
+def test_resume_shows_the_unfinished_batch(ds, tmp_path):
+    path = str(tmp_path / "r.db")
+    s = dal.Session(ds, store=path, device="cpu", train_config=FAST, retrain="manual")
+    w = dal.LabelingWidget(s, batch_size=4, prefetch=False)
+    keys = [it["key"] for it in w.items]
+    w.label("ant")
+    s.close()
+    s2 = dal.Session(ds, store=path, device="cpu", train_config=FAST, retrain="manual")
+    w2 = dal.LabelingWidget(s2, batch_size=4)
+    assert [it["key"] for it in w2.items] == keys[1:]
+    s2.close()
+
+
+def test_text_and_image_payloads():
+    texts = dal.datasets.texts(["<img src=x onerror=alert(1)>", "plain"], classes=["a", "b"])
+    s = dal.Session(texts, store=None, device="cpu", retrain="manual")
+    w = dal.LabelingWidget(s, batch_size=2)
+    got = {it["sample"]["text"] for it in w.items}
+    assert got == {"<img src=x onerror=alert(1)>", "plain"}  # raw text; the view uses textContent
+    s.close()
+    digits = dal.datasets.digits()
+    s = dal.Session(digits, store=None, device="cpu", retrain="manual")
+    w = dal.LabelingWidget(s, batch_size=2)
+    assert w.items[0]["sample"]["src"].startswith("data:image/png;base64,")
+    w.zoom()
+    assert w.zoomed["key"] == w.items[0]["key"] and len(w.zoomed["sample"]["src"]) > len(w.items[0]["sample"]["src"])
+    s.close()
+
+
+def test_retrain_after_each_batch(ds):
+    s = dal.Session(ds, store=None, device="cpu", train_config=FAST, retrain="batch")
+    w = dal.LabelingWidget(s, batch_size=3, prefetch=False)
+    for _ in range(3):
+        w.label("ant")
+    assert s.wait(timeout=60) and s.model_version is not None and s.model_version.n_labels == 3
+    s.close()
+
+
+def test_bad_arguments(session):
+    with pytest.raises(TypeError, match="'session'"):
+        dal.LabelingWidget("not a session")
+    with pytest.raises(ValueError, match="'batch_size'"):
+        dal.LabelingWidget(session, batch_size=0)
