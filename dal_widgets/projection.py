@@ -1,0 +1,344 @@
+"""2-D maps of the pool: PCA at once, UMAP in the background, cached and aligned across rounds.
+
+Features come from the raw inputs (``source="features"``: the map never moves) or from the
+newest model's penultimate embeddings (``source="embeddings"``: the map follows what the model
+learned). UMAP is fitted on a subsample (10,000 points by default) and the rest is transformed
+onto that fit. Continuity across model versions: each new UMAP fit starts from the previous
+layout (``init``) and is then aligned to it by an orthogonal Procrustes rotation and scale, so
+points keep their place unless the model really moved them (the benchmark measures how far).
+
+umap-learn is imported lazily; its numba cache goes to a folder that survives kernel restarts
+(``~/.cache/dal_widgets/numba`` unless ``NUMBA_CACHE_DIR`` is set), so only the first kernel
+ever pays the compilation.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dal_widgets._checks import check_choice, check_int, param_error
+
+__all__ = ["Projection", "Projector", "align", "pca_2d", "umap_2d"]
+
+_PRE_DIMS = 50  # UMAP runs on the top principal components: faster, and denoises raw pixels
+
+
+@dataclass(frozen=True)
+class Projection:
+    """A 2-D layout of the whole pool, in dataset order."""
+
+    coords: np.ndarray  # (N, 2) float32
+    method: str  # "pca" or "umap"
+    source: str  # "features" or "embeddings"
+    model_version: int | None
+    seconds: float
+
+
+def _subsample(n: int, size: int, seed: int) -> np.ndarray:
+    if n <= size:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(seed).choice(n, size=size, replace=False))
+
+
+def _pca_basis(X: np.ndarray, k: int, fit_rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and top-k principal axes from the rows ``fit_rows`` (eigh of the D x D covariance)."""
+    sample = np.asarray(X[fit_rows], dtype=np.float64)
+    mean = sample.mean(axis=0)
+    centered = sample - mean
+    cov = centered.T @ centered / max(len(sample) - 1, 1)
+    vals, vecs = np.linalg.eigh(cov)
+    order = np.argsort(vals)[::-1][:k]
+    axes = vecs[:, order]
+    # A deterministic sign per axis (eigh's signs are arbitrary), so maps do not flip.
+    signs = np.sign(axes[np.abs(axes).argmax(axis=0), np.arange(axes.shape[1])])
+    return mean, axes * np.where(signs == 0, 1.0, signs)
+
+
+def _project(X: np.ndarray, mean: np.ndarray, axes: np.ndarray, chunk: int = 65_536) -> np.ndarray:
+    out = np.empty((len(X), axes.shape[1]), dtype=np.float32)
+    for start in range(0, len(X), chunk):  # chunks bound the float64 temporaries
+        out[start : start + chunk] = (np.asarray(X[start : start + chunk], dtype=np.float64) - mean) @ axes
+    return out
+
+
+def pca_2d(X: np.ndarray, *, sample: int = 10_000, seed: int = 0) -> np.ndarray:
+    """The first two principal components of ``X`` (fitted on a subsample), float32 (N, 2)."""
+    X = np.asarray(X).reshape(len(X), -1)
+    if len(X) == 0:
+        raise param_error("X", "pca_2d", "a non-empty array", X)
+    mean, axes = _pca_basis(X, min(2, X.shape[1]), _subsample(len(X), sample, seed))
+    coords = _project(X, mean, axes)
+    if coords.shape[1] < 2:
+        coords = np.hstack([coords, np.zeros((len(X), 2 - coords.shape[1]), np.float32)])
+    return coords
+
+
+def _numba_cache() -> None:
+    if "NUMBA_CACHE_DIR" not in os.environ:
+        path = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "dal_widgets" / "numba"
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+            os.environ["NUMBA_CACHE_DIR"] = str(path)
+        except OSError:
+            pass  # a read-only home: numba falls back to its own default
+
+
+def umap_2d(
+    X: np.ndarray,
+    *,
+    sample: int = 10_000,
+    seed: int = 0,
+    init: np.ndarray | None = None,
+    n_neighbors: int = 15,
+    min_dist: float = 0.1,
+) -> np.ndarray:
+    """UMAP of ``X`` to 2-D: fitted on a subsample, the rest transformed onto the fit.
+
+    Parameters
+    ----------
+    X : array (N, ...)
+        Features; reduced to their top 50 principal components first.
+    sample : int
+        How many rows to fit on.
+    init : array (N, 2), optional
+        A previous layout to start from (for continuity across rounds).
+    """
+    _numba_cache()
+    try:
+        import umap
+    except ImportError:
+        raise ImportError("umap_2d needs umap-learn: pip install umap-learn") from None
+    X = np.asarray(X).reshape(len(X), -1)
+    n = len(X)
+    rows = _subsample(n, sample, seed)
+    k = min(_PRE_DIMS, X.shape[1])
+    mean, axes = _pca_basis(X, k, rows)
+    Z = _project(X, mean, axes)
+    neighbors = max(2, min(n_neighbors, len(rows) - 1))
+    start: Any = "spectral"
+    if init is not None:
+        start = np.asarray(init, dtype=np.float64)[rows]
+        start = (start - start.mean(0)) / max(float(start.std()), 1e-12) * 10.0
+    reducer = umap.UMAP(n_components=2, n_neighbors=neighbors, min_dist=min_dist, init=start,
+                        random_state=seed, transform_seed=seed, n_jobs=1)
+    coords = np.empty((n, 2), dtype=np.float32)
+    coords[rows] = reducer.fit_transform(Z[rows]).astype(np.float32)
+    rest = np.setdiff1d(np.arange(n), rows, assume_unique=True)
+    for s in range(0, rest.size, 50_000):  # chunks bound transform's memory on big pools
+        part = rest[s : s + 50_000]
+        coords[part] = reducer.transform(Z[part]).astype(np.float32)
+    return coords
+
+
+def align(new: np.ndarray, old: np.ndarray) -> np.ndarray:
+    """Rotate, reflect, scale and shift ``new`` to best match ``old`` (orthogonal Procrustes)."""
+    a = np.asarray(new, dtype=np.float64)
+    b = np.asarray(old, dtype=np.float64)
+    ma, mb = a.mean(0), b.mean(0)
+    a0, b0 = a - ma, b - mb
+    u, s, vt = np.linalg.svd(a0.T @ b0)
+    rot = u @ vt
+    scale = s.sum() / max(float((a0**2).sum()), 1e-12)
+    return (a0 @ rot * scale + mb).astype(np.float32)
+
+
+class Projector:
+    """Computes, caches and serves maps of a session's pool, in a background thread.
+
+    :meth:`current` is never empty after construction: a PCA map is computed at once (well under
+    a second at 10,000 points). :meth:`refresh` asks for the newest map; UMAP runs in a daemon
+    thread and replaces the PCA when ready. Callbacks registered with :meth:`on_change` run on
+    that thread. Results are cached by (source, model version, method) in memory and, when the
+    session's store is a file, in ``<store>.maps/`` so a restarted kernel shows the last map
+    immediately.
+
+    Parameters
+    ----------
+    session : Session
+    source : {"auto", "features", "embeddings"}
+        ``"auto"``: embeddings once a model exists, raw features before.
+    method : {"umap", "pca"}
+    sample : int
+        Rows UMAP is fitted on.
+    """
+
+    def __init__(
+        self,
+        session: Any,
+        *,
+        source: str = "auto",
+        method: str = "umap",
+        sample: int = 10_000,
+        seed: int = 0,
+        cache_dir: str | os.PathLike[str] | None = None,
+    ) -> None:
+        where = "Projector"
+        self.session = session
+        self.source = check_choice(source, "source", where, ["auto", "features", "embeddings"])
+        self.method = check_choice(method, "method", where, ["umap", "pca"])
+        self.sample = check_int(sample, "sample", where, lo=10)
+        self.seed = check_int(seed, "seed", where, lo=0)
+        store_path = getattr(session.store, "path", ":memory:")
+        if cache_dir is None and store_path != ":memory:":
+            cache_dir = str(store_path) + ".maps"
+        self.cache_dir = None if cache_dir is None else Path(cache_dir)
+        self.status = "idle"
+        self.error: str | None = None
+        self._cache: dict[tuple[str, int | None, str], Projection] = {}
+        self._current: Projection | None = None
+        self._callbacks: list[Callable[[Projection], None]] = []
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._want: tuple[str, int | None] | None = None
+        self._current = self._first_paint()
+
+    # ------------------------------------------------------------------ public
+    def current(self) -> Projection:
+        """The best map available now (never None)."""
+        assert self._current is not None
+        return self._current
+
+    def on_change(self, callback: Callable[[Projection], None]) -> None:
+        """Call ``callback(projection)`` whenever a better or newer map is ready."""
+        self._callbacks.append(callback)
+
+    def refresh(self, *, block: bool = False) -> None:
+        """Compute the map for the newest model version (UMAP in the background)."""
+        key = self._key_now()
+        with self._lock:
+            self._want = key
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, daemon=True, name="dal-projector")
+                self._thread.start()
+            thread = self._thread
+        if block:
+            thread.join()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until no computation runs; False on timeout."""
+        thread = self._thread
+        if thread is not None:
+            thread.join(timeout)
+            return not thread.is_alive()
+        return True
+
+    # ------------------------------------------------------------------ internals
+    def _source_now(self) -> str:
+        if self.source != "auto":
+            return self.source
+        return "embeddings" if self.session.model is not None else "features"
+
+    def _key_now(self) -> tuple[str, int | None]:
+        source = self._source_now()
+        version = self.session.model_version.version if source == "embeddings" and self.session.model_version else None
+        return source, version
+
+    def _features(self, source: str) -> np.ndarray:
+        if source == "features":
+            return self.session.dataset.features
+        return self.session.compute_arrays({"embeddings"})["embeddings"]
+
+    def _cache_file(self, key: tuple[str, int | None, str]) -> Path | None:
+        if self.cache_dir is None:
+            return None
+        source, version, method = key
+        fp = self.session.dataset.fingerprint
+        return self.cache_dir / f"{fp}-{source}-v{version if version is not None else 0}-{method}.npy"
+
+    def _load(self, key: tuple[str, int | None, str]) -> Projection | None:
+        if key in self._cache:
+            return self._cache[key]
+        path = self._cache_file(key)
+        if path is None or not path.is_file():
+            return None
+        try:
+            coords = np.load(path, allow_pickle=False)  # never unpickle files from disk
+        except (OSError, ValueError):
+            return None
+        if coords.shape != (len(self.session.dataset), 2):
+            return None
+        proj = Projection(coords.astype(np.float32), key[2], key[0], key[1], 0.0)
+        self._cache[key] = proj
+        return proj
+
+    def _save(self, proj: Projection) -> None:
+        key = (proj.source, proj.model_version, proj.method)
+        self._cache[key] = proj
+        path = self._cache_file(key)
+        if path is None:
+            return
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(".tmp.npy")
+            np.save(tmp, proj.coords, allow_pickle=False)
+            os.replace(tmp, path)
+        except OSError:
+            pass  # the cache is an optimization; an unwritable folder only costs recomputation
+
+    def _first_paint(self) -> Projection:
+        source, version = self._key_now()
+        for method in ("umap", "pca"):
+            cached = self._load((source, version, method))
+            if cached is not None and (method == "pca" or self.method == "umap"):
+                self.status = f"{method} (cached)"
+                return cached
+        # Raw features give the first paint even when the model exists: no inference needed.
+        t0 = time.perf_counter()
+        coords = pca_2d(self.session.dataset.features, sample=self.sample, seed=self.seed)
+        proj = Projection(coords, "pca", "features", None, time.perf_counter() - t0)
+        self._save(proj)
+        self.status = "pca"
+        return proj
+
+    def _publish(self, proj: Projection) -> None:
+        self._current = proj
+        for cb in list(self._callbacks):
+            try:
+                cb(proj)
+            except Exception:  # noqa: BLE001 (a view's bug must not stop the projector)
+                self.error = traceback.format_exc()
+
+    def _run(self) -> None:
+        while True:
+            with self._lock:
+                want, self._want = self._want, None
+            if want is None:
+                return
+            source, version = want
+            try:
+                self._compute(source, version)
+            except Exception:  # noqa: BLE001 (shown in the views, never printed)
+                self.error = traceback.format_exc()
+                self.status = "error"
+
+    def _compute(self, source: str, version: int | None) -> None:
+        key = (source, version, self.method)
+        cached = self._load(key)
+        if cached is not None:
+            self.status = f"{self.method} (cached)"
+            self._publish(cached)
+            return
+        self.status = f"computing {self.method} on {source}"
+        t0 = time.perf_counter()
+        X = self._features(source)
+        previous = self._current.coords if self._current is not None else None
+        if self.method == "pca":
+            coords = pca_2d(X, sample=self.sample, seed=self.seed)
+        else:
+            init = previous if (previous is not None and self._current is not None and self._current.method == "umap") else None
+            coords = umap_2d(X, sample=self.sample, seed=self.seed, init=init)
+        if previous is not None:
+            coords = align(coords, previous)
+        proj = Projection(coords, self.method, source, version, time.perf_counter() - t0)
+        self._save(proj)
+        self.status = self.method
+        self._publish(proj)

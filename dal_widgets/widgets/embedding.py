@@ -1,0 +1,383 @@
+"""The selection map: the pool in 2-D, what is labeled, what each round picked.
+
+One long-lived plotly FigureWidget (WebGL scatter), updated in place. Two modes, because plotly
+sends hover and selection events through one synced property and a hover right after a box
+selection can overwrite it before it reaches Python (see shared/BROWSER_TESTING.md):
+
+* **Select** (default): box or lasso selection, hover off, so every selection arrives;
+  the selected ids go to the labeler with "Label these".
+* **Inspect**: hover tooltips (id, label, prediction) and a click shows the sample beside the map.
+"""
+
+from __future__ import annotations
+
+import html
+import threading
+import traceback
+from typing import Any
+
+import numpy as np
+
+from dal_widgets._checks import check_choice, check_int, param_error
+
+__all__ = ["COLOR_MODES", "EmbeddingPlot"]
+
+#: What the points are colored by.
+COLOR_MODES = {
+    "labels": "given labels (unlabeled grey)",
+    "truth": "true class (when known)",
+    "prediction": "the model's predicted class",
+    "score": "the strategy's score",
+    "round": "round in which it was labeled",
+}
+
+_PALETTE = [
+    "#4c78a8", "#f58518", "#54a24b", "#e45756", "#72b7b2", "#eeca3b", "#b279a2", "#ff9da6",
+    "#9d755d", "#bab0ac", "#1f77b4", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2",
+    "#7f7f7f", "#bcbd22", "#17becf", "#393b79",
+]
+_GREY = "#d0d0d0"
+
+
+def _categorical_scale(n_classes: int) -> list[list[Any]]:
+    """A stepped colorscale: value -1 is grey (none), 0..C-1 the class colors."""
+    colors = [_GREY] + [_PALETTE[i % len(_PALETTE)] for i in range(n_classes)]
+    steps = len(colors)
+    scale: list[list[Any]] = []
+    for i, c in enumerate(colors):
+        scale += [[i / steps, c], [(i + 1) / steps, c]]
+    return scale
+
+
+class EmbeddingPlot:
+    """A map of the session's pool, linked to its labels, queries and models.
+
+    Display it like any widget (it renders its ``.widget``, an ipywidgets VBox).
+
+    Parameters
+    ----------
+    session : Session
+    labeler : LabelingWidget, optional
+        Where "Label these" sends a selection.
+    projector : Projector, optional
+        Made from the session when not given (UMAP of embeddings once a model exists).
+    color_by : str
+        One of :data:`COLOR_MODES`.
+    candidates : int
+        How many of the strategy's top-scored unlabeled samples to mark.
+    """
+
+    def __init__(
+        self,
+        session: Any,
+        *,
+        labeler: Any = None,
+        projector: Any = None,
+        color_by: str = "labels",
+        candidates: int = 50,
+        height: int = 460,
+    ) -> None:
+        import ipywidgets as W
+        import plotly.graph_objects as go
+
+        from dal_widgets.projection import Projector
+        from dal_widgets.session import Session
+
+        where = "EmbeddingPlot"
+        if not isinstance(session, Session):
+            raise param_error("session", where, "a dal_widgets.Session", session, TypeError)
+        self.session = session
+        self.labeler = labeler
+        self.candidates = check_int(candidates, "candidates", where, lo=0)
+        check_choice(color_by, "color_by", where, COLOR_MODES)
+        self.projector = projector if projector is not None else Projector(session)
+        self.selected_ids: list[Any] = []
+        self.errors: list[str] = []
+        self._lock = threading.RLock()
+        self._replay: int | None = None  # None = live, else the round shown
+        ds = session.dataset
+        coords = self.projector.current().coords
+
+        self.figure = go.FigureWidget(
+            data=[
+                go.Scattergl(x=coords[:, 0], y=coords[:, 1], mode="markers", name="pool",
+                             marker={"size": 5, "color": np.full(len(ds), -1.0), "cmin": -1,
+                                     "colorscale": _categorical_scale(len(session.classes)),
+                                     "cmax": len(session.classes) - 1, "line": {"width": 0}},
+                             hoverinfo="text", text=None, showlegend=False),
+                go.Scattergl(x=[], y=[], mode="markers", name="candidates", hoverinfo="skip",
+                             marker={"size": 8, "symbol": "diamond-open", "color": "#555", "line": {"width": 1}}),
+                go.Scattergl(x=[], y=[], mode="markers", name="this round's picks", hoverinfo="skip",
+                             marker={"size": 12, "symbol": "circle-open", "color": "#d62728", "line": {"width": 2}}),
+            ],
+            layout=go.Layout(
+                height=height, margin={"l": 10, "r": 10, "t": 10, "b": 10}, template="plotly_white",
+                dragmode="select", hovermode=False, uirevision="keep",
+                xaxis={"visible": False}, yaxis={"visible": False, "scaleanchor": "x"},
+                legend={"orientation": "h", "y": 1.0, "x": 0, "bgcolor": "rgba(255,255,255,0.6)"},
+            ),
+        )
+        self.figure.add_class("dal-map")
+        self.color_by = W.Dropdown(options=[(v, k) for k, v in COLOR_MODES.items()], value=color_by,
+                                   description="color", layout=W.Layout(width="300px"))
+        self.mode = W.ToggleButtons(options=["Select", "Inspect"], value="Select",
+                                    tooltips=["box / lasso selection", "hover and click for details"])
+        self.mode.style.button_width = "70px"
+        self.label_button = W.Button(description="Label these (0)", disabled=True, icon="tag")
+        self.clear_button = W.Button(description="Clear", disabled=True)
+        self.status = W.HTML()
+        self.rounds = W.IntSlider(min=0, max=max(session.round, 0), value=max(session.round, 0),
+                                  description="round", continuous_update=False, layout=W.Layout(width="320px"))
+        self.live = W.Checkbox(value=True, description="live", indent=False, layout=W.Layout(width="70px"))
+        self.detail = W.Output(layout=W.Layout(width="220px", min_height="120px"))
+        self.detail_box = W.VBox([W.HTML("<b>Sample</b>"), self.detail])
+        self.widget = W.VBox([
+            W.HBox([self.mode, self.color_by, self.label_button, self.clear_button]),
+            W.HBox([self.figure, self.detail_box]),
+            W.HBox([self.rounds, self.live, self.status]),
+        ])
+        self.widget.add_class("dal-embedding")
+
+        self.color_by.observe(lambda _c: self._safe(self.redraw), "value")
+        self.mode.observe(lambda _c: self._safe(self._set_mode), "value")
+        self.rounds.observe(lambda _c: self._safe(self._on_round), "value")
+        self.live.observe(lambda _c: self._safe(self._on_live), "value")
+        self.label_button.on_click(lambda _b: self._safe(self.label_selection))
+        self.clear_button.on_click(lambda _b: self._safe(self.clear_selection))
+        pool = self.figure.data[0]
+        pool.on_selection(lambda _t, points, _s: self._safe(lambda: self.select_positions(points.point_inds)))
+        pool.on_deselect(lambda _t, _p: self._safe(self.clear_selection))
+        pool.on_click(lambda _t, points, _s: self._safe(lambda: self._inspect(points.point_inds)))
+        self._unsubscribe = [
+            session.on(event, lambda **_kw: self._safe(self.redraw))
+            for event in ("labeled", "undone", "marked", "queried", "class_added")
+        ]
+        self._unsubscribe.append(session.on("trained", lambda **_kw: self._safe(self._on_trained)))
+        self.projector.on_change(lambda proj: self._safe(lambda: self._on_projection(proj)))
+        self.redraw()
+        self.projector.refresh()
+
+    # ------------------------------------------------------------------ display
+    def _repr_mimebundle_(self, **kwargs: Any) -> Any:
+        return self.widget._repr_mimebundle_(**kwargs)
+
+    def _safe(self, fn: Any) -> None:
+        """Run a view update; a failure is kept and shown, never raised into the event loop."""
+        try:
+            fn()
+        except Exception:  # noqa: BLE001 (views must not break the session or other views)
+            self.errors.append(traceback.format_exc())
+            last = traceback.format_exc().strip().splitlines()[-1]
+            self.status.value = f"<span style='color:#c62828'>{html.escape(last)}</span>"
+
+    # ------------------------------------------------------------------ state -> arrays
+    def _label_positions(self, upto_round: int | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Positions, class indices and rounds of the labeled samples (as of a round)."""
+        records = self.session.store.records()
+        if upto_round is not None:
+            records = [r for r in records if r["round"] <= upto_round]
+        if not records:
+            empty = np.zeros(0, dtype=np.int64)
+            return empty, empty, empty
+        index = {c: i for i, c in enumerate(self.session.classes)}
+        pos = self.session.dataset.positions([r["sample_id"] for r in records])
+        cls = np.array([index.get(r["label"], -1) for r in records], dtype=np.int64)
+        rnd = np.array([r["round"] for r in records], dtype=np.int64)
+        return pos, cls, rnd
+
+    def _picks(self, rnd: int | None) -> np.ndarray:
+        log = self.session.store.queries()
+        if rnd is not None:
+            log = [q for q in log if q["round"] == rnd]
+        if not log:
+            return np.zeros(0, dtype=np.int64)
+        return self.session.dataset.positions(log[-1]["ids"])
+
+    def colors(self) -> tuple[np.ndarray, dict[str, Any]]:
+        """The per-point color values and the marker settings for the current mode."""
+        ds = self.session.dataset
+        n_classes = len(self.session.classes)
+        mode = self.color_by.value
+        values = np.full(len(ds), -1.0, dtype=np.float32)
+        categorical = {"colorscale": _categorical_scale(n_classes), "cmin": -1, "cmax": n_classes - 1, "showscale": False}
+        if mode in ("labels", "round"):
+            pos, cls, rnd = self._label_positions(self._replay)
+            if mode == "labels":
+                values[pos] = cls
+                return values, categorical
+            values[:] = np.nan
+            values[pos] = rnd
+            return values, {"colorscale": "Viridis", "cmin": 0, "cmax": max(int(rnd.max(initial=0)), 1), "showscale": True}
+        if mode == "truth":
+            if ds.targets is None:
+                raise ValueError("This dataset has no known labels to color by; choose another mode.")
+            return ds.targets.astype(np.float32), categorical
+        if self.session.model is None:
+            return values, categorical  # no model yet: everything grey
+        arrays = self.session.compute_arrays({"probs"})
+        if mode == "prediction":
+            return arrays["probs"].argmax(1).astype(np.float32), categorical
+        last = self.session.last_query
+        scores = None if last is None else last.get("scores")
+        if scores is None:
+            return values, categorical
+        return np.asarray(scores, dtype=np.float32), {"colorscale": "Viridis", "cmin": float(np.min(scores)), "cmax": float(np.max(scores)), "showscale": True}
+
+    # ------------------------------------------------------------------ updates
+    def redraw(self) -> None:
+        """Recompute colors and overlays from the session and push them in one update."""
+        with self._lock:
+            self.rounds.max = max(self.session.round, 0)
+            if self._replay is None:
+                self.rounds.value = self.rounds.max
+            values, marker = self.colors()
+            coords = self.projector.current().coords
+            picks = self._picks(self._replay)
+            cand = self._candidate_positions() if self._replay is None else np.zeros(0, np.int64)
+            labels = self.session.labels
+            pool, cands, picked = self.figure.data
+            with self.figure.batch_update():
+                pool.marker.color = values
+                pool.marker.colorscale = marker["colorscale"]
+                pool.marker.cmin = marker["cmin"]
+                pool.marker.cmax = marker["cmax"]
+                pool.marker.showscale = marker.get("showscale", False)
+                cands.x, cands.y = coords[cand, 0], coords[cand, 1]
+                picked.x, picked.y = coords[picks, 0], coords[picks, 1]
+                if self.mode.value == "Inspect":
+                    pool.text = self._hover_text(labels)
+            self._update_status(len(labels))
+
+    def _candidate_positions(self) -> np.ndarray:
+        last = self.session.last_query
+        if not self.candidates or last is None or last.get("scores") is None:
+            return np.zeros(0, dtype=np.int64)
+        scores = np.asarray(last["scores"], dtype=np.float64).copy()
+        labeled = list(self.session.labels)
+        if labeled:
+            scores[self.session.dataset.positions(labeled)] = -np.inf
+        k = min(self.candidates, int(np.isfinite(scores).sum()))
+        if k <= 0:
+            return np.zeros(0, dtype=np.int64)
+        return np.argpartition(-scores, k - 1)[:k]
+
+    def _hover_text(self, labels: dict[Any, str]) -> list[str]:
+        ds = self.session.dataset
+        ids = ds.ids.tolist()
+        pred = None
+        if self.session.model is not None:
+            probs = self.session.compute_arrays({"probs"})["probs"]
+            top = probs.argmax(1)
+            pred = [f"{self.session.classes[t]} ({p:.0%})" for t, p in zip(top.tolist(), probs.max(1).tolist())]
+        return [
+            html.escape(f"id {sid} · label {labels.get(sid, '-')}" + ("" if pred is None else f" · predicted {pred[i]}"))
+            for i, sid in enumerate(ids)
+        ]
+
+    def _update_status(self, n_labels: int) -> None:
+        proj = self.projector.current()
+        what = f"{proj.method.upper()} of {'model v' + str(proj.model_version) + ' embeddings' if proj.source == 'embeddings' else 'raw features'}"
+        busy = " · computing a newer map…" if self.projector.status.startswith("computing") else ""
+        shown = "live" if self._replay is None else f"replaying round {self._replay}"
+        self.status.value = html.escape(f"{what}{busy} · {n_labels} labeled · {shown}")
+
+    def _on_projection(self, proj: Any) -> None:
+        with self._lock, self.figure.batch_update():
+            pool = self.figure.data[0]
+            pool.x, pool.y = proj.coords[:, 0], proj.coords[:, 1]
+        self.redraw()
+
+    def _on_trained(self) -> None:
+        self.projector.refresh()
+        self.redraw()
+
+    def _set_mode(self) -> None:
+        inspect = self.mode.value == "Inspect"
+        with self.figure.batch_update():
+            self.figure.layout.hovermode = "closest" if inspect else False
+            self.figure.layout.dragmode = "pan" if inspect else "select"
+        self.redraw()
+
+    def _on_round(self) -> None:
+        if self.rounds.value >= self.rounds.max and self.live.value:
+            self._replay = None
+        else:
+            self._replay = self.rounds.value
+            self.live.value = False
+        self.redraw()
+
+    def _on_live(self) -> None:
+        if self.live.value:
+            self._replay = None
+            self.rounds.value = self.rounds.max
+            self.redraw()
+
+    # ------------------------------------------------------------------ selection (public)
+    def select_positions(self, positions: Any) -> list[Any]:
+        """Select pool positions (what a box or lasso selection does); returns their ids."""
+        pos = np.asarray(list(positions), dtype=np.int64)
+        ds = self.session.dataset
+        self.selected_ids = [ds.python_id(i) for i in ds.ids[pos]] if pos.size else []
+        n = len(self.selected_ids)
+        self.label_button.description = f"Label these ({n})"
+        self.label_button.disabled = n == 0 or self.labeler is None
+        self.clear_button.disabled = n == 0
+        return list(self.selected_ids)
+
+    def select_ids(self, ids: Any) -> list[Any]:
+        """Select samples by id."""
+        return self.select_positions(self.session.dataset.positions(list(ids), where="EmbeddingPlot.select_ids"))
+
+    def clear_selection(self) -> None:
+        """Forget the selection."""
+        self.select_positions([])
+
+    def label_selection(self) -> list[Any]:
+        """Send the unlabeled part of the selection to the labeler ("Label these")."""
+        if self.labeler is None:
+            raise ValueError("This map is not linked to a labeler (pass labeler= to EmbeddingPlot).")
+        labeled = self.session.labels
+        ids = [i for i in self.selected_ids if i not in labeled][:200]
+        if not ids:
+            raise ValueError("The selection holds no unlabeled samples.")
+        self.labeler.show(ids)
+        return ids
+
+    def highlight(self, ids: Any) -> None:
+        """Mark samples as this round's picks (e.g. the labeler's batch)."""
+        pos = self.session.dataset.positions(list(ids), where="EmbeddingPlot.highlight")
+        coords = self.projector.current().coords
+        with self.figure.batch_update():
+            self.figure.data[2].x, self.figure.data[2].y = coords[pos, 0], coords[pos, 1]
+
+    def _inspect(self, positions: Any) -> None:
+        pos = list(positions)
+        if not pos:
+            return
+        self.show_sample(self.session.dataset.ids[pos[0]])
+
+    def show_sample(self, sample_id: Any) -> None:
+        """Show one sample beside the map (what a click in Inspect mode does)."""
+        import ipywidgets as W
+        from IPython.display import display
+
+        ds = self.session.dataset
+        sid = ds.python_id(sample_id)
+        rendered = ds.render(sid)
+        label = self.session.labels.get(sid, "unlabeled")
+        caption = W.HTML(html.escape(f"id {sid} · {label}"))
+        if ds.kind == "image":
+            body: Any = W.Image(value=rendered, format="png", layout=W.Layout(width="160px"))
+        elif ds.kind == "text":
+            body = W.HTML(f"<div style='white-space:pre-wrap;max-height:200px;overflow:auto'>{html.escape(rendered)}</div>")
+        else:
+            rows = "".join(f"<tr><th>{html.escape(str(k))}</th><td>{v:.4g}</td></tr>" for k, v in rendered.items())
+            body = W.HTML(f"<table>{rows}</table>")
+        self.detail.clear_output()
+        with self.detail:
+            display(W.VBox([body, caption]))
+
+    def close(self) -> None:
+        for unsubscribe in self._unsubscribe:
+            unsubscribe()
+        self.widget.close()

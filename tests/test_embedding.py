@@ -1,0 +1,109 @@
+"""The selection map at the Python level: its state follows the session's events."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import dal_widgets as dal
+from dal_widgets.projection import Projector
+from dal_widgets.training import TrainConfig
+from dal_widgets.widgets.embedding import EmbeddingPlot
+
+
+@pytest.fixture
+def setup():
+    rng = np.random.default_rng(0)
+    y = np.arange(200) % 4
+    X = rng.normal(size=(200, 6)) + y[:, None]
+    ds = dal.datasets.from_arrays(X, y=np.array(list("wxyz"))[y], holdout=0.2)
+    s = dal.Session(ds, store=None, device="cpu", retrain="manual", train_config=TrainConfig(steps=30))
+    w = dal.LabelingWidget(s, batch_size=5, prefetch=False)
+    plot = EmbeddingPlot(s, labeler=w, projector=Projector(s, method="pca"))
+    yield ds, s, w, plot
+    plot.close()
+    s.close()
+
+
+def colors(plot):
+    return np.asarray(plot.figure.data[0].marker.color, dtype=float)
+
+
+def test_labels_color_points_and_picks_are_marked(setup):
+    ds, _s, w, plot = setup
+    assert np.all(colors(plot) == -1)  # nothing labeled: all grey
+    assert len(plot.figure.data[2].x) == 5  # this round's picks
+    sid = w._keys[w.items[0]["key"]]
+    w.label("y")
+    pos = ds.positions([sid])[0]
+    assert colors(plot)[pos] == 2 and (colors(plot) >= 0).sum() == 1
+    w.undo()
+    assert np.all(colors(plot) == -1)
+    assert plot.errors == []
+
+
+def test_color_modes(setup):
+    ds, s, _w, plot = setup
+    plot.color_by.value = "truth"
+    np.testing.assert_array_equal(colors(plot), ds.targets)
+    s.label(ds.ids[:40].tolist(), ds.targets[:40])
+    s.train(block=True)
+    plot.color_by.value = "prediction"
+    pred = s.predict_proba().argmax(1)
+    np.testing.assert_array_equal(colors(plot), pred)
+    s.query(5)
+    plot.color_by.value = "score"
+    np.testing.assert_allclose(colors(plot), s.last_query["scores"], rtol=1e-5)
+    assert len(plot.figure.data[1].x) == 50  # top candidates shown
+    plot.color_by.value = "round"
+    assert np.nanmax(colors(plot)) == 1  # the 40 labels were given in round 1 (after the first query)
+    assert plot.errors == []
+
+
+def test_trained_model_moves_the_map_to_embeddings(setup):
+    ds, s, _w, plot = setup
+    before = np.asarray(plot.figure.data[0].x).copy()
+    s.label(ds.ids[:40].tolist(), ds.targets[:40])
+    s.train(block=True)
+    plot.projector.wait(30)
+    assert plot.projector.current().source == "embeddings"
+    assert not np.allclose(np.asarray(plot.figure.data[0].x), before)
+    assert "embeddings" in plot.status.value
+
+
+def test_selection_goes_to_the_labeler(setup):
+    ds, _s, w, plot = setup
+    ids = plot.select_positions([3, 4, 5])
+    assert ids == ds.ids[[3, 4, 5]].tolist() and plot.label_button.description == "Label these (3)"
+    assert not plot.label_button.disabled
+    plot.label_selection()
+    assert [it["key"] for it in w.items] == [str(i) for i in ids]
+    plot.clear_selection()
+    assert plot.selected_ids == [] and plot.label_button.disabled
+
+
+def test_round_replay(setup):
+    ds, _s, w, plot = setup
+    first_picks = list(w._keys.values())
+    for _ in range(5):
+        w.label("w")  # round 1 finished: round 2 is shown
+    plot.rounds.value = 1
+    picks = np.asarray(plot.figure.data[2].x)
+    coords = plot.projector.current().coords
+    np.testing.assert_allclose(np.sort(picks), np.sort(coords[ds.positions(first_picks), 0]))
+    assert "replaying round 1" in plot.status.value
+    plot.live.value = True
+    assert "live" in plot.status.value
+
+
+def test_inspect_mode_hover_text_is_escaped():
+    texts = dal.datasets.texts(["<b>x</b> one", "two"] * 10, y=["<i>a</i>", "b"] * 10)
+    s = dal.Session(texts, store=None, device="cpu", retrain="manual")
+    s.label(texts.ids[0], "<i>a</i>")
+    plot = EmbeddingPlot(s, projector=Projector(s, method="pca"))
+    plot.mode.value = "Inspect"
+    assert plot.figure.layout.hovermode == "closest"
+    assert "&lt;i&gt;a&lt;/i&gt;" in plot.figure.data[0].text[0]
+    plot.show_sample(texts.ids[0])
+    assert plot.errors == []
+    s.close()
