@@ -16,6 +16,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "DalWarning",
+    "EmbeddingPlot",
     "LabelingWidget",
     "Session",
     "datasets",
@@ -32,6 +33,8 @@ _LAZY = {
     "Session": ("dal_widgets.session", "Session"),
     "simulate": ("dal_widgets.simulation", "simulate"),
     "LabelingWidget": ("dal_widgets.widgets.labeler", "LabelingWidget"),
+    "EmbeddingPlot": ("dal_widgets.widgets.embedding", "EmbeddingPlot"),
+    "projection": ("dal_widgets.projection", None),
 }
 
 

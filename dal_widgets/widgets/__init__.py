@@ -8,9 +8,10 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-__all__ = ["LabelingWidget", "register_renderer"]
+__all__ = ["EmbeddingPlot", "LabelingWidget", "register_renderer"]
 
 _LAZY = {
+    "EmbeddingPlot": "dal_widgets.widgets.embedding",
     "LabelingWidget": "dal_widgets.widgets.labeler",
     "register_renderer": "dal_widgets.widgets.labeler",
 }
