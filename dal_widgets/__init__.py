@@ -15,6 +15,7 @@ from dal_widgets._checks import DalWarning
 __version__ = "0.1.0"
 
 __all__ = [
+    "App",
     "DalWarning",
     "EmbeddingPlot",
     "LabelingWidget",
@@ -34,6 +35,7 @@ _LAZY = {
     "simulate": ("dal_widgets.simulation", "simulate"),
     "LabelingWidget": ("dal_widgets.widgets.labeler", "LabelingWidget"),
     "EmbeddingPlot": ("dal_widgets.widgets.embedding", "EmbeddingPlot"),
+    "App": ("dal_widgets.widgets.app", "App"),
     "projection": ("dal_widgets.projection", None),
 }
 

@@ -117,7 +117,11 @@ class _Worker:
         with self.cond:
             if self.closed:
                 raise RuntimeError("This session is closed; make a new Session to train.")
-            if self.busy and not self.pending and self.session._fitting_epoch == self.session._label_epoch:
+            if (
+                self.busy
+                and not self.pending
+                and self.session._fitting_epoch == self.session._label_epoch
+            ):
                 return  # the running fit already has exactly these labels
             self.pending = True
             self.cancel.clear()
@@ -757,6 +761,42 @@ class Session:
         self.train_error = text
         self.progress = {"state": "error"}
         self._emit("train_failed", error=text)
+
+    def export_model(self, path: Any) -> tuple[str, str]:
+        """Save the newest model: weights (``path``) and a JSON config beside it.
+
+        Load it back with :meth:`load_model` (``torch.load(..., weights_only=True)``).
+        """
+        from dal_widgets.training import save_checkpoint
+
+        model, version = self._model, self.model_version
+        if model is None or version is None:
+            raise RuntimeError("No trained model yet: call train() (and wait()) first.")
+        config = {
+            "model_class": type(model).__name__,
+            "input_shape": list(self.dataset.X.shape[1:]),
+            "classes": self.classes,
+            "version": version.version,
+            "n_labels": version.n_labels,
+            "dataset": self.dataset.name,
+            "dataset_fingerprint": self.dataset.fingerprint,
+            "train_config": self.train_config.__dict__,
+        }
+        return save_checkpoint(path, model, config)
+
+    def load_model(self, path: Any) -> None:
+        """Load weights saved by :meth:`export_model` into a fresh model; it becomes the newest."""
+        from dal_widgets.training import load_checkpoint
+
+        model = self._new_model()
+        config = load_checkpoint(path, model)
+        model = model.to(self.device).eval()
+        version = (self.model_version.version + 1) if self.model_version else 1
+        self._model = model
+        self.model_version = ModelVersion(
+            version, int(config.get("n_labels", 0)), 0.0, 0, math.nan, time.time()
+        )
+        self._emit("trained", version=self.model_version)
 
     # ------------------------------------------------------------------ evaluation
     def predict_proba(self, ids: Any = None) -> np.ndarray:

@@ -5,7 +5,15 @@ from __future__ import annotations
 from dal_widgets.training._device import resolve_device
 from dal_widgets.training._fit import Callback, EarlyStopping, FitResult, FitState, TrainConfig, fit
 from dal_widgets.training._inference import INFERABLE, mc_dropout, predict
-from dal_widgets.training._models import MLP, SmallCNN, classifier_layer, default_model, has_dropout
+from dal_widgets.training._models import (
+    MLP,
+    SmallCNN,
+    classifier_layer,
+    default_model,
+    has_dropout,
+    load_checkpoint,
+    save_checkpoint,
+)
 
 __all__ = [
     "INFERABLE",
@@ -20,7 +28,9 @@ __all__ = [
     "default_model",
     "fit",
     "has_dropout",
+    "load_checkpoint",
     "mc_dropout",
     "predict",
     "resolve_device",
+    "save_checkpoint",
 ]

@@ -124,3 +124,56 @@ def count_parameters(model: nn.Module) -> int:
 
 def describe_model(model: nn.Module) -> dict[str, Any]:
     return {"class": type(model).__name__, "parameters": count_parameters(model)}
+
+
+def save_checkpoint(path: Any, model: nn.Module, config: dict[str, Any]) -> tuple[str, str]:
+    """Write ``model``'s state_dict to ``path`` and ``config`` (JSON) beside it (``.json``).
+
+    Only tensors are saved, so :func:`load_checkpoint` can load with ``weights_only=True``.
+    """
+    import json
+    import os
+    from pathlib import Path
+
+    target = Path(path)
+    meta = target.with_suffix(".json")
+    tmp = target.with_name(f".{target.name}.tmp")
+    torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, tmp)
+    os.replace(tmp, target)
+    meta.write_text(json.dumps(config, indent=2, default=str), encoding="utf-8")
+    return str(target), str(meta)
+
+
+def load_checkpoint(path: Any, model: nn.Module) -> dict[str, Any]:
+    """Load weights saved by :func:`save_checkpoint` into ``model`` (``weights_only=True``).
+
+    Returns the JSON config (empty when the ``.json`` file is missing).
+
+    Raises
+    ------
+    ValueError
+        When the file is not a checkpoint (nothing is unpickled beyond tensors).
+    """
+    import json
+    import pickle
+    from pathlib import Path
+
+    target = Path(path)
+    try:
+        state = torch.load(target, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as exc:
+        raise ValueError(
+            f"The 'path' parameter of load_checkpoint must be a checkpoint written by save_checkpoint. {str(target)!r} is not one ({type(exc).__name__})."
+        ) from None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(
+            f"The 'path' parameter of load_checkpoint must be a checkpoint of tensors. {str(target)!r} holds {type(state).__name__}."
+        )
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        raise ValueError(
+            f"The checkpoint {str(target)!r} does not fit this model: {str(exc).splitlines()[0]}"
+        ) from None
+    meta = target.with_suffix(".json")
+    return json.loads(meta.read_text(encoding="utf-8")) if meta.is_file() else {}

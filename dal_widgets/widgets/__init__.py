@@ -8,9 +8,11 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-__all__ = ["EmbeddingPlot", "LabelingWidget", "register_renderer"]
+__all__ = ["App", "EmbeddingPlot", "LabelingWidget", "LineChart", "register_renderer"]
 
 _LAZY = {
+    "App": "dal_widgets.widgets.app",
+    "LineChart": "dal_widgets.widgets.chart",
     "EmbeddingPlot": "dal_widgets.widgets.embedding",
     "LabelingWidget": "dal_widgets.widgets.labeler",
     "register_renderer": "dal_widgets.widgets.labeler",

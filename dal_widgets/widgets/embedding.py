@@ -32,9 +32,26 @@ COLOR_MODES = {
 }
 
 _PALETTE = [
-    "#4c78a8", "#f58518", "#54a24b", "#e45756", "#72b7b2", "#eeca3b", "#b279a2", "#ff9da6",
-    "#9d755d", "#bab0ac", "#1f77b4", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2",
-    "#7f7f7f", "#bcbd22", "#17becf", "#393b79",
+    "#4c78a8",
+    "#f58518",
+    "#54a24b",
+    "#e45756",
+    "#72b7b2",
+    "#eeca3b",
+    "#b279a2",
+    "#ff9da6",
+    "#9d755d",
+    "#bab0ac",
+    "#1f77b4",
+    "#2ca02c",
+    "#d62728",
+    "#9467bd",
+    "#8c564b",
+    "#e377c2",
+    "#7f7f7f",
+    "#bcbd22",
+    "#17becf",
+    "#393b79",
 ]
 _GREY = "#d0d0d0"
 
@@ -92,6 +109,7 @@ class EmbeddingPlot:
         check_choice(color_by, "color_by", where, COLOR_MODES)
         self.projector = projector if projector is not None else Projector(session)
         self.selected_ids: list[Any] = []
+        self._current_id: Any = None
         self.errors: list[str] = []
         self._lock = threading.RLock()
         self._replay: int | None = None  # None = live, else the round shown
@@ -100,42 +118,111 @@ class EmbeddingPlot:
 
         self.figure = go.FigureWidget(
             data=[
-                go.Scattergl(x=coords[:, 0], y=coords[:, 1], mode="markers", name="pool",
-                             marker={"size": 5, "color": np.full(len(ds), -1.0), "cmin": -1,
-                                     "colorscale": _categorical_scale(len(session.classes)),
-                                     "cmax": len(session.classes) - 1, "line": {"width": 0}},
-                             hoverinfo="text", text=None, showlegend=False),
-                go.Scattergl(x=[], y=[], mode="markers", name="candidates", hoverinfo="skip",
-                             marker={"size": 8, "symbol": "diamond-open", "color": "#555", "line": {"width": 1}}),
-                go.Scattergl(x=[], y=[], mode="markers", name="this round's picks", hoverinfo="skip",
-                             marker={"size": 12, "symbol": "circle-open", "color": "#d62728", "line": {"width": 2}}),
+                go.Scattergl(
+                    x=coords[:, 0],
+                    y=coords[:, 1],
+                    mode="markers",
+                    name="pool",
+                    marker={
+                        "size": 5,
+                        "color": np.full(len(ds), -1.0),
+                        "cmin": -1,
+                        "colorscale": _categorical_scale(len(session.classes)),
+                        "cmax": len(session.classes) - 1,
+                        "line": {"width": 0},
+                    },
+                    hoverinfo="text",
+                    text=None,
+                    showlegend=False,
+                ),
+                go.Scattergl(
+                    x=[],
+                    y=[],
+                    mode="markers",
+                    name="candidates",
+                    hoverinfo="skip",
+                    marker={
+                        "size": 8,
+                        "symbol": "diamond-open",
+                        "color": "#555",
+                        "line": {"width": 1},
+                    },
+                ),
+                go.Scattergl(
+                    x=[],
+                    y=[],
+                    mode="markers",
+                    name="this round's picks",
+                    hoverinfo="skip",
+                    marker={
+                        "size": 12,
+                        "symbol": "circle-open",
+                        "color": "#d62728",
+                        "line": {"width": 2},
+                    },
+                ),
+                go.Scattergl(
+                    x=[],
+                    y=[],
+                    mode="markers",
+                    name="labeler's sample",
+                    hoverinfo="skip",
+                    marker={
+                        "size": 18,
+                        "symbol": "square-open",
+                        "color": "#111",
+                        "line": {"width": 2},
+                    },
+                ),
             ],
             layout=go.Layout(
-                height=height, margin={"l": 10, "r": 10, "t": 10, "b": 10}, template="plotly_white",
-                dragmode="select", hovermode=False, uirevision="keep",
-                xaxis={"visible": False}, yaxis={"visible": False, "scaleanchor": "x"},
+                height=height,
+                margin={"l": 10, "r": 10, "t": 10, "b": 10},
+                template="plotly_white",
+                dragmode="select",
+                hovermode=False,
+                uirevision="keep",
+                xaxis={"visible": False},
+                yaxis={"visible": False, "scaleanchor": "x"},
                 legend={"orientation": "h", "y": 1.0, "x": 0, "bgcolor": "rgba(255,255,255,0.6)"},
             ),
         )
         self.figure.add_class("dal-map")
-        self.color_by = W.Dropdown(options=[(v, k) for k, v in COLOR_MODES.items()], value=color_by,
-                                   description="color", layout=W.Layout(width="300px"))
-        self.mode = W.ToggleButtons(options=["Select", "Inspect"], value="Select",
-                                    tooltips=["box / lasso selection", "hover and click for details"])
+        self.color_by = W.Dropdown(
+            options=[(v, k) for k, v in COLOR_MODES.items()],
+            value=color_by,
+            description="color",
+            layout=W.Layout(width="300px"),
+        )
+        self.mode = W.ToggleButtons(
+            options=["Select", "Inspect"],
+            value="Select",
+            tooltips=["box / lasso selection", "hover and click for details"],
+        )
         self.mode.style.button_width = "70px"
         self.label_button = W.Button(description="Label these (0)", disabled=True, icon="tag")
         self.clear_button = W.Button(description="Clear", disabled=True)
         self.status = W.HTML()
-        self.rounds = W.IntSlider(min=0, max=max(session.round, 0), value=max(session.round, 0),
-                                  description="round", continuous_update=False, layout=W.Layout(width="320px"))
-        self.live = W.Checkbox(value=True, description="live", indent=False, layout=W.Layout(width="70px"))
+        self.rounds = W.IntSlider(
+            min=0,
+            max=max(session.round, 0),
+            value=max(session.round, 0),
+            description="round",
+            continuous_update=False,
+            layout=W.Layout(width="320px"),
+        )
+        self.live = W.Checkbox(
+            value=True, description="live", indent=False, layout=W.Layout(width="70px")
+        )
         self.detail = W.Output(layout=W.Layout(width="220px", min_height="120px"))
         self.detail_box = W.VBox([W.HTML("<b>Sample</b>"), self.detail])
-        self.widget = W.VBox([
-            W.HBox([self.mode, self.color_by, self.label_button, self.clear_button]),
-            W.HBox([self.figure, self.detail_box]),
-            W.HBox([self.rounds, self.live, self.status]),
-        ])
+        self.widget = W.VBox(
+            [
+                W.HBox([self.mode, self.color_by, self.label_button, self.clear_button]),
+                W.HBox([self.figure, self.detail_box]),
+                W.HBox([self.rounds, self.live, self.status]),
+            ]
+        )
         self.widget.add_class("dal-embedding")
 
         self.color_by.observe(lambda _c: self._safe(self.redraw), "value")
@@ -145,7 +232,9 @@ class EmbeddingPlot:
         self.label_button.on_click(lambda _b: self._safe(self.label_selection))
         self.clear_button.on_click(lambda _b: self._safe(self.clear_selection))
         pool = self.figure.data[0]
-        pool.on_selection(lambda _t, points, _s: self._safe(lambda: self.select_positions(points.point_inds)))
+        pool.on_selection(
+            lambda _t, points, _s: self._safe(lambda: self.select_positions(points.point_inds))
+        )
         pool.on_deselect(lambda _t, _p: self._safe(self.clear_selection))
         pool.on_click(lambda _t, points, _s: self._safe(lambda: self._inspect(points.point_inds)))
         self._unsubscribe = [
@@ -199,7 +288,12 @@ class EmbeddingPlot:
         n_classes = len(self.session.classes)
         mode = self.color_by.value
         values = np.full(len(ds), -1.0, dtype=np.float32)
-        categorical = {"colorscale": _categorical_scale(n_classes), "cmin": -1, "cmax": n_classes - 1, "showscale": False}
+        categorical = {
+            "colorscale": _categorical_scale(n_classes),
+            "cmin": -1,
+            "cmax": n_classes - 1,
+            "showscale": False,
+        }
         if mode in ("labels", "round"):
             pos, cls, rnd = self._label_positions(self._replay)
             if mode == "labels":
@@ -207,10 +301,17 @@ class EmbeddingPlot:
                 return values, categorical
             values[:] = np.nan
             values[pos] = rnd
-            return values, {"colorscale": "Viridis", "cmin": 0, "cmax": max(int(rnd.max(initial=0)), 1), "showscale": True}
+            return values, {
+                "colorscale": "Viridis",
+                "cmin": 0,
+                "cmax": max(int(rnd.max(initial=0)), 1),
+                "showscale": True,
+            }
         if mode == "truth":
             if ds.targets is None:
-                raise ValueError("This dataset has no known labels to color by; choose another mode.")
+                raise ValueError(
+                    "This dataset has no known labels to color by; choose another mode."
+                )
             return ds.targets.astype(np.float32), categorical
         if self.session.model is None:
             return values, categorical  # no model yet: everything grey
@@ -221,7 +322,12 @@ class EmbeddingPlot:
         scores = None if last is None else last.get("scores")
         if scores is None:
             return values, categorical
-        return np.asarray(scores, dtype=np.float32), {"colorscale": "Viridis", "cmin": float(np.min(scores)), "cmax": float(np.max(scores)), "showscale": True}
+        return np.asarray(scores, dtype=np.float32), {
+            "colorscale": "Viridis",
+            "cmin": float(np.min(scores)),
+            "cmax": float(np.max(scores)),
+            "showscale": True,
+        }
 
     # ------------------------------------------------------------------ updates
     def redraw(self) -> None:
@@ -235,7 +341,7 @@ class EmbeddingPlot:
             picks = self._picks(self._replay)
             cand = self._candidate_positions() if self._replay is None else np.zeros(0, np.int64)
             labels = self.session.labels
-            pool, cands, picked = self.figure.data
+            pool, cands, picked, current = self.figure.data
             with self.figure.batch_update():
                 pool.marker.color = values
                 pool.marker.colorscale = marker["colorscale"]
@@ -244,6 +350,8 @@ class EmbeddingPlot:
                 pool.marker.showscale = marker.get("showscale", False)
                 cands.x, cands.y = coords[cand, 0], coords[cand, 1]
                 picked.x, picked.y = coords[picks, 0], coords[picks, 1]
+                at = self._current_positions()
+                current.x, current.y = coords[at, 0], coords[at, 1]
                 if self.mode.value == "Inspect":
                     pool.text = self._hover_text(labels)
             self._update_status(len(labels))
@@ -268,9 +376,15 @@ class EmbeddingPlot:
         if self.session.model is not None:
             probs = self.session.compute_arrays({"probs"})["probs"]
             top = probs.argmax(1)
-            pred = [f"{self.session.classes[t]} ({p:.0%})" for t, p in zip(top.tolist(), probs.max(1).tolist())]
+            pred = [
+                f"{self.session.classes[t]} ({p:.0%})"
+                for t, p in zip(top.tolist(), probs.max(1).tolist())
+            ]
         return [
-            html.escape(f"id {sid} · label {labels.get(sid, '-')}" + ("" if pred is None else f" · predicted {pred[i]}"))
+            html.escape(
+                f"id {sid} · label {labels.get(sid, '-')}"
+                + ("" if pred is None else f" · predicted {pred[i]}")
+            )
             for i, sid in enumerate(ids)
         ]
 
@@ -326,7 +440,9 @@ class EmbeddingPlot:
 
     def select_ids(self, ids: Any) -> list[Any]:
         """Select samples by id."""
-        return self.select_positions(self.session.dataset.positions(list(ids), where="EmbeddingPlot.select_ids"))
+        return self.select_positions(
+            self.session.dataset.positions(list(ids), where="EmbeddingPlot.select_ids")
+        )
 
     def clear_selection(self) -> None:
         """Forget the selection."""
@@ -335,7 +451,9 @@ class EmbeddingPlot:
     def label_selection(self) -> list[Any]:
         """Send the unlabeled part of the selection to the labeler ("Label these")."""
         if self.labeler is None:
-            raise ValueError("This map is not linked to a labeler (pass labeler= to EmbeddingPlot).")
+            raise ValueError(
+                "This map is not linked to a labeler (pass labeler= to EmbeddingPlot)."
+            )
         labeled = self.session.labels
         ids = [i for i in self.selected_ids if i not in labeled][:200]
         if not ids:
@@ -349,6 +467,19 @@ class EmbeddingPlot:
         coords = self.projector.current().coords
         with self.figure.batch_update():
             self.figure.data[2].x, self.figure.data[2].y = coords[pos, 0], coords[pos, 1]
+
+    def _current_positions(self) -> np.ndarray:
+        if self._current_id is None:
+            return np.zeros(0, dtype=np.int64)
+        return self.session.dataset.positions([self._current_id])
+
+    def mark_current(self, sample_id: Any) -> None:
+        """Mark the sample the labeler is on (the App links the labeler's cursor here)."""
+        self._current_id = self.session.dataset.python_id(sample_id)
+        coords = self.projector.current().coords
+        at = self._current_positions()
+        with self.figure.batch_update():
+            self.figure.data[3].x, self.figure.data[3].y = coords[at, 0], coords[at, 1]
 
     def _inspect(self, positions: Any) -> None:
         pos = list(positions)
@@ -369,9 +500,14 @@ class EmbeddingPlot:
         if ds.kind == "image":
             body: Any = W.Image(value=rendered, format="png", layout=W.Layout(width="160px"))
         elif ds.kind == "text":
-            body = W.HTML(f"<div style='white-space:pre-wrap;max-height:200px;overflow:auto'>{html.escape(rendered)}</div>")
+            body = W.HTML(
+                f"<div style='white-space:pre-wrap;max-height:200px;overflow:auto'>{html.escape(rendered)}</div>"
+            )
         else:
-            rows = "".join(f"<tr><th>{html.escape(str(k))}</th><td>{v:.4g}</td></tr>" for k, v in rendered.items())
+            rows = "".join(
+                f"<tr><th>{html.escape(str(k))}</th><td>{v:.4g}</td></tr>"
+                for k, v in rendered.items()
+            )
             body = W.HTML(f"<table>{rows}</table>")
         self.detail.clear_output()
         with self.detail:

@@ -40,7 +40,9 @@ def register_renderer(kind: str, renderer: Callable[[Any, Any], dict[str, Any]])
     if not isinstance(kind, str) or not kind:
         raise param_error("kind", "register_renderer", "a non-empty str", kind, TypeError)
     if not callable(renderer):
-        raise param_error("renderer", "register_renderer", "a callable(dataset, sample_id)", renderer, TypeError)
+        raise param_error(
+            "renderer", "register_renderer", "a callable(dataset, sample_id)", renderer, TypeError
+        )
     _RENDERERS[kind] = renderer
 
 
@@ -52,7 +54,9 @@ register_renderer("tabular", lambda ds, sid: {"type": "table", "row": ds.render(
 def _payload(dataset: Any, sample_id: Any) -> dict[str, Any]:
     renderer = _RENDERERS.get(dataset.kind)
     if renderer is None:
-        raise KeyError(f"No renderer for dataset kind {dataset.kind!r}; add one with register_renderer().")
+        raise KeyError(
+            f"No renderer for dataset kind {dataset.kind!r}; add one with register_renderer()."
+        )
     out = dict(renderer(dataset, sample_id))
     if out.get("type") == "image":
         out["src"] = "data:image/png;base64," + base64.b64encode(out.pop("png")).decode("ascii")
@@ -115,7 +119,9 @@ class LabelingWidget(anywidget.AnyWidget):
         from dal_widgets.session import Session
 
         if not isinstance(session, Session):
-            raise param_error("session", "LabelingWidget", "a dal_widgets.Session", session, TypeError)
+            raise param_error(
+                "session", "LabelingWidget", "a dal_widgets.Session", session, TypeError
+            )
         batch_size = check_int(batch_size, "batch_size", "LabelingWidget", lo=1, hi=500)
         budget = None if budget is None else check_int(budget, "budget", "LabelingWidget", lo=1)
         super().__init__(**kwargs)
@@ -202,7 +208,9 @@ class LabelingWidget(anywidget.AnyWidget):
     def _advance(self) -> None:
         """Move the cursor to the next pending sample; show the next batch when none is left."""
         keys = [it["key"] for it in self.items]
-        pending = [i for i, k in enumerate(keys) if self.states.get(k, {}).get("status") == "pending"]
+        pending = [
+            i for i, k in enumerate(keys) if self.states.get(k, {}).get("status") == "pending"
+        ]
         if not pending:
             self.next_batch()
             return
@@ -244,17 +252,19 @@ class LabelingWidget(anywidget.AnyWidget):
             key = self._key(sid)
             keys[key] = sid
             why = explain.get(sid, {})
-            items.append({
-                "key": key,
-                "sample": _payload(ds, sid),
-                "suggestion": why.get("predicted"),
-                "prob": why.get("prob"),
-                "probs": why.get("probs"),
-                "score": why.get("score"),
-                "rank": why.get("rank"),
-                "candidates": why.get("candidates"),
-                "strategy": why.get("strategy"),
-            })
+            items.append(
+                {
+                    "key": key,
+                    "sample": _payload(ds, sid),
+                    "suggestion": why.get("predicted"),
+                    "prob": why.get("prob"),
+                    "probs": why.get("probs"),
+                    "score": why.get("score"),
+                    "rank": why.get("rank"),
+                    "candidates": why.get("candidates"),
+                    "strategy": why.get("strategy"),
+                }
+            )
         with self.hold_sync():
             self._keys = keys
             self.states = {}
@@ -263,7 +273,10 @@ class LabelingWidget(anywidget.AnyWidget):
             self._set_state(ids)
             self.zoomed = {}
             self._refresh_progress()
-            first = next((i for i, it in enumerate(items) if self.states[it["key"]]["status"] == "pending"), 0)
+            first = next(
+                (i for i, it in enumerate(items) if self.states[it["key"]]["status"] == "pending"),
+                0,
+            )
             self.cursor = first
 
     def _start_prefetch(self) -> None:
@@ -271,12 +284,18 @@ class LabelingWidget(anywidget.AnyWidget):
             if self._next is not None or (self._fetching is not None and self._fetching.is_alive()):
                 return
             on_screen = list(self._keys.values())
-            self._fetching = threading.Thread(target=self._prefetch, args=(on_screen,), daemon=True, name="dal-labeler-prefetch")
+            self._fetching = threading.Thread(
+                target=self._prefetch, args=(on_screen,), daemon=True, name="dal-labeler-prefetch"
+            )
             self._fetching.start()
 
     def _prefetch(self, on_screen: list[Any]) -> None:
         try:
-            left = len(self.session.dataset) - len(self.session.store) - len(self.session.store.marked("skip"))
+            left = (
+                len(self.session.dataset)
+                - len(self.session.store)
+                - len(self.session.store.marked("skip"))
+            )
             exclude = [i for i in on_screen if i not in self.session.labels]
             n = min(self.batch_size, left - len(exclude))
             if n > 0:
@@ -299,7 +318,11 @@ class LabelingWidget(anywidget.AnyWidget):
                 ids, self._next = self._next, None
             ids = [i for i in (ids or []) if i not in self.session.labels]
             if not ids:
-                left = len(self.session.dataset) - len(self.session.store) - len(self.session.store.marked("skip"))
+                left = (
+                    len(self.session.dataset)
+                    - len(self.session.store)
+                    - len(self.session.store.marked("skip"))
+                )
                 if left <= 0:
                     self._show([])
                     self.message = "Every sample is labeled or skipped."
@@ -338,7 +361,9 @@ class LabelingWidget(anywidget.AnyWidget):
             sid = self._resolve(sample_id, "LabelingWidget.accept_suggestion")
             item = next((it for it in self.items if it["key"] == self._key(sid)), None)
             if item is None or item.get("suggestion") is None:
-                raise ValueError("There is no model suggestion for this sample yet (no model trained).")
+                raise ValueError(
+                    "There is no model suggestion for this sample yet (no model trained)."
+                )
             self.session.label([sid], item["suggestion"], source="suggestion")
             self._record([sid])
             self._advance_from(sid)
@@ -398,7 +423,9 @@ class LabelingWidget(anywidget.AnyWidget):
         key = self._key(sample_id)
         keys = [it["key"] for it in self.items]
         if key not in keys:
-            raise KeyError(f"LabelingWidget.select: sample {short_repr(sample_id)} is not on screen.")
+            raise KeyError(
+                f"LabelingWidget.select: sample {short_repr(sample_id)} is not on screen."
+            )
         self.cursor = keys.index(key)
 
     def toggle_view(self, view: str | None = None) -> None:
@@ -420,10 +447,15 @@ class LabelingWidget(anywidget.AnyWidget):
 
         def action() -> None:
             sid = self._resolve(sample_id, "LabelingWidget.zoom")
-            payload = _payload(self.session.dataset, sid) if self.session.dataset.kind != "image" else {
-                "type": "image",
-                "src": "data:image/png;base64," + base64.b64encode(self.session.dataset.render(sid, size=size)).decode("ascii"),
-            }
+            payload = (
+                _payload(self.session.dataset, sid)
+                if self.session.dataset.kind != "image"
+                else {
+                    "type": "image",
+                    "src": "data:image/png;base64,"
+                    + base64.b64encode(self.session.dataset.render(sid, size=size)).decode("ascii"),
+                }
+            )
             self.zoomed = {"key": self._key(sid), "sample": payload}
 
         self._guard(action)
@@ -434,7 +466,19 @@ class LabelingWidget(anywidget.AnyWidget):
         super().close()
 
     # ------------------------------------------------------------------ frontend messages
-    _ACTIONS = ("label", "accept", "skip", "flag", "undo", "next", "move", "select", "view", "zoom", "add_class")
+    _ACTIONS = (
+        "label",
+        "accept",
+        "skip",
+        "flag",
+        "undo",
+        "next",
+        "move",
+        "select",
+        "view",
+        "zoom",
+        "add_class",
+    )
 
     def _on_frontend_msg(self, _widget: Any, content: Any, _buffers: Any) -> None:
         """Dispatch a message from the browser to the public method of the same action."""

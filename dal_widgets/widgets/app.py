@@ -1,0 +1,348 @@
+"""The dashboard: labeler, selection map, training panel, learning curve and controls, linked."""
+
+from __future__ import annotations
+
+import html
+import threading
+import traceback
+from pathlib import Path
+from typing import Any
+
+from dal_widgets._checks import check_int, param_error
+
+__all__ = ["App"]
+
+_RETRAIN = [
+    ("after each batch", "batch"),
+    ("every 10 labels", 10),
+    ("every 50 labels", 50),
+    ("manual", "manual"),
+]
+
+
+class App:
+    """Everything for one session in one cell: label, see, train, compare.
+
+    Linked: labeling a sample colors it on the map and the sample under the labeler's cursor
+    is marked there; a box or lasso selection on the map fills the labeler ("Label these").
+    Each finished fit is evaluated on the held-out split (when the dataset has one) and added
+    to the learning curve.
+
+    Parameters
+    ----------
+    session : Session
+    batch_size : int
+        Samples per query batch.
+    budget : int, optional
+        Shown as labeled / budget.
+    map_method : {"umap", "pca"}
+        How the map is computed (UMAP replaces a PCA first paint when ready).
+    export_dir : str or path
+        Where "Export labels" and "Export model" write (default: beside the store, or ".").
+
+    Notes
+    -----
+    Every control has a public method: :meth:`set_strategy`, :meth:`set_batch_size`,
+    :meth:`set_retrain`, :meth:`fit_all`, :meth:`stop`, :meth:`export_labels`,
+    :meth:`export_model`; and the parts are attributes: ``labeler``, ``map``, ``loss_chart``,
+    ``curve_chart``.
+    """
+
+    def __init__(
+        self,
+        session: Any,
+        *,
+        batch_size: int = 10,
+        budget: int | None = None,
+        map_method: str = "umap",
+        export_dir: Any = None,
+    ) -> None:
+        import ipywidgets as W
+
+        from dal_widgets import strategies
+        from dal_widgets.projection import Projector
+        from dal_widgets.session import Session
+        from dal_widgets.widgets.chart import LineChart
+        from dal_widgets.widgets.embedding import EmbeddingPlot
+        from dal_widgets.widgets.labeler import LabelingWidget
+
+        if not isinstance(session, Session):
+            raise param_error("session", "App", "a dal_widgets.Session", session, TypeError)
+        self.session = session
+        self.errors: list[str] = []
+        store_path = session.store.path
+        default_dir = Path(store_path).parent if store_path != ":memory:" else Path(".")
+        self.export_dir = Path(export_dir) if export_dir is not None else default_dir
+        self._loss: list[tuple[float, float]] = []
+        self._lock = threading.Lock()
+
+        self.labeler = LabelingWidget(session, batch_size=batch_size, budget=budget)
+        self.map = EmbeddingPlot(
+            session,
+            labeler=self.labeler,
+            projector=Projector(session, method=map_method),
+            height=420,
+        )
+        self.map.detail_box.layout.display = "none"  # the labeler shows the samples in the App
+        self.loss_chart = LineChart(
+            title="Training loss (current fit)", xlabel="step", empty="no fit yet"
+        )
+        self.curve_chart = LineChart(
+            title="Held-out accuracy",
+            xlabel="labels",
+            y_range=[0.0, 1.0],
+            empty="evaluated after each fit"
+            if session.dataset.has_holdout
+            else "no held-out split",
+        )
+
+        descriptions = strategies.describe()
+        self.strategy = W.Dropdown(
+            options=list(descriptions),
+            value=session.strategy,
+            description="strategy",
+            layout=W.Layout(width="240px"),
+        )
+        self.strategy_help = W.HTML(layout=W.Layout(max_width="420px"))
+        self.batch = W.BoundedIntText(
+            value=batch_size, min=1, max=500, description="batch", layout=W.Layout(width="140px")
+        )
+        retrain_value = (
+            session.retrain if any(v == session.retrain for _, v in _RETRAIN) else "manual"
+        )
+        self.retrain = W.Dropdown(
+            options=_RETRAIN,
+            value=retrain_value,
+            description="retrain",
+            layout=W.Layout(width="230px"),
+        )
+        self.fit_button = W.Button(description="Fit on all labels", icon="play")
+        self.stop_button = W.Button(description="Stop", icon="stop", button_style="warning")
+        self.export_labels_button = W.Button(description="Export labels", icon="download")
+        self.export_model_button = W.Button(description="Export model", icon="download")
+        self.status = W.HTML()
+        self.error_box = W.HTML()
+        self.notice = W.HTML()
+
+        self.strategy.observe(lambda c: self._safe(lambda: self.set_strategy(c["new"])), "value")
+        self.batch.observe(lambda c: self._safe(lambda: self.set_batch_size(c["new"])), "value")
+        self.retrain.observe(lambda c: self._safe(lambda: self.set_retrain(c["new"])), "value")
+        self.fit_button.on_click(lambda _b: self._safe(self.fit_all))
+        self.stop_button.on_click(lambda _b: self._safe(self.stop))
+        self.export_labels_button.on_click(lambda _b: self._safe(self.export_labels))
+        self.export_model_button.on_click(lambda _b: self._safe(self.export_model))
+
+        controls = W.HBox(
+            [
+                self.strategy,
+                self.batch,
+                self.retrain,
+                self.fit_button,
+                self.stop_button,
+                self.export_labels_button,
+                self.export_model_button,
+            ],
+            layout=W.Layout(flex_flow="row wrap", align_items="center"),
+        )
+        self.labeler.layout = W.Layout(width="52%", min_width="420px")
+        self.map.widget.layout = W.Layout(width="48%", min_width="380px")
+        side = W.VBox(
+            [self.status, self.error_box, self.notice],
+            layout=W.Layout(width="30%", min_width="240px"),
+        )
+        self.loss_chart.layout = W.Layout(width="35%")
+        self.curve_chart.layout = W.Layout(width="35%")
+        self.widget = W.VBox(
+            [
+                controls,
+                self.strategy_help,
+                W.HBox(
+                    [self.labeler, self.map.widget],
+                    layout=W.Layout(width="100%", align_items="flex-start"),
+                ),
+                W.HBox([self.loss_chart, self.curve_chart, side], layout=W.Layout(width="100%")),
+            ],
+            layout=W.Layout(width="100%"),
+        )
+        self.widget.add_class("dal-app")
+
+        self._unsubscribe = [
+            session.on("train_started", lambda **kw: self._safe(self._on_train_started)),
+            session.on(
+                "train_progress", lambda progress: self._safe(lambda: self._on_progress(progress))
+            ),
+            session.on("trained", lambda **kw: self._safe(self._on_trained)),
+            session.on("train_failed", lambda error: self._safe(lambda: self._on_failed(error))),
+            session.on("labeled", lambda **kw: self._safe(self._update_status)),
+            session.on("undone", lambda **kw: self._safe(self._update_status)),
+        ]
+        self.labeler.observe(lambda _c: self._safe(self._follow_cursor), names=["cursor", "items"])
+        self._describe_strategy()
+        self._update_curve()
+        self._update_status()
+        self._follow_cursor()
+
+    # ------------------------------------------------------------------ display
+    def _repr_mimebundle_(self, **kwargs: Any) -> Any:
+        return self.widget._repr_mimebundle_(**kwargs)
+
+    def _safe(self, fn: Any) -> Any:
+        try:
+            return fn()
+        except Exception as exc:  # noqa: BLE001 (shown in the App; other parts keep working)
+            self.errors.append(traceback.format_exc())
+            self.error_box.value = (
+                f"<div style='color:#c62828'>{html.escape(f'{type(exc).__name__}: {exc}')}</div>"
+            )
+            return None
+
+    # ------------------------------------------------------------------ controls (public)
+    def set_strategy(self, name: str) -> None:
+        """Use another strategy from the next batch on (a prefetched batch is dropped)."""
+        self.session.strategy = name
+        if self.strategy.value != self.session.strategy:
+            self.strategy.value = self.session.strategy
+        with self.labeler._lock:
+            self.labeler._next = None
+        self._describe_strategy()
+
+    def set_batch_size(self, n: int) -> None:
+        """Samples per query batch from the next batch on."""
+        self.labeler.batch_size = check_int(n, "n", "App.set_batch_size", lo=1, hi=500)
+        if self.batch.value != n:
+            self.batch.value = n
+
+    def set_retrain(self, policy: str | int) -> None:
+        """``"batch"``, ``"manual"`` or retrain every k labels (see ``Session.retrain``)."""
+        self.session.retrain = policy
+        if self.retrain.value != policy and any(v == policy for _, v in _RETRAIN):
+            self.retrain.value = policy
+
+    def fit_all(self) -> None:
+        """Fit a fresh model on all labels now, in the background."""
+        self.session.train()
+        self._update_status()
+
+    def stop(self) -> None:
+        """Cancel the running fit."""
+        self.session.stop()
+        self._update_status()
+
+    def export_labels(self, path: Any = None) -> Path:
+        """Write the labels to CSV (default: ``<export_dir>/labels.csv``)."""
+        target = Path(path) if path is not None else self.export_dir / "labels.csv"
+        out = self.session.store.export(target)
+        self.notice.value = html.escape(f"Labels written to {out}")
+        return out
+
+    def export_model(self, path: Any = None) -> tuple[str, str]:
+        """Save the newest model and its JSON config (default: ``<export_dir>/model.pt``)."""
+        target = Path(path) if path is not None else self.export_dir / "model.pt"
+        files = self.session.export_model(target)
+        self.notice.value = html.escape(f"Model written to {files[0]} (+ {Path(files[1]).name})")
+        return files
+
+    # ------------------------------------------------------------------ session events
+    def _describe_strategy(self) -> None:
+        from dal_widgets import strategies
+
+        s = strategies.get(self.session.strategy)
+        needs = ", ".join(sorted(s.needs)) or "nothing"
+        self.strategy_help.value = (
+            f"<span style='color:var(--jp-ui-font-color2,#666)'>{html.escape(s.description)} "
+            f"(needs: {html.escape(needs)})</span>"
+        )
+
+    def _on_train_started(self) -> None:
+        with self._lock:
+            self._loss = []
+        self.loss_chart.set_series([])
+        self._update_status()
+
+    def _on_progress(self, progress: dict[str, Any]) -> None:
+        if progress.get("state") != "training":
+            self._update_status()
+            return
+        with self._lock:
+            self._loss.append((progress["step"], progress["loss"]))
+            points = list(self._loss)
+        self.loss_chart.set_series(
+            [{"name": "loss", "x": [p[0] for p in points], "y": [p[1] for p in points]}]
+        )
+        self._update_status()
+
+    def _on_trained(self) -> None:
+        if self.session.dataset.has_holdout:
+            self.session.evaluate()
+        self._update_curve()
+        self._update_status()
+        self.error_box.value = ""
+
+    def _on_failed(self, error: str) -> None:
+        last = error.strip().splitlines()[-1] if error.strip() else "training failed"
+        self.error_box.value = (
+            f"<div style='color:#c62828'>Training failed: {html.escape(last)}</div>"
+            f"<details><summary>traceback</summary><pre style='font-size:11px;white-space:pre-wrap'>"
+            f"{html.escape(error)}</pre></details>"
+        )
+        self._update_status()
+
+    def _update_curve(self) -> None:
+        rows = [
+            r
+            for r in self.session.history
+            if r["accuracy"] == r["accuracy"] and r["n_labels"] is not None
+        ]
+        rows.sort(key=lambda r: r["n_labels"])
+        self.curve_chart.set_series(
+            [
+                {
+                    "name": "accuracy",
+                    "x": [r["n_labels"] for r in rows],
+                    "y": [r["accuracy"] for r in rows],
+                }
+            ]
+            if rows
+            else []
+        )
+
+    def _update_status(self) -> None:
+        s = self.session
+        version = s.model_version
+        p = s.progress
+        if p.get("state") == "training":
+            state = f"training: epoch {p.get('epoch')}/{p.get('epochs')}, step {p.get('step')}/{p.get('steps')}, {p.get('samples_per_second', 0):.0f} samples/s"
+        elif p.get("state") == "error":
+            state = "last fit failed"
+        elif p.get("state") == "cancelled":
+            state = "fit cancelled"
+        else:
+            state = "idle"
+        model = (
+            "no model yet"
+            if version is None
+            else f"model v{version.version} ({version.n_labels} labels, {s.staleness} behind)"
+        )
+        lines = [
+            f"device: {s.device.type}",
+            model,
+            f"worker: {state}",
+            f"{len(s.store)} labeled, round {s.round}",
+        ]
+        self.status.value = "<br>".join(html.escape(x) for x in lines)
+
+    def _follow_cursor(self) -> None:
+        items = self.labeler.items
+        if not items:
+            return
+        key = items[min(self.labeler.cursor, len(items) - 1)]["key"]
+        sid = self.labeler._keys.get(key)
+        if sid is not None:
+            self.map.mark_current(sid)
+
+    def close(self) -> None:
+        for unsubscribe in self._unsubscribe:
+            unsubscribe()
+        self.map.close()
+        self.labeler.close()
+        self.widget.close()
