@@ -16,6 +16,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "App",
+    "CompareWidget",
     "DalWarning",
     "EmbeddingPlot",
     "LabelingWidget",
@@ -36,6 +37,7 @@ _LAZY = {
     "LabelingWidget": ("dal_widgets.widgets.labeler", "LabelingWidget"),
     "EmbeddingPlot": ("dal_widgets.widgets.embedding", "EmbeddingPlot"),
     "App": ("dal_widgets.widgets.app", "App"),
+    "CompareWidget": ("dal_widgets.widgets.compare", "CompareWidget"),
     "projection": ("dal_widgets.projection", None),
 }
 

@@ -8,6 +8,7 @@ held-out split, round after round, exactly as a person's session would run.
 from __future__ import annotations
 
 import math
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -157,6 +158,7 @@ def simulate(
     device: Any = "auto",
     train_config: Any = None,
     progress: Callable[[dict[str, Any]], None] | None = None,
+    stop: threading.Event | None = None,
 ) -> SimulationResult:
     """Run simulated-oracle active learning for each strategy and seed.
 
@@ -179,6 +181,8 @@ def simulate(
         Fraction of oracle answers replaced by a random other class (label noise).
     progress : callable, optional
         Called with each new record (for progress displays).
+    stop : threading.Event, optional
+        Set it to end the run after the current round; the result holds what finished.
 
     Returns
     -------
@@ -231,79 +235,66 @@ def simulate(
             shift = rng.integers(1, len(dataset.classes), size=targets.size)
             answers[flip] = (targets[flip] + shift[flip]) % len(dataset.classes)
         for name in strategies:
-            _run_one(
-                Session,
+            if stop is not None and stop.is_set():
+                return result
+            session = Session(
                 dataset,
-                name,
-                seed,
-                start,
-                answers,
-                batch,
-                budget,
-                model,
-                device,
-                train_config,
-                result,
-                progress,
+                retrain="manual",
+                strategy=name,
+                model=model,
+                store=":memory:",
+                seed=seed,
+                device=device,
+                train_config=train_config,
             )
+            try:
+                _run_one(session, start, answers, batch, budget, result, progress, stop)
+            finally:
+                session.close()
     return result
 
 
 def _run_one(
-    session_cls: Any,
-    dataset: Dataset,
-    name: str,
-    seed: int,
+    session: Any,
     start: np.ndarray,
     answers: np.ndarray,
     batch: int,
     budget: int,
-    model: Any,
-    device: Any,
-    train_config: Any,
     result: SimulationResult,
     progress: Callable[[dict[str, Any]], None] | None,
+    stop: threading.Event | None,
 ) -> None:
-    session = session_cls(
-        dataset,
-        retrain="manual",
-        strategy=name,
-        model=model,
-        store=":memory:",
-        seed=seed,
-        device=device,
-        train_config=train_config,
-    )
-    try:
+    """One strategy and seed: initial labels, then query, answer, train, evaluate until the budget."""
+    dataset = session.dataset
+    name = session.strategy
+    seed = session.seed
+    t0 = time.perf_counter()
+    session.label(dataset.ids[start].tolist(), answers[start].tolist(), source="oracle")
+    rnd = 0
+    infer_s = select_s = 0.0
+    while True:
+        session.train(block=True)
+        acc = session.evaluate()["accuracy"]
+        record = {
+            "strategy": name,
+            "seed": seed,
+            "round": rnd,
+            "labels": len(session.labels),
+            "accuracy": acc,
+            "train_s": session.model_version.seconds if session.model_version else math.nan,
+            "infer_s": infer_s,
+            "select_s": select_s,
+            "seconds": time.perf_counter() - t0,
+        }
+        result.records.append(record)
+        if progress is not None:
+            progress(dict(record))
+        left = budget - len(session.labels)
+        if left <= 0 or (stop is not None and stop.is_set()):
+            break
         t0 = time.perf_counter()
-        session.label(dataset.ids[start].tolist(), answers[start].tolist(), source="oracle")
-        rnd = 0
-        infer_s = select_s = 0.0
-        while True:
-            session.train(block=True)
-            acc = session.evaluate()["accuracy"]
-            record = {
-                "strategy": name,
-                "seed": seed,
-                "round": rnd,
-                "labels": len(session.labels),
-                "accuracy": acc,
-                "train_s": session.model_version.seconds if session.model_version else math.nan,
-                "infer_s": infer_s,
-                "select_s": select_s,
-                "seconds": time.perf_counter() - t0,
-            }
-            result.records.append(record)
-            if progress is not None:
-                progress(dict(record))
-            left = budget - len(session.labels)
-            if left <= 0:
-                break
-            t0 = time.perf_counter()
-            ids = session.query(min(batch, left))
-            row = session.store.rounds()[-1]
-            infer_s, select_s = row["infer_s"], row["select_s"]
-            session.label(ids, answers[dataset.positions(ids)].tolist(), source="oracle")
-            rnd += 1
-    finally:
-        session.close()
+        ids = session.query(min(batch, left))
+        row = session.store.rounds()[-1]
+        infer_s, select_s = row["infer_s"], row["select_s"]
+        session.label(ids, answers[dataset.positions(ids)].tolist(), source="oracle")
+        rnd += 1

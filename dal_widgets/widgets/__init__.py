@@ -8,9 +8,10 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-__all__ = ["App", "EmbeddingPlot", "LabelingWidget", "LineChart", "register_renderer"]
+__all__ = ["App", "CompareWidget", "EmbeddingPlot", "LabelingWidget", "LineChart", "register_renderer"]
 
 _LAZY = {
+    "CompareWidget": "dal_widgets.widgets.compare",
     "App": "dal_widgets.widgets.app",
     "LineChart": "dal_widgets.widgets.chart",
     "EmbeddingPlot": "dal_widgets.widgets.embedding",

@@ -1,0 +1,160 @@
+"""Strategy comparison: simulated oracles in a background thread, live learning curves."""
+
+from __future__ import annotations
+
+import html
+import threading
+import traceback
+from typing import Any
+
+from dal_widgets._checks import param_error
+
+__all__ = ["CompareWidget"]
+
+
+class CompareWidget:
+    """Run :func:`dal_widgets.simulate` in the background and watch the curves grow.
+
+    Parameters are those of :func:`~dal_widgets.simulate`; ``autostart`` runs at once.
+    Public methods: :meth:`run`, :meth:`stop`, :meth:`wait`; the result is ``.result``
+    (a :class:`~dal_widgets.simulation.SimulationResult`, partial while running).
+    """
+
+    def __init__(
+        self,
+        dataset: Any,
+        strategies: Any = ("random", "entropy"),
+        *,
+        autostart: bool = True,
+        **simulate_kwargs: Any,
+    ) -> None:
+        import ipywidgets as W
+
+        from dal_widgets.data import Dataset
+        from dal_widgets.simulation import SimulationResult
+        from dal_widgets.widgets.chart import LineChart
+
+        if not isinstance(dataset, Dataset):
+            raise param_error(
+                "dataset",
+                "CompareWidget",
+                "a Dataset from dal_widgets.datasets",
+                dataset,
+                TypeError,
+            )
+        self.dataset = dataset
+        self.strategies = [strategies] if isinstance(strategies, str) else list(strategies)
+        self.kwargs = simulate_kwargs
+        self.result = SimulationResult()
+        self.error: str | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._total = 0
+        self.chart = LineChart(
+            title="Held-out accuracy (mean, interquartile band)",
+            xlabel="labels",
+            y_range=[0.0, 1.0],
+            empty="running the first fits…",
+        )
+        self.progress = W.IntProgress(value=0, min=0, max=1, description="rounds")
+        self.status = W.HTML()
+        self.table = W.HTML()
+        self.run_button = W.Button(description="Run", icon="play")
+        self.stop_button = W.Button(description="Stop", icon="stop", button_style="warning")
+        self.run_button.on_click(lambda _b: self.run())
+        self.stop_button.on_click(lambda _b: self.stop())
+        self.widget = W.VBox(
+            [
+                W.HBox([self.run_button, self.stop_button, self.progress, self.status]),
+                self.chart,
+                self.table,
+            ]
+        )
+        self.widget.add_class("dal-compare")
+        if autostart:
+            self.run()
+
+    def _repr_mimebundle_(self, **kwargs: Any) -> Any:
+        return self.widget._repr_mimebundle_(**kwargs)
+
+    def _rounds_total(self) -> int:
+        initial = int(self.kwargs.get("initial", 20))
+        batch = int(self.kwargs.get("batch", 10))
+        budget = int(self.kwargs.get("budget", 120))
+        seeds = self.kwargs.get("seeds", 1)
+        n_seeds = seeds if isinstance(seeds, int) else len(list(seeds))
+        per_run = 1 + -(-(budget - initial) // batch)
+        return per_run * n_seeds * len(self.strategies)
+
+    def run(self) -> None:
+        """Start (or restart) the comparison in a background thread."""
+        from dal_widgets.simulation import SimulationResult
+
+        if self._thread is not None and self._thread.is_alive():
+            return
+        self._stop.clear()
+        self.result = SimulationResult()
+        self.error = None
+        self._total = self._rounds_total()
+        self.progress.max = max(self._total, 1)
+        self.progress.value = 0
+        self.status.value = "starting…"
+        self._thread = threading.Thread(target=self._work, daemon=True, name="dal-compare")
+        self._thread.start()
+
+    def stop(self) -> None:
+        """End after the current round; the curves keep what finished."""
+        self._stop.set()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until the run ends; False on timeout."""
+        if self._thread is None:
+            return True
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+    def _work(self) -> None:
+        from dal_widgets.simulation import simulate
+
+        try:
+            res = simulate(
+                self.dataset,
+                self.strategies,
+                progress=self._on_record,
+                stop=self._stop,
+                **self.kwargs,
+            )
+            self.result = res
+            self._draw(final=True)
+            self.status.value = "stopped" if self._stop.is_set() else "done"
+        except Exception as exc:  # noqa: BLE001 (shown in the widget: a thread must not print)
+            self.error = traceback.format_exc()
+            self.status.value = (
+                f"<span style='color:#c62828'>{html.escape(f'{type(exc).__name__}: {exc}')}</span>"
+            )
+
+    def _on_record(self, record: dict[str, Any]) -> None:
+        self.result.records.append(record)
+        self.progress.value = min(len(self.result.records), self.progress.max)
+        self.status.value = html.escape(
+            f"{record['strategy']} seed {record['seed']}: {record['labels']} labels, accuracy {record['accuracy']:.3f}"
+        )
+        self._draw(final=False)
+
+    def _draw(self, *, final: bool) -> None:
+        res = self.result
+        series = []
+        for name in res.strategies:
+            c = res.curve(name)
+            series.append(
+                {
+                    "name": name,
+                    "x": c["labels"],
+                    "y": c["mean"],
+                    "band_lo": c["q25"],
+                    "band_hi": c["q75"],
+                }
+            )
+        self.chart.set_series(series)
+        if final and res.records:
+            self.table.value = "<pre style='font-size:12px'>" + html.escape(res.table()) + "</pre>"

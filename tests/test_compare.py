@@ -1,0 +1,66 @@
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+import dal_widgets as dal
+from dal_widgets.training import TrainConfig
+
+
+@pytest.fixture(scope="module")
+def ds():
+    rng = np.random.default_rng(0)
+    y = np.arange(300) % 3
+    X = rng.normal(size=(300, 4)) * 0.8 + y[:, None]
+    return dal.datasets.from_arrays(X, y=y, holdout=0.2)
+
+
+def test_runs_in_background_with_live_curves(ds):
+    w = dal.CompareWidget(
+        ds,
+        ["random", "margin"],
+        initial=6,
+        batch=6,
+        budget=18,
+        seeds=2,
+        device="cpu",
+        train_config=TrainConfig(steps=30),
+    )
+    assert w.progress.max == 2 * 2 * 3
+    assert w.wait(120) and w.error is None
+    assert w.progress.value == 12 and w.status.value == "done"
+    names = [s["name"] for s in w.chart.series]
+    assert names == ["random", "margin"]
+    assert w.chart.series[0]["x"] == [6.0, 12.0, 18.0] and "band_lo" in w.chart.series[0]
+    assert "AUBC" in w.table.value
+    assert len(w.result.to_records()) == 12
+
+
+def test_stop_keeps_partial_results(ds):
+    w = dal.CompareWidget(
+        ds,
+        ["random"],
+        initial=3,
+        batch=3,
+        budget=60,
+        seeds=1,
+        device="cpu",
+        train_config=TrainConfig(steps=200),
+        autostart=False,
+    )
+    w.run()
+    deadline = time.monotonic() + 60
+    while w.progress.value < 1 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    w.stop()
+    assert w.wait(60)
+    assert w.status.value == "stopped" and 1 <= len(w.result.records) < 20
+
+
+def test_errors_are_shown_not_printed(ds, capsys):
+    w = dal.CompareWidget(ds, ["random"], initial=0, device="cpu")
+    assert w.wait(30)
+    assert "initial&#x27; parameter of simulate" in w.status.value and "Traceback" in w.error
+    assert capsys.readouterr().err == ""
