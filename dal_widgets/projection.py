@@ -66,7 +66,9 @@ def _pca_basis(X: np.ndarray, k: int, fit_rows: np.ndarray) -> tuple[np.ndarray,
 def _project(X: np.ndarray, mean: np.ndarray, axes: np.ndarray, chunk: int = 65_536) -> np.ndarray:
     out = np.empty((len(X), axes.shape[1]), dtype=np.float32)
     for start in range(0, len(X), chunk):  # chunks bound the float64 temporaries
-        out[start : start + chunk] = (np.asarray(X[start : start + chunk], dtype=np.float64) - mean) @ axes
+        out[start : start + chunk] = (
+            np.asarray(X[start : start + chunk], dtype=np.float64) - mean
+        ) @ axes
     return out
 
 
@@ -84,7 +86,9 @@ def pca_2d(X: np.ndarray, *, sample: int = 10_000, seed: int = 0) -> np.ndarray:
 
 def _numba_cache() -> None:
     if "NUMBA_CACHE_DIR" not in os.environ:
-        path = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "dal_widgets" / "numba"
+        path = (
+            Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "dal_widgets" / "numba"
+        )
         try:
             path.mkdir(parents=True, exist_ok=True)
             os.environ["NUMBA_CACHE_DIR"] = str(path)
@@ -128,8 +132,15 @@ def umap_2d(
     if init is not None:
         start = np.asarray(init, dtype=np.float64)[rows]
         start = (start - start.mean(0)) / max(float(start.std()), 1e-12) * 10.0
-    reducer = umap.UMAP(n_components=2, n_neighbors=neighbors, min_dist=min_dist, init=start,
-                        random_state=seed, transform_seed=seed, n_jobs=1)
+    reducer = umap.UMAP(
+        n_components=2,
+        n_neighbors=neighbors,
+        min_dist=min_dist,
+        init=start,
+        random_state=seed,
+        transform_seed=seed,
+        n_jobs=1,
+    )
     coords = np.empty((n, 2), dtype=np.float32)
     coords[rows] = reducer.fit_transform(Z[rows]).astype(np.float32)
     rest = np.setdiff1d(np.arange(n), rows, assume_unique=True)
@@ -239,7 +250,11 @@ class Projector:
 
     def _key_now(self) -> tuple[str, int | None]:
         source = self._source_now()
-        version = self.session.model_version.version if source == "embeddings" and self.session.model_version else None
+        version = (
+            self.session.model_version.version
+            if source == "embeddings" and self.session.model_version
+            else None
+        )
         return source, version
 
     def _features(self, source: str) -> np.ndarray:
@@ -252,7 +267,9 @@ class Projector:
             return None
         source, version, method = key
         fp = self.session.dataset.fingerprint
-        return self.cache_dir / f"{fp}-{source}-v{version if version is not None else 0}-{method}.npy"
+        return (
+            self.cache_dir / f"{fp}-{source}-v{version if version is not None else 0}-{method}.npy"
+        )
 
     def _load(self, key: tuple[str, int | None, str]) -> Projection | None:
         if key in self._cache:
@@ -325,7 +342,8 @@ class Projector:
         cached = self._load(key)
         if cached is not None:
             self.status = f"{self.method} (cached)"
-            self._publish(cached)
+            if cached is not self._current:  # the first paint may already be this map
+                self._publish(cached)
             return
         self.status = f"computing {self.method} on {source}"
         t0 = time.perf_counter()
@@ -334,7 +352,15 @@ class Projector:
         if self.method == "pca":
             coords = pca_2d(X, sample=self.sample, seed=self.seed)
         else:
-            init = previous if (previous is not None and self._current is not None and self._current.method == "umap") else None
+            init = (
+                previous
+                if (
+                    previous is not None
+                    and self._current is not None
+                    and self._current.method == "umap"
+                )
+                else None
+            )
             coords = umap_2d(X, sample=self.sample, seed=self.seed, init=init)
         if previous is not None:
             coords = align(coords, previous)

@@ -18,7 +18,9 @@ def app(tmp_path):
     y = np.arange(240) % 3
     X = rng.normal(size=(240, 5)) * 0.5 + y[:, None]
     ds = dal.datasets.from_arrays(X, y=np.array(["a", "b", "c"])[y], holdout=0.25)
-    s = dal.Session(ds, store=str(tmp_path / "app.db"), device="cpu", train_config=TrainConfig(steps=40))
+    s = dal.Session(
+        ds, store=str(tmp_path / "app.db"), device="cpu", train_config=TrainConfig(steps=40)
+    )
     a = dal.App(s, batch_size=6, budget=60, map_method="pca")
     yield a
     a.close()
@@ -78,7 +80,14 @@ def test_controls(app, tmp_path):
     assert app.session.wait(60) and app.session.model_version.n_labels == 6
     out = app.export_labels(tmp_path / "labels.csv")
     rows = list(csv.DictReader(open(out)))
-    assert len(rows) == 6 and {"sample_id", "label", "round", "source", "annotator", "timestamp"} == set(rows[0])
+    assert len(rows) == 6 and {
+        "sample_id",
+        "label",
+        "round",
+        "source",
+        "annotator",
+        "timestamp",
+    } == set(rows[0])
     weights, config = app.export_model(tmp_path / "model.pt")
     state = torch.load(weights, weights_only=True)
     assert all(isinstance(v, torch.Tensor) for v in state.values())
@@ -101,3 +110,76 @@ def test_export_model_without_model_is_an_error(app):
 def test_bad_session():
     with pytest.raises(TypeError, match="'session'"):
         dal.App(object())
+
+
+@pytest.mark.e2e
+def test_app_renders_at_1280_without_overlaps_and_trains_while_idle(lab):
+    from _lab import wait_until
+
+    page = lab.open_notebook(
+        [
+            "import dal_widgets as dal\n"
+            "from dal_widgets.training import TrainConfig\n"
+            "ds = dal.datasets.digits()\n"
+            "s = dal.Session(ds, strategy='margin', store='app.db', device='cpu', train_config=TrainConfig(steps=3000, batch_size=16))\n"
+            "app = dal.App(s, batch_size=10, budget=100, map_method='pca')\n"
+            "app",
+        ]
+    )
+    page.set_viewport_size({"width": 1280, "height": 800})
+    parts = {
+        "labeler": page.locator(".dal-app .dal-labeler"),
+        "map": page.locator(".dal-app .js-plotly-plot.dal-map"),
+        "charts": page.locator(".dal-app .dal-chart"),
+    }
+    for loc in parts.values():
+        loc.first.wait_for(state="visible", timeout=20_000)
+    boxes = [
+        parts["labeler"].bounding_box(),
+        parts["map"].bounding_box(),
+        parts["charts"].nth(0).bounding_box(),
+        parts["charts"].nth(1).bounding_box(),
+    ]
+    app_box = page.locator(".dal-app").bounding_box()
+
+    def overlap(a, b):
+        return not (
+            a["x"] + a["width"] <= b["x"] + 1
+            or b["x"] + b["width"] <= a["x"] + 1
+            or a["y"] + a["height"] <= b["y"] + 1
+            or b["y"] + b["height"] <= a["y"] + 1
+        )
+
+    for i in range(len(boxes)):
+        assert (
+            boxes[i]["width"] > 250
+            and boxes[i]["x"] + boxes[i]["width"] <= app_box["x"] + app_box["width"] + 1
+        )
+        for j in range(i + 1, len(boxes)):
+            assert not overlap(boxes[i], boxes[j]), (i, j, boxes[i], boxes[j])
+
+    # The map's pool trace keeps all its points in the browser after the linked updates.
+    n_drawn = page.evaluate(
+        "document.querySelector('.dal-app .js-plotly-plot.dal-map').data[0].x.length"
+    )
+    assert n_drawn == 1438
+
+    # Training progress reaches the browser while no cell runs.
+    lab.execute(
+        "s.label(list(app.labeler.batch_ids), [int(t) for t in ds.targets[ds.positions(app.labeler.batch_ids)]])"
+    )
+    loss_points = page.locator(".dal-app .dal-chart").nth(0).locator("polyline")
+
+    def points():
+        if loss_points.count() == 0:
+            return 0
+        return len((loss_points.first.get_attribute("points") or "").split())
+
+    wait_until(lambda: points() >= 3, timeout=60, what="loss points from the training thread")
+    first = points()
+    wait_until(
+        lambda: points() > first, timeout=60, what="more loss points while the kernel is idle"
+    )
+    assert "Idle" in page.locator("#jp-main-statusbar").inner_text()
+    lab.save_screenshot(page, "app-1280x800")
+    lab.execute("s.stop(); s.wait()")

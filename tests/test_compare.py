@@ -64,3 +64,27 @@ def test_errors_are_shown_not_printed(ds, capsys):
     assert w.wait(30)
     assert "initial&#x27; parameter of simulate" in w.status.value and "Traceback" in w.error
     assert capsys.readouterr().err == ""
+
+
+@pytest.mark.e2e
+def test_compare_widget_draws_curves_in_the_browser(lab):
+    from _lab import wait_until
+
+    page = lab.open_notebook(
+        [
+            "import dal_widgets as dal\n"
+            "from dal_widgets.training import TrainConfig\n"
+            "ds = dal.datasets.digits()\n"
+            "cmp = dal.CompareWidget(ds, ['random', 'margin'], initial=20, batch=10, budget=40, seeds=1,\n"
+            "                        device='cpu', train_config=TrainConfig(steps=60))\n"
+            "cmp",
+        ]
+    )
+    lines = page.locator(".dal-compare .dal-chart polyline")
+    wait_until(lambda: lines.count() == 2, timeout=120, what="two learning curves")
+    wait_until(
+        lambda: "AUBC" in page.locator(".dal-compare").inner_text(),
+        timeout=120,
+        what="the final table",
+    )
+    lab.save_screenshot(page, "compare")

@@ -17,7 +17,9 @@ def setup():
     y = np.arange(200) % 4
     X = rng.normal(size=(200, 6)) + y[:, None]
     ds = dal.datasets.from_arrays(X, y=np.array(list("wxyz"))[y], holdout=0.2)
-    s = dal.Session(ds, store=None, device="cpu", retrain="manual", train_config=TrainConfig(steps=30))
+    s = dal.Session(
+        ds, store=None, device="cpu", retrain="manual", train_config=TrainConfig(steps=30)
+    )
     w = dal.LabelingWidget(s, batch_size=5, prefetch=False)
     plot = EmbeddingPlot(s, labeler=w, projector=Projector(s, method="pca"))
     yield ds, s, w, plot
@@ -56,7 +58,9 @@ def test_color_modes(setup):
     np.testing.assert_allclose(colors(plot), s.last_query["scores"], rtol=1e-5)
     assert len(plot.figure.data[1].x) == 50  # top candidates shown
     plot.color_by.value = "round"
-    assert np.nanmax(colors(plot)) == 1  # the 40 labels were given in round 1 (after the first query)
+    assert (
+        np.nanmax(colors(plot)) == 1
+    )  # the 40 labels were given in round 1 (after the first query)
     assert plot.errors == []
 
 
@@ -107,3 +111,56 @@ def test_inspect_mode_hover_text_is_escaped():
     plot.show_sample(texts.ids[0])
     assert plot.errors == []
     s.close()
+
+
+@pytest.mark.e2e
+def test_box_selection_in_the_browser_reaches_python(lab):
+    import json
+
+    from _lab import wait_until
+
+    page = lab.open_notebook(
+        [
+            "import json, numpy as np\n"
+            "import dal_widgets as dal\n"
+            "from dal_widgets.projection import Projector\n"
+            "rng = np.random.default_rng(0)\n"
+            "X = rng.uniform(0, 10, size=(400, 2))\n"
+            "ds = dal.datasets.from_arrays(X, classes=['a', 'b'])\n"
+            "s = dal.Session(ds, store=None, device='cpu', retrain='manual')\n"
+            "plot = dal.EmbeddingPlot(s, projector=Projector(s, method='pca'))\n"
+            "plot.figure.layout.yaxis.scaleanchor = None\n"
+            "plot.figure.layout.xaxis.range = [-8, 8]\n"
+            "plot.figure.layout.yaxis.range = [-8, 8]\n"
+            "plot",
+        ]
+    )
+    drag = page.locator(".js-plotly-plot.dal-map .nsewdrag").first
+    drag.wait_for(state="visible", timeout=20_000)
+    box = drag.bounding_box()
+    # Drag from 20% to 60% of the plot area in x, 30% to 70% in y (screen y grows downwards).
+    fx0, fx1, fy0, fy1 = 0.2, 0.6, 0.3, 0.7
+    page.mouse.move(box["x"] + fx0 * box["width"], box["y"] + fy0 * box["height"])
+    page.mouse.down()
+    page.mouse.move(box["x"] + 0.4 * box["width"], box["y"] + 0.5 * box["height"], steps=5)
+    page.mouse.move(box["x"] + fx1 * box["width"], box["y"] + fy1 * box["height"], steps=5)
+    page.mouse.up()
+    wait_until(
+        lambda: lab.execute("print(len(plot.selected_ids))").strip() != "0",
+        timeout=15,
+        what="the selection in Python",
+    )
+    got = json.loads(lab.execute("print(json.dumps(sorted(plot.selected_ids)))"))
+    expected = json.loads(
+        lab.execute(
+            "c = plot.projector.current().coords\n"
+            f"x0, x1 = -8 + 16 * {fx0}, -8 + 16 * {fx1}\n"
+            f"y1, y0 = 8 - 16 * {fy0}, 8 - 16 * {fy1}\n"
+            "inside = (c[:, 0] >= x0) & (c[:, 0] <= x1) & (c[:, 1] >= y0) & (c[:, 1] <= y1)\n"
+            "print(json.dumps(sorted(ds.ids[inside].tolist())))"
+        )
+    )
+    assert len(expected) > 10
+    # Points within a pixel of the box edge may fall either way; everything else must match.
+    assert len(set(got) ^ set(expected)) <= 2, (len(got), len(expected))
+    assert "Label these" in page.locator(".dal-embedding").inner_text()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -21,7 +23,9 @@ def ds():
 
 @pytest.fixture
 def session(ds, tmp_path):
-    s = dal.Session(ds, store=str(tmp_path / "w.db"), device="cpu", train_config=FAST, retrain="manual")
+    s = dal.Session(
+        ds, store=str(tmp_path / "w.db"), device="cpu", train_config=FAST, retrain="manual"
+    )
     yield s
     s.close()
 
@@ -62,7 +66,9 @@ def test_finishing_a_batch_shows_the_prefetched_one(session, ds, monkeypatch):
         w.label(truth(ds, current(w)))
     w._fetching.join(timeout=30)  # prefetch started when the batch was nearly done
     assert w._next is not None and not set(w._next) & set(first)
-    monkeypatch.setattr(session, "query", lambda *a, **k: pytest.fail("next batch was not prefetched"))
+    monkeypatch.setattr(
+        session, "query", lambda *a, **k: pytest.fail("next batch was not prefetched")
+    )
     w.label(truth(ds, current(w)))
     assert [w._keys[it["key"]] for it in w.items] != first and len(w.items) == 5
     assert all(st["status"] == "pending" for st in w.states.values())
@@ -124,8 +130,12 @@ def test_frontend_messages_dispatch_and_ack(session):
     key = w.items[0]["key"]
     w._handle_custom_msg({"action": "label", "key": key, "label": "cat", "seq": 7}, [])
     assert w.ack == 7 and w.states[key]["status"] == "done"
-    w._handle_custom_msg({"action": "label", "key": w.items[1]["key"], "label": "<b>nope</b>", "seq": 8}, [])
-    assert w.ack == 8 and "'labels'" in w.error and "<b>nope</b>" in w.error  # shown as text by the view
+    w._handle_custom_msg(
+        {"action": "label", "key": w.items[1]["key"], "label": "<b>nope</b>", "seq": 8}, []
+    )
+    assert (
+        w.ack == 8 and "'labels'" in w.error and "<b>nope</b>" in w.error
+    )  # shown as text by the view
     w._handle_custom_msg({"action": "view", "seq": 9}, [])
     assert w.view == "single"
     w._handle_custom_msg({"action": "undo", "seq": 10}, [])
@@ -179,8 +189,19 @@ def test_text_and_image_payloads():
     w = dal.LabelingWidget(s, batch_size=2)
     assert w.items[0]["sample"]["src"].startswith("data:image/png;base64,")
     w.zoom()
-    assert w.zoomed["key"] == w.items[0]["key"] and len(w.zoomed["sample"]["src"]) > len(w.items[0]["sample"]["src"])
+    assert w.zoomed["key"] == w.items[0]["key"] and len(w.zoomed["sample"]["src"]) > len(
+        w.items[0]["sample"]["src"]
+    )
     s.close()
+
+
+def test_labels_given_in_code_show_on_the_tiles(session):
+    w = dal.LabelingWidget(session, batch_size=4)
+    sid = w.batch_ids[2]
+    session.label(sid, "cat")
+    assert w.states[str(sid)]["status"] == "done" and w.progress["labeled"] == 1
+    session.undo()
+    assert w.states[str(sid)]["status"] == "pending"
 
 
 def test_retrain_after_each_batch(ds):
@@ -197,3 +218,93 @@ def test_bad_arguments(session):
         dal.LabelingWidget("not a session")
     with pytest.raises(ValueError, match="'batch_size'"):
         dal.LabelingWidget(session, batch_size=0)
+
+
+# ---------------------------------------------------------------------------- in a real browser
+LABELER_CELL = (
+    "import json\n"
+    "import dal_widgets as dal\n"
+    "ds = dal.datasets.digits()\n"
+    "s = dal.Session(ds, store='keys.db', device='cpu', retrain='manual')\n"
+    "w = dal.LabelingWidget(s, batch_size=10, prefetch=False)\n"
+    "w"
+)
+
+
+@pytest.mark.e2e
+def test_keyboard_labels_ten_digits_into_the_store_and_undo(lab):
+    import sqlite3
+
+    from _lab import wait_until
+    from playwright.sync_api import expect
+
+    page = lab.open_notebook([LABELER_CELL])
+    root = page.locator(".dal-labeler")
+    tiles = root.locator(".dal-tile[data-sample-id]")
+    expect(tiles).to_have_count(10)
+    ids = json.loads(lab.execute("print(json.dumps([str(i) for i in w.batch_ids]))"))
+    truth = json.loads(
+        lab.execute(
+            "print(json.dumps([ds.classes[ds.targets[ds.positions([i])[0]]] for i in w.batch_ids]))"
+        )
+    )
+    assert [tiles.nth(i).get_attribute("data-sample-id") for i in range(10)] == ids
+    root.locator(".dal-progress-text").click()  # focus without selecting a tile
+    for key in truth:  # digits: the key is the class name
+        page.keyboard.press(key)
+        page.wait_for_timeout(150)
+    page.keyboard.press("m")  # JupyterLab's "to markdown" must not reach the notebook
+
+    def stored():
+        with sqlite3.connect(lab.root_dir / "keys.db") as conn:
+            return dict(
+                conn.execute("SELECT sample_id, value FROM state WHERE field = 'label'").fetchall()
+            )
+
+    wait_until(
+        lambda: len(stored()) == 10, timeout=20, what="10 labels in the store", details=stored
+    )
+    assert {str(k): v for k, v in stored().items()} == dict(zip(ids, truth))
+    assert page.locator(".jp-MarkdownCell").count() == 0
+    # Finishing the batch showed the next one at once.
+    wait_until(
+        lambda: tiles.nth(0).get_attribute("data-sample-id") not in ids,
+        timeout=20,
+        what="the next batch",
+    )
+    expect(root.locator(".dal-tile[data-status='pending']")).to_have_count(10)
+
+    page.keyboard.press("Backspace")  # undo the last label: its sample comes back into view
+    wait_until(lambda: len(stored()) == 9, timeout=20, what="the undo in the store", details=stored)
+    expect(tiles.first).to_have_attribute("data-sample-id", ids[-1])
+    expect(tiles.first).to_have_attribute("data-status", "pending")
+    page.keyboard.press(truth[-1])
+    wait_until(
+        lambda: len(stored()) == 10, timeout=20, what="the relabel in the store", details=stored
+    )
+    lab.save_screenshot(page, "labeler-after-undo")
+
+
+@pytest.mark.e2e
+def test_untrusted_text_and_class_names_stay_inert(lab):
+    from playwright.sync_api import expect
+
+    payload = '<img src=x onerror="window.__pwned=1">'
+    page = lab.open_notebook(
+        [
+            "import dal_widgets as dal\n"
+            f"ds = dal.datasets.texts([{payload!r}, 'plain text'], classes=['<b onmouseover=\"window.__pwned=2\">bold</b>', 'ok'])\n"
+            "s = dal.Session(ds, store=None, device='cpu', retrain='manual')\n"
+            "w = dal.LabelingWidget(s, batch_size=2)\n"
+            "w"
+        ]
+    )
+    root = page.locator(".dal-labeler")
+    expect(root.locator(".dal-text").filter(has_text=payload)).to_have_count(1)
+    expect(root.locator(".dal-class").first).to_contain_text(
+        '<b onmouseover="window.__pwned=2">bold</b>'
+    )
+    root.locator(".dal-class").first.hover()
+    assert root.locator(".dal-text img, .dal-class b").count() == 0
+    page.wait_for_timeout(500)
+    assert page.evaluate("window.__pwned") is None

@@ -8,7 +8,14 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-__all__ = ["App", "CompareWidget", "EmbeddingPlot", "LabelingWidget", "LineChart", "register_renderer"]
+__all__ = [
+    "App",
+    "CompareWidget",
+    "EmbeddingPlot",
+    "LabelingWidget",
+    "LineChart",
+    "register_renderer",
+]
 
 _LAZY = {
     "CompareWidget": "dal_widgets.widgets.compare",

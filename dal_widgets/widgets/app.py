@@ -144,23 +144,23 @@ class App:
             ],
             layout=W.Layout(flex_flow="row wrap", align_items="center"),
         )
-        self.labeler.layout = W.Layout(width="52%", min_width="420px")
-        self.map.widget.layout = W.Layout(width="48%", min_width="380px")
+        # Side by side when the cell is wide enough, stacked when not (a notebook beside an
+        # open file browser at 1280 px): rows wrap instead of overflowing.
+        self.labeler.layout = W.Layout(flex="1 1 480px", min_width="0", margin="0 8px 8px 0")
+        self.map.widget.layout = W.Layout(flex="1 1 440px", min_width="0")
         side = W.VBox(
             [self.status, self.error_box, self.notice],
-            layout=W.Layout(width="30%", min_width="240px"),
+            layout=W.Layout(flex="1 1 220px", min_width="0"),
         )
-        self.loss_chart.layout = W.Layout(width="35%")
-        self.curve_chart.layout = W.Layout(width="35%")
+        self.loss_chart.layout = W.Layout(flex="1 1 300px", min_width="0")
+        self.curve_chart.layout = W.Layout(flex="1 1 300px", min_width="0")
+        wrap = W.Layout(width="100%", flex_flow="row wrap", align_items="flex-start")
         self.widget = W.VBox(
             [
                 controls,
                 self.strategy_help,
-                W.HBox(
-                    [self.labeler, self.map.widget],
-                    layout=W.Layout(width="100%", align_items="flex-start"),
-                ),
-                W.HBox([self.loss_chart, self.curve_chart, side], layout=W.Layout(width="100%")),
+                W.HBox([self.labeler, self.map.widget], layout=wrap),
+                W.HBox([self.loss_chart, self.curve_chart, side], layout=wrap),
             ],
             layout=W.Layout(width="100%"),
         )

@@ -218,8 +218,11 @@ class EmbeddingPlot:
         self.detail_box = W.VBox([W.HTML("<b>Sample</b>"), self.detail])
         self.widget = W.VBox(
             [
-                W.HBox([self.mode, self.color_by, self.label_button, self.clear_button]),
-                W.HBox([self.figure, self.detail_box]),
+                W.HBox(
+                    [self.mode, self.color_by, self.label_button, self.clear_button],
+                    layout=W.Layout(flex_flow="row wrap", align_items="center"),
+                ),
+                W.HBox([self.figure, self.detail_box], layout=W.Layout(width="100%")),
                 W.HBox([self.rounds, self.live, self.status]),
             ]
         )
@@ -348,13 +351,21 @@ class EmbeddingPlot:
                 pool.marker.cmin = marker["cmin"]
                 pool.marker.cmax = marker["cmax"]
                 pool.marker.showscale = marker.get("showscale", False)
-                cands.x, cands.y = coords[cand, 0], coords[cand, 1]
-                picked.x, picked.y = coords[picks, 0], coords[picks, 1]
-                at = self._current_positions()
-                current.x, current.y = coords[at, 0], coords[at, 1]
                 if self.mode.value == "Inspect":
                     pool.text = self._hover_text(labels)
+            at = self._current_positions()
+            for trace, pos in ((cands, cand), (picked, picks), (current, at)):
+                self._set_xy(trace, coords[pos])
             self._update_status(len(labels))
+
+    def _set_xy(self, trace: Any, xy: np.ndarray) -> None:
+        """Move one trace's points.
+
+        One batch per trace: a plotly (7.1) FigureWidget batch that changes ``x`` on some traces
+        resets ``x`` on the others in the browser, which made the whole pool vanish.
+        """
+        with self._lock, self.figure.batch_update():
+            trace.x, trace.y = xy[:, 0], xy[:, 1]
 
     def _candidate_positions(self) -> np.ndarray:
         last = self.session.last_query
@@ -396,9 +407,7 @@ class EmbeddingPlot:
         self.status.value = html.escape(f"{what}{busy} · {n_labels} labeled · {shown}")
 
     def _on_projection(self, proj: Any) -> None:
-        with self._lock, self.figure.batch_update():
-            pool = self.figure.data[0]
-            pool.x, pool.y = proj.coords[:, 0], proj.coords[:, 1]
+        self._set_xy(self.figure.data[0], proj.coords)
         self.redraw()
 
     def _on_trained(self) -> None:
@@ -407,7 +416,7 @@ class EmbeddingPlot:
 
     def _set_mode(self) -> None:
         inspect = self.mode.value == "Inspect"
-        with self.figure.batch_update():
+        with self._lock, self.figure.batch_update():
             self.figure.layout.hovermode = "closest" if inspect else False
             self.figure.layout.dragmode = "pan" if inspect else "select"
         self.redraw()
@@ -465,8 +474,7 @@ class EmbeddingPlot:
         """Mark samples as this round's picks (e.g. the labeler's batch)."""
         pos = self.session.dataset.positions(list(ids), where="EmbeddingPlot.highlight")
         coords = self.projector.current().coords
-        with self.figure.batch_update():
-            self.figure.data[2].x, self.figure.data[2].y = coords[pos, 0], coords[pos, 1]
+        self._set_xy(self.figure.data[2], coords[pos])
 
     def _current_positions(self) -> np.ndarray:
         if self._current_id is None:
@@ -478,8 +486,7 @@ class EmbeddingPlot:
         self._current_id = self.session.dataset.python_id(sample_id)
         coords = self.projector.current().coords
         at = self._current_positions()
-        with self.figure.batch_update():
-            self.figure.data[3].x, self.figure.data[3].y = coords[at, 0], coords[at, 1]
+        self._set_xy(self.figure.data[3], coords[at])
 
     def _inspect(self, positions: Any) -> None:
         pos = list(positions)

@@ -67,7 +67,7 @@ function render({ model, el }) {
   };
   const viewBtn = mkButton("Single", "Toggle grid / one at a time (V)", () => act({ action: "view" }));
   mkButton("Undo", "Undo the last action (Backspace)", () => act({ action: "undo" }));
-  mkButton("Skip", "Skip this sample (S)", () => act({ action: "skip", key: cursorKey() }));
+  mkButton("Skip", "Skip this sample (S)", () => act({ action: "skip" }));
   mkButton("Next batch", "Show the next batch (N)", () => act({ action: "next" }));
   mkButton("?", "Keyboard shortcuts (?)", () => toggleHelp());
   const headLeft = h("div", "dal-head-left");
@@ -116,8 +116,22 @@ function render({ model, el }) {
   const classes = () => model.get("classes") || [];
   const cursor = () => Math.min(model.get("cursor") || 0, Math.max(items().length - 1, 0));
   const cursorKey = () => (items()[cursor()] || {}).key;
+  // Keys for the classes: the class names themselves when they are distinct single characters
+  // that are not shortcuts (digits 0-9 label digits 0-9), else 1-9 and 0 by position.
+  const keysFor = (cls) => {
+    const reserved = new Set(["s", "f", "v", "z", "n", "?", "/", " "]);
+    const own = cls.length <= 36 && cls.every((c) => c.length === 1 && !reserved.has(c.toLowerCase()))
+      && new Set(cls.map((c) => c.toLowerCase())).size === cls.length;
+    return own ? cls.map((c) => c.toLowerCase()) : DIGITS.slice(0, Math.min(cls.length, 10));
+  };
+
+  // Cursor-relative actions carry no key until they are sent, so a key pressed while the
+  // previous action is in flight acts on the sample the cursor will be on by then.
+  const CURSOR_ACTIONS = ["label", "skip", "accept", "flag", "zoom"];
 
   function send(msg) {
+    if (msg.key === undefined && CURSOR_ACTIONS.includes(msg.action)) msg.key = cursorKey();
+    if (msg.key === undefined && CURSOR_ACTIONS.includes(msg.action)) return;
     seq += 1;
     inflight = seq;
     if (msg.action === "label" || msg.action === "skip" || msg.action === "accept") saving.add(msg.key);
@@ -135,9 +149,6 @@ function render({ model, el }) {
   function flush() {
     while (!inflight && queue.length) {
       const msg = queue.shift();
-      if (msg.key === undefined && ["label", "skip", "accept", "flag", "zoom"].includes(msg.action)) {
-        msg.key = cursorKey();
-      }
       if (msg.action === "local-move") moveCursor(msg.delta);
       else send(msg);
     }
@@ -172,9 +183,7 @@ function render({ model, el }) {
   }
 
   function labelWith(name) {
-    const key = cursorKey();
-    if (key === undefined) return;
-    act({ action: "label", key, label: name });
+    act({ action: "label", label: name });
   }
 
   // ---- drawing
@@ -257,7 +266,9 @@ function render({ model, el }) {
         card.appendChild(row);
       }
     }
-    if (it.strategy) {
+    if (it.strategy && it.strategy.startsWith("random")) {
+      card.appendChild(h("div", "dal-card-line dal-muted", `picked at random: ${it.strategy}`));
+    } else if (it.strategy) {
       const score = it.score === null || it.score === undefined ? "" : `score ${fmtNumber(it.score)}, `;
       const rank = it.rank ? `rank ${fmtNumber(it.rank)} of ${fmtNumber(it.candidates)}` : "";
       card.appendChild(h("div", "dal-card-line dal-muted", `${it.strategy}: ${score}${rank}`));
@@ -268,16 +279,17 @@ function render({ model, el }) {
   function drawClasses() {
     classBar.replaceChildren();
     const cls = classes();
-    cls.slice(0, 10).forEach((name, i) => {
+    const keys = keysFor(cls);
+    cls.slice(0, keys.length).forEach((name, i) => {
       const b = h("button", "dal-class");
       b.type = "button";
-      b.appendChild(h("kbd", null, DIGITS[i]));
-      b.appendChild(h("span", null, name));
-      b.title = `Label as ${name} (${DIGITS[i]})`;
+      b.appendChild(h("kbd", null, keys[i]));
+      if (keys[i] !== name.toLowerCase()) b.appendChild(h("span", null, name));
+      b.title = `Label as ${name} (key ${keys[i]})`;
       b.addEventListener("click", (e) => { e.stopPropagation(); labelWith(name); el.focus(); });
       classBar.appendChild(b);
     });
-    if (cls.length > 10) {
+    if (cls.length > keys.length) {
       classBar.appendChild(typeahead);
       classBar.appendChild(matches);
       drawMatches();
@@ -344,7 +356,7 @@ function render({ model, el }) {
   }
 
   const HELP = [
-    ["1\u20139, 0", "label with class 1\u201310"],
+    ["class keys", "label (shown on each class button: 1\u20139 and 0, or the class name when it is one character)"],
     ["Enter / Space", "accept the model's suggestion"],
     ["\u2190 \u2191 \u2192 \u2193", "move between samples"],
     ["Backspace", "undo the last action"],
@@ -418,12 +430,12 @@ function render({ model, el }) {
     if (e.ctrlKey || e.metaKey || e.altKey) return;
     const k = e.key;
     let handled = true;
-    const digit = DIGITS.indexOf(k);
-    if (digit >= 0) {
-      const cls = classes();
-      if (digit < cls.length) labelWith(cls[digit]);
+    const cls = classes();
+    const classKey = keysFor(cls).indexOf(k.length === 1 ? k.toLowerCase() : k);
+    if (classKey >= 0) {
+      labelWith(cls[classKey]);
     } else if (k === "Enter" || k === " ") {
-      act({ action: "accept", key: cursorKey() });
+      act({ action: "accept" });
     } else if (k === "ArrowRight") {
       inflight ? queue.push({ action: "local-move", delta: 1 }) : moveCursor(1);
     } else if (k === "ArrowLeft") {
@@ -437,20 +449,20 @@ function render({ model, el }) {
     } else if (k === "Backspace") {
       act({ action: "undo" });
     } else if (k === "s" || k === "S") {
-      act({ action: "skip", key: cursorKey() });
+      act({ action: "skip" });
     } else if (k === "f" || k === "F") {
-      act({ action: "flag", key: cursorKey() });
+      act({ action: "flag" });
     } else if (k === "v" || k === "V") {
       act({ action: "view" });
     } else if (k === "z" || k === "Z") {
       if ((model.get("zoomed") || {}).sample) closeZoom();
-      else act({ action: "zoom", key: cursorKey() });
+      else act({ action: "zoom" });
     } else if (k === "n" || k === "N") {
       act({ action: "next" });
     } else if (k === "?") {
       toggleHelp();
     } else if (k === "/") {
-      if (classes().length > 10) typeahead.focus();
+      if (classes().length > keysFor(classes()).length) typeahead.focus();
     } else if (k === "Escape") {
       if (help.style.display !== "none") toggleHelp();
       else if ((model.get("zoomed") || {}).sample) closeZoom();

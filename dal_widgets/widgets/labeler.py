@@ -66,7 +66,9 @@ def _payload(dataset: Any, sample_id: Any) -> dict[str, Any]:
 class LabelingWidget(anywidget.AnyWidget):
     """Label the session's query batches in the notebook cell.
 
-    Keys (click the widget first; Esc leaves): 1-9 and 0 pick classes 1-10, Enter or Space
+    Keys (click the widget first; Esc leaves): each class has a key, shown on its button (the
+    class name itself when every name is one character, as for digits; else 1-9 and 0 for the
+    first ten classes and a type-ahead box for the rest, opened with /), Enter or Space
     accepts the model's suggestion, arrows move, Backspace undoes, S skips, F flags, V toggles
     grid / single view, Z shows a larger image, N fetches the next batch, / opens the type-ahead
     box (for more than 10 classes), ? shows the cheat sheet.
@@ -142,6 +144,10 @@ class LabelingWidget(anywidget.AnyWidget):
             session.on("train_started", lambda **kw: self._refresh_progress()),
             session.on("train_failed", lambda **kw: self._refresh_progress()),
             session.on("class_added", lambda **kw: self._set_classes()),
+            # labels given elsewhere (code, another view) show on the tiles too
+            session.on("labeled", lambda ids, **kw: self._external(ids)),
+            session.on("undone", lambda ids: self._external(ids)),
+            session.on("marked", lambda ids, **kw: self._external(ids)),
         ]
         self._refresh_progress()
         if start:
@@ -150,6 +156,11 @@ class LabelingWidget(anywidget.AnyWidget):
                 self._show(resume)
             else:
                 self.next_batch()
+
+    @property
+    def batch_ids(self) -> list[Any]:
+        """The ids on screen, in order."""
+        return [self._keys[it["key"]] for it in self.items]
 
     # ------------------------------------------------------------------ helpers
     def _key(self, sample_id: Any) -> str:
@@ -218,6 +229,11 @@ class LabelingWidget(anywidget.AnyWidget):
         self.cursor = after[0] if after else pending[0]
         if self.prefetch and len(pending) <= max(1, len(keys) // 5):
             self._start_prefetch()
+
+    def _external(self, ids: list[Any]) -> None:
+        if any(self._key(i) in self._keys for i in ids):
+            self._set_state(ids)
+        self._refresh_progress()
 
     def _advance_from(self, sample_id: Any) -> None:
         """After an action on the sample under the cursor, move on (or to the next batch)."""
