@@ -54,8 +54,13 @@ def test_umap_2d_separates_clusters_is_seeded_and_transforms_the_rest():
 def test_projector_first_paint_cache_and_refresh(tmp_path):
     X, y = blobs()
     ds = dal.datasets.from_arrays(X, y=y, holdout=0.2)
-    s = dal.Session(ds, store=str(tmp_path / "p.db"), device="cpu", retrain="manual",
-                    train_config=TrainConfig(steps=20))
+    s = dal.Session(
+        ds,
+        store=str(tmp_path / "p.db"),
+        device="cpu",
+        retrain="manual",
+        train_config=TrainConfig(steps=20),
+    )
     p = Projector(s, method="pca")
     first = p.current()
     assert first.method == "pca" and first.source == "features" and first.coords.shape == (240, 2)
@@ -67,7 +72,9 @@ def test_projector_first_paint_cache_and_refresh(tmp_path):
     p.refresh(block=True)
     assert p.error is None and seen[-1].source == "embeddings" and seen[-1].model_version == 1
     files = sorted(f.name for f in (tmp_path / "p.db.maps").iterdir())
-    assert any("embeddings-v1-pca" in f for f in files) and any("features-v0-pca" in f for f in files)
+    assert any("embeddings-v1-pca" in f for f in files) and any(
+        "features-v0-pca" in f for f in files
+    )
     s.close()
     # A new kernel: the cached map of the newest state shows at once.
     s2 = dal.Session(ds, store=str(tmp_path / "p.db"), device="cpu", retrain="manual")
