@@ -7,6 +7,7 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
+import time
 
 import pytest
 
@@ -263,3 +264,84 @@ def test_label_survives_sigkill_right_after_label_returns(path):
     again = open_store(path)  # the lock died with the child
     assert set(returned) <= set(again.labels)
     assert again._conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+
+
+CRASH_CHILD = r"""
+import json, os, random, sys, time
+from dal_widgets.store import LabelStore
+path, mode, seed = sys.argv[1], sys.argv[2], int(sys.argv[3])
+rng = random.Random(seed)
+s = LabelStore(path, fingerprint="crash", classes=["a", "b", "c"])
+if mode == "train":
+    import threading
+    import torch  # a fit running in a thread while labels are written
+    def fit():
+        m = torch.nn.Sequential(torch.nn.Linear(64, 256), torch.nn.ReLU(), torch.nn.Linear(256, 3))
+        opt = torch.optim.Adam(m.parameters())
+        x, y = torch.randn(512, 64), torch.randint(0, 3, (512,))
+        while True:
+            opt.zero_grad(); torch.nn.functional.cross_entropy(m(x), y).backward(); opt.step()
+    threading.Thread(target=fit, daemon=True).start()
+print("ready", flush=True)
+n = 0
+while True:
+    k = rng.randint(1, 4)
+    ids = [f"{seed}-{n + i}" for i in range(k)]
+    action = rng.random()
+    if action < 0.1 and len(s):
+        s.undo()
+        print("undo", flush=True)
+    elif mode == "export" and action < 0.3:
+        s.export(os.path.join(os.path.dirname(path), "export.csv"))
+    else:
+        s.label(ids, [rng.choice("abc") for _ in ids])
+        print(json.dumps(ids), flush=True)  # printed only after label() returned
+    n += k
+"""
+
+
+@pytest.mark.slow
+def test_no_returned_label_is_lost_across_50_sigkills(tmp_path):
+    """Kill a labeling process at random moments (also while a fit runs or an export writes);
+    every label whose label() call returned must be in the store, and the file must be sound."""
+    import json
+    import random
+
+    path = str(tmp_path / "crash.db")
+    script = tmp_path / "child.py"
+    script.write_text(CRASH_CHILD)
+    rng = random.Random(0)
+    confirmed: set[str] = set()
+    kills = 0
+    modes = ["label"] * 36 + ["train"] * 8 + ["export"] * 8
+    for i, mode in enumerate(modes):
+        proc = subprocess.Popen([sys.executable, str(script), path, mode, str(i)], stdout=subprocess.PIPE, text=True)
+        assert proc.stdout.readline().strip() == "ready"
+        deadline = time.monotonic() + rng.uniform(0.05, 0.6)
+        returned: list[list[str]] = []
+        while time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            if line.startswith("["):
+                returned.append(json.loads(line))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+        assert proc.returncode == -signal.SIGKILL
+        kills += 1
+        returned += [json.loads(line) for line in proc.stdout.read().splitlines() if line.startswith("[")]
+        store = LabelStore(path, fingerprint="crash", classes=["a", "b", "c"])
+        assert store._conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        labels = store.labels
+        # Ids are never relabeled, so each returned id has one label event; it must be there,
+        # and the id is labeled now exactly when no undo reverted that event's action.
+        undone = dict(store._conn.execute("SELECT action_id, undone_by FROM actions").fetchall())
+        events = dict(store._conn.execute(
+            "SELECT e.sample_id, e.action_id FROM events e JOIN actions a USING(action_id) "
+            "WHERE a.kind = 'label' AND e.field = 'label'").fetchall())
+        for ids in returned:
+            for sid in ids:
+                assert sid in events, f"kill {kills} ({mode}): label {sid} returned but is not in the store"
+                assert (sid in labels) == (undone[events[sid]] is None), f"kill {kills}: {sid} inconsistent"
+                confirmed.add(sid)
+        store.close()
+    assert kills == 52 and len(confirmed) > 200
+    print(f"{kills} SIGKILLs, {len(confirmed)} returned labels checked, 0 lost")
