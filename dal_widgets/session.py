@@ -553,6 +553,16 @@ class Session:
             n = check_int(n, "n", where, lo=1, hi=available)
             return self._query_locked(n, mask)
 
+    def _arrays_for(self, strategy: _strategies.Strategy) -> set[str]:
+        """What to compute for a strategy: its needs, plus the optional arrays available now
+        (raw features always; model outputs once a model exists)."""
+        optional = {
+            o
+            for o in strategy.optional
+            if o == "features" or (o in INFERABLE and self._model is not None)
+        }
+        return set(strategy.needs) | optional
+
     def _query_locked(self, n: int, mask: np.ndarray) -> list[Any]:
         strategy = _strategies.get(self.strategy)
         used = strategy
@@ -561,7 +571,7 @@ class Session:
         rnd = self.round + 1
         rng = np.random.default_rng([self.seed, rnd])
         t0 = time.perf_counter()
-        arrays = self.compute_arrays(used.needs | (used.optional & {"features"}))
+        arrays = self.compute_arrays(self._arrays_for(used))
         t1 = time.perf_counter()
         picks = _strategies.select(
             used.name, n, labeled_mask=mask, rng=rng, device=self.device, **arrays

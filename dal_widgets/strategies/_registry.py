@@ -6,7 +6,9 @@ two kinds:
 * ``"score"``: ``fn(**arrays) -> (N,) scores`` where a higher score means "ask for this one
   first". :func:`select` takes the top ``n`` unlabeled positions, ties broken by the rng.
 * ``"batch"``: ``fn(n, *, candidates, labeled_mask, rng, device, **arrays) -> positions``
-  for strategies that pick a batch jointly (diversity, BatchBALD, BADGE, ...).
+  for strategies that pick a batch jointly (diversity, BatchBALD, BADGE, ...). They pick
+  only from ``candidates`` (a composed strategy passes a pre-filtered subset) and read
+  ``labeled_mask`` for what is labeled (core-set's initial centres, for instance).
 
 The registry checks every input once, here, so strategy functions can trust their arrays, and
 checks every output (unique, exactly ``n``, only unlabeled) so a buggy strategy cannot hand the
@@ -24,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from dal_widgets._checks import check_int, did_you_mean, param_error, short_repr
+from dal_widgets.strategies._common import float_dtype, row_chunks
 
 __all__ = [
     "ARRAYS",
@@ -46,7 +49,10 @@ ARRAYS: dict[str, tuple[int, str]] = {
     "embeddings": (2, "an (N, D) array of penultimate-layer embeddings"),
     "features": (2, "an (N, F) array of input features (raw or self-supervised)"),
     "loss_pred": (1, "an (N,) array of losses predicted by a loss-prediction head"),
-    "adv_dist": (1, "an (N,) array of DeepFool perturbation norms (distance to the decision boundary)"),
+    "adv_dist": (
+        1,
+        "an (N,) array of DeepFool perturbation norms (distance to the decision boundary)",
+    ),
 }
 
 _PROB_ARRAYS = ("probs", "mc_probs", "member_probs")
@@ -78,6 +84,9 @@ class Strategy:
         One line for pickers and docs (the first line of the docstring).
     optional : frozenset of str
         Arrays ``fn`` uses when given but can do without.
+    params : frozenset of str
+        The function's own keyword-only parameters (e.g. ``num_samples``), which
+        :func:`select` passes through.
     """
 
     name: str
@@ -116,6 +125,15 @@ def register(
     replace : bool
         Allow replacing an existing registration (for notebooks that redefine a strategy).
 
+    Notes
+    -----
+    The function's docstring matters: its first line is the description pickers show, and
+    the rest should cite the method's paper. Keyword-only parameters other than the reserved
+    ones become the strategy's own parameters, passed through :func:`select`. The registry
+    has already checked the arrays (shapes, finite, probabilities summing to 1) and checks
+    the picks afterwards, so the function holds only the method itself. To combine an
+    uncertainty score with a diversity step, see :func:`~dal_widgets.strategies.compose`.
+
     Examples
     --------
     A new strategy in a few lines (a score: the probability of the least likely class)::
@@ -124,6 +142,19 @@ def register(
         def min_prob(probs):
             "Smallest class probability: samples that rule nothing out."
             return -probs.min(axis=1)
+
+    A batch strategy in about ten: one sample from each of ``n`` strata of the embeddings'
+    first coordinate, with a parameter of its own and randomness only from ``rng``::
+
+        @register("strata", needs={"embeddings"}, kind="batch")
+        def strata(n, *, candidates, labeled_mask, rng, embeddings, jitter=0.0):
+            "One random sample per quantile bin of the first embedding coordinate."
+            key = embeddings[candidates, 0] + jitter * rng.standard_normal(candidates.size)
+            order = candidates[np.argsort(key, kind="stable")]
+            bins = np.array_split(order, n)
+            return np.array([b[rng.integers(b.size)] for b in bins])
+
+        strategies.select("strata", 5, embeddings=h, rng=0, jitter=0.1)
     """
     where = "strategies.register"
     if not isinstance(name, str) or not name:
@@ -133,7 +164,9 @@ def register(
     for label, names in (("needs", needs), ("optional", optional)):
         unknown = set(names) - set(ARRAYS)
         if unknown:
-            raise param_error(label, where, f"a set of names from {sorted(ARRAYS)}", sorted(unknown))
+            raise param_error(
+                label, where, f"a set of names from {sorted(ARRAYS)}", sorted(unknown)
+            )
 
     def decorator(fn: Callable[..., Any]) -> Callable[..., Any]:
         if name in _REGISTRY and not replace:
@@ -203,6 +236,66 @@ def _as_rng(rng: Any, where: str) -> np.random.Generator:
     raise param_error("rng", where, "None, an int seed or a numpy Generator", rng, TypeError)
 
 
+# Elements per validation chunk: temporaries stay bounded (1 MB of float32) whatever the pool
+# size, and fit the L2 cache (measured fastest of 256 kB to 4 MB).
+_CHECK_CHUNK = 1 << 18
+
+
+def _check_values(key: str, arr: np.ndarray, text: str, where: str) -> None:
+    """Reject NaN and infinity; for probability arrays also negative entries and bad row sums.
+
+    Works on chunks of rows so no temporary grows with the pool (full-size float64 row sums
+    of an (N, T, C) array were 1.6 GB at N = 1e6, T = 20). The row sums come from one
+    pass per chunk, and a non-finite entry makes its row sum non-finite, so
+    probability arrays need no separate finiteness pass. ``np.einsum`` sums the short rows
+    several times faster than ``sum(axis=-1)`` and, unlike a BLAS product, on one thread
+    (threaded BLAS calls on small chunks stall when another process holds a core).
+    """
+    if arr.size == 0:
+        return
+    row_elems = arr.size // arr.shape[0]
+    if key not in _PROB_ARRAYS:
+        if arr.dtype.kind != "f":
+            return
+        bad = 0
+        for start, stop in row_chunks(arr.shape[0], row_elems, _CHECK_CHUNK):
+            finite = np.isfinite(arr[start:stop])
+            if not finite.all():
+                bad += int(finite.size - np.count_nonzero(finite))
+        if bad:
+            raise ValueError(
+                f"The {key!r} parameter of {where} must hold finite numbers. "
+                f"Got {bad} NaN or infinite value(s) instead."
+            )
+        return
+    n_classes = arr.shape[-1]
+    dtype = float_dtype(arr.dtype)
+    bad = 0
+    lo, hi, smallest = np.inf, -np.inf, np.inf
+    for start, stop in row_chunks(arr.shape[0], row_elems, _CHECK_CHUNK):
+        chunk = arr[start:stop].reshape(-1, n_classes).astype(dtype, copy=False)
+        with np.errstate(invalid="ignore", over="ignore"):  # inf - inf is reported below
+            sums = np.einsum("ij->i", chunk)
+        if not np.isfinite(sums).all():
+            finite = np.isfinite(chunk)
+            bad += int(finite.size - np.count_nonzero(finite))
+        if bad:
+            continue  # the message reports the count only; skip the (NaN-poisoned) ranges
+        lo, hi = min(lo, float(sums.min())), max(hi, float(sums.max()))
+        smallest = min(smallest, float(chunk.min()))
+    if bad:
+        raise ValueError(
+            f"The {key!r} parameter of {where} must hold finite numbers. "
+            f"Got {bad} NaN or infinite value(s) instead."
+        )
+    if smallest < 0 or max(abs(lo - 1.0), abs(hi - 1.0)) > 1e-3:
+        raise ValueError(
+            f"The {key!r} parameter of {where} must be {text}: non-negative, each row "
+            f"summing to 1. Got row sums in [{lo:.4g}, {hi:.4g}] and "
+            f"minimum {smallest:.4g} instead (did you pass logits?)."
+        )
+
+
 def _check_arrays(
     strategy: Strategy, arrays: Mapping[str, Any], labeled_mask: Any, where: str
 ) -> tuple[dict[str, np.ndarray], np.ndarray]:
@@ -226,20 +319,7 @@ def _check_arrays(
             raise param_error(key, where, text + " of numbers", arr, TypeError)
         if arr.ndim != ndim:
             raise param_error(key, where, text, arr)
-        if arr.dtype.kind == "f" and not np.isfinite(arr).all():
-            bad = int((~np.isfinite(arr)).sum())
-            raise ValueError(
-                f"The {key!r} parameter of {where} must hold finite numbers. "
-                f"Got {bad} NaN or infinite value(s) instead."
-            )
-        if key in _PROB_ARRAYS and arr.size:
-            sums = arr.sum(axis=-1, dtype=np.float64)
-            if arr.min() < 0 or np.abs(sums - 1.0).max() > 1e-3:
-                raise ValueError(
-                    f"The {key!r} parameter of {where} must be {text}: non-negative, each row "
-                    f"summing to 1. Got row sums in [{sums.min():.4g}, {sums.max():.4g}] and "
-                    f"minimum {arr.min():.4g} instead (did you pass logits?)."
-                )
+        _check_values(key, arr, text, where)
         checked[key] = arr
         n_rows[key] = arr.shape[0]
     if labeled_mask is not None:
@@ -249,7 +329,9 @@ def _check_arrays(
         n_rows["labeled_mask"] = mask.shape[0]
     if len(set(n_rows.values())) > 1:
         sizes = ", ".join(f"{k}: {v}" for k, v in n_rows.items())
-        raise ValueError(f"The arrays given to {where} must share their first dimension. Got {sizes}.")
+        raise ValueError(
+            f"The arrays given to {where} must share their first dimension. Got {sizes}."
+        )
     missing = sorted(strategy.needs - set(checked))
     if missing:
         wanted = "; ".join(f"{m!r} ({ARRAYS[m][1]})" for m in missing)
@@ -264,7 +346,9 @@ def _check_arrays(
     # mc_probs and member_probs must agree with probs on C.
     classes = {k: a.shape[-1] for k, a in checked.items() if k in _PROB_ARRAYS}
     if len(set(classes.values())) > 1:
-        raise ValueError(f"The probability arrays given to {where} disagree on the number of classes: {classes}.")
+        raise ValueError(
+            f"The probability arrays given to {where} disagree on the number of classes: {classes}."
+        )
     return checked, mask
 
 
@@ -286,13 +370,21 @@ def _top_n(values: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
     return chosen[order]
 
 
-def _call_scores(strategy: Strategy, arrays: dict[str, np.ndarray], kwargs: dict[str, Any], where: str) -> np.ndarray:
+def _call_scores(
+    strategy: Strategy, arrays: dict[str, np.ndarray], kwargs: dict[str, Any], where: str
+) -> np.ndarray:
     needed = {k: v for k, v in arrays.items() if k in strategy.needs or k in strategy.optional}
     extra = {k: v for k, v in kwargs.items() if k in strategy.params}
-    out = np.asarray(strategy.fn(**needed, **extra), dtype=np.float64)
+    out = np.asarray(strategy.fn(**needed, **extra))
+    if out.dtype not in (np.float32, np.float64):
+        # float32 scores are ranked as they are: widening a million of them costs more
+        # than the ranking itself, and scores() widens for its callers.
+        out = out.astype(np.float64)
     n_pool = next(iter(arrays.values())).shape[0]
     if out.shape != (n_pool,):
-        raise RuntimeError(f"Strategy {strategy.name!r} returned scores of shape {out.shape}, expected ({n_pool},).")
+        raise RuntimeError(
+            f"Strategy {strategy.name!r} returned scores of shape {out.shape}, expected ({n_pool},)."
+        )
     if not np.isfinite(out).all():
         raise DegenerateScoresError(
             f"Strategy {strategy.name!r} produced {int((~np.isfinite(out)).sum())} NaN or infinite "
@@ -346,9 +438,12 @@ def scores(
     kwargs = {k: v for k, v in arrays_and_params.items() if k not in ARRAYS}
     _check_kwargs(strategy, kwargs, where)
     checked, _ = _check_arrays(
-        strategy, {"probs": probs, "mc_probs": mc_probs, "embeddings": embeddings, **arrays}, None, where
+        strategy,
+        {"probs": probs, "mc_probs": mc_probs, "embeddings": embeddings, **arrays},
+        None,
+        where,
     )
-    return _call_scores(strategy, checked, kwargs, where)
+    return _call_scores(strategy, checked, kwargs, where).astype(np.float64, copy=False)
 
 
 def select(
@@ -407,10 +502,17 @@ def select(
     candidates = np.flatnonzero(~mask)
     if candidates.size == 0:
         raise ValueError(f"{where} has no unlabeled candidates left: every position is labeled.")
-    n = check_int(n, "n", where, lo=1, hi=int(candidates.size))
+    n = check_int(n, "n", where, lo=1)
+    if n > candidates.size:
+        raise ValueError(
+            f"The 'n' parameter of {where} must be at most the number of unlabeled candidates "
+            f"({candidates.size} of {mask.size}). Got {n} instead."
+        )
 
     if strategy.kind == "score":
-        values = _call_scores(strategy, checked, kwargs, where)[candidates]
+        values = _call_scores(strategy, checked, kwargs, where)
+        if candidates.size < values.size:
+            values = values[candidates]
         if n < candidates.size and values.max() == values.min():
             raise DegenerateScoresError(
                 f"Strategy {name!r} gave the same score ({values[0]:.6g}) to all "
@@ -424,7 +526,9 @@ def select(
         if "device" not in inspect.signature(strategy.fn).parameters:
             extra.pop("device", None)
         picks = np.asarray(
-            strategy.fn(n, candidates=candidates, labeled_mask=mask, rng=generator, **needed, **extra)
+            strategy.fn(
+                n, candidates=candidates, labeled_mask=mask, rng=generator, **needed, **extra
+            )
         ).astype(np.int64, copy=False)
     _check_picks(picks, n, mask, name)
     return picks
