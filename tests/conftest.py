@@ -28,7 +28,12 @@ _SESSION_KEY = pytest.StashKey[_lab.LabSession]()
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_runtest_setup(item: pytest.Item) -> None:
-    """Skip (or fail, under DAL_REQUIRE_BROWSER=1) e2e tests when no browser can run."""
+    """Skip gpu tests without CUDA; skip (or fail, under DAL_REQUIRE_BROWSER=1) e2e tests without a browser."""
+    if item.get_closest_marker("gpu") is not None:
+        import torch
+
+        if not torch.cuda.is_available():
+            pytest.skip("needs a CUDA device")
     is_e2e = item.get_closest_marker("e2e") is not None
     uses_browser = bool(_BROWSER_FIXTURES & set(getattr(item, "fixturenames", ())))
     if uses_browser and not is_e2e:

@@ -125,6 +125,20 @@ def test_predict_one_pass_shapes_and_embeddings():
     np.testing.assert_array_equal(out["mc_probs"], again["mc_probs"])  # seeded masks
 
 
+def test_mc_dropout_is_consistent_across_samples_and_chunks():
+    torch.manual_seed(0)
+    model = MLP(4, 3, hidden=(16, 8))
+    X = np.random.default_rng(0).normal(size=(40, 4)).astype(np.float32)
+    X[10] = X[3]  # a duplicate gets exactly the same T predictions (one sub-network per pass)
+    a = predict(model, X, {"mc_probs"}, batch_size=7, mc_samples=6)["mc_probs"]
+    np.testing.assert_array_equal(a[10], a[3])
+    assert a.std(axis=1).max() > 1e-3  # the passes do differ
+    b = predict(model, X, {"mc_probs"}, batch_size=40, mc_samples=6)["mc_probs"]
+    np.testing.assert_array_equal(a, b)  # chunking does not change the masks
+    c = predict(model, X, {"mc_probs"}, batch_size=40, mc_samples=6, seed=1)["mc_probs"]
+    assert not np.array_equal(a, c)
+
+
 def test_mc_passes_keep_batchnorm_in_eval_mode():
     model = nn.Sequential(
         nn.Linear(4, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Dropout(0.5), nn.Linear(8, 2)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dal_widgets.training._device import resolve_device
 from dal_widgets.training._fit import Callback, EarlyStopping, FitResult, FitState, TrainConfig, fit
-from dal_widgets.training._inference import INFERABLE, mc_dropout, predict
+from dal_widgets.training._inference import INFERABLE, predict
 from dal_widgets.training._models import (
     MLP,
     SmallCNN,
@@ -29,7 +29,6 @@ __all__ = [
     "fit",
     "has_dropout",
     "load_checkpoint",
-    "mc_dropout",
     "predict",
     "resolve_device",
     "save_checkpoint",

@@ -1,14 +1,18 @@
 """Batched inference over the pool: probabilities, MC-dropout samples and embeddings.
 
 One pass per chunk gives the softmax and the penultimate embedding together (a forward hook
-on the classifier layer captures its input). MC-dropout passes put only the dropout layers in
-training mode; BatchNorm and everything else stay in eval mode.
+on the classifier layer captures its input).
+
+MC dropout is *consistent* (Kirsch et al. 2019): pass t applies one dropout mask, drawn once, to
+every sample of the pool, so the T passes are T sampled sub-networks and ``mc_probs[:, t]`` are
+the predictions of the same model for all samples. That is what BALD's expectation over models
+means, and BatchBALD's joint entropies need it; with a fresh mask per sample, identical inputs
+would get different scores. BatchNorm and everything else stay in eval mode.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -17,29 +21,65 @@ from torch import nn
 
 from dal_widgets.training._models import classifier_layer, has_dropout
 
-__all__ = ["INFERABLE", "mc_dropout", "predict"]
+__all__ = ["INFERABLE", "predict"]
 
 #: Arrays this module can compute from a model (names as in the strategy registry).
 INFERABLE = frozenset({"probs", "mc_probs", "embeddings"})
 
 
-@contextmanager
-def mc_dropout(model: nn.Module) -> Any:
-    """Eval mode everywhere except the dropout layers (restored afterwards)."""
+class _ConsistentDropout:
+    """Forward hooks that replace each dropout layer's output by ``x * mask_t / (1 - p)``.
+
+    Masks are drawn per pass ``t`` and layer from a generator seeded by ``(seed, t, layer)``,
+    with the batch dimension (and for Dropout2d/3d the spatial ones) of size 1, so every sample
+    and every chunk of the pool sees the same sub-network in pass ``t``.
+    """
+
+    def __init__(self, model: nn.Module, seed: int) -> None:
+        self.layers = [m for m in model.modules() if isinstance(m, nn.modules.dropout._DropoutNd)]
+        self.seed = seed
+        self.t = 0
+        self.masks: dict[tuple[int, int], torch.Tensor] = {}
+        self.handles: list[Any] = []
+
+    def attach(self) -> None:
+        self.handles = [m.register_forward_hook(self._hook(i)) for i, m in enumerate(self.layers)]
+
+    def _hook(self, index: int) -> Any:
+        def hook(
+            module: nn.Module, args: tuple[torch.Tensor, ...], output: torch.Tensor
+        ) -> torch.Tensor:
+            x = args[0]
+            key = (self.t, index)
+            mask = self.masks.get(key)
+            if mask is None:
+                p = float(module.p)
+                shape = [1, *x.shape[1:]]
+                if isinstance(module, (nn.Dropout1d, nn.Dropout2d, nn.Dropout3d)):
+                    shape = [1, x.shape[1]] + [1] * (x.dim() - 2)
+                gen = torch.Generator(device="cpu").manual_seed(
+                    (self.seed * 1_000_003 + self.t * 1_009 + index) & 0x7FFFFFFF
+                )
+                keep = (torch.rand(shape, generator=gen) >= p).to(x.dtype)
+                mask = (keep / (1.0 - p) if p < 1.0 else keep).to(x.device)
+                self.masks[key] = mask
+            return x * mask
+
+        return hook
+
+    def remove(self) -> None:
+        for handle in self.handles:
+            handle.remove()
+        self.handles = []
+
+
+def _require_dropout(model: nn.Module) -> None:
     if not has_dropout(model):
         raise ValueError(
             "MC-dropout needs a model with dropout layers (nn.Dropout and friends); this model "
             f"({type(model).__name__}) has none, so every pass would give the same prediction and "
             "BALD-type scores would all be zero. Add dropout or choose a non-Bayesian strategy."
         )
-    model.eval()
-    drops = [m for m in model.modules() if isinstance(m, nn.modules.dropout._DropoutNd)]
-    for m in drops:
-        m.train()
-    try:
-        yield model
-    finally:
-        model.eval()
 
 
 def predict(
@@ -86,7 +126,9 @@ def predict(
         hook = classifier_layer(model).register_forward_pre_hook(
             lambda _m, args: captured.append(args[0])
         )
-    mc = mc_dropout(model) if "mc_probs" in wanted else None  # raises early without dropout
+    if "mc_probs" in wanted:
+        _require_dropout(model)
+    consistent = _ConsistentDropout(model, seed) if "mc_probs" in wanted else None
     try:
         with torch.inference_mode():
             for start in range(0, n, batch_size):
@@ -103,13 +145,16 @@ def predict(
                         out["probs"].append(torch.softmax(logits.float(), dim=1).cpu().numpy())
                     if "embeddings" in wanted:
                         out["embeddings"].append(captured[-1].float().flatten(1).cpu().numpy())
-                if mc is not None:
-                    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-                        torch.manual_seed(seed + start)
-                        with mc_dropout(model):
-                            passes = [
-                                torch.softmax(model(xb).float(), dim=1) for _ in range(mc_samples)
-                            ]
+                if consistent is not None:
+                    model.eval()  # dropout layers are identities; the hooks apply the masks
+                    consistent.attach()
+                    try:
+                        passes = []
+                        for t in range(mc_samples):
+                            consistent.t = t
+                            passes.append(torch.softmax(model(xb).float(), dim=1))
+                    finally:
+                        consistent.remove()
                     out["mc_probs"].append(torch.stack(passes, dim=1).cpu().numpy())
     finally:
         if hook is not None:
