@@ -26,8 +26,10 @@ from dal_widgets.store import LabelStore
 from dal_widgets.training import (
     INFERABLE,
     Callback,
+    EarlyStopping,
     FitState,
     TrainConfig,
+    classifier_layer,
     default_model,
     fit,
     predict,
@@ -521,6 +523,7 @@ class Session:
                     batch_size=self.train_config.inference_batch_size,
                     mc_samples=self.train_config.mc_samples,
                     seed=self.seed + self.round,
+                    precision=self.train_config.precision,
                 )
             )
         return arrays
@@ -741,18 +744,9 @@ class Session:
             self.train_error = None
             self._emit("train_started", version=next_version, n_labels=n_labels)
             fit_seed = int(np.random.SeedSequence([self.seed, n_labels]).generate_state(1)[0])
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(fit_seed)
-                model = self._new_model().to(self.device)
-            result = fit(
-                model,
-                X,
-                y,
-                config=self.train_config,
-                callbacks=[_Progress(self)],
-                stop_event=cancel,
-                seed=fit_seed,
-            )
+            model = self._initial_model(fit_seed)
+            X, y, callbacks = self._validation_split(X, y, fit_seed)
+            result = self._fit_with_oom_retry(model, X, y, callbacks, cancel, fit_seed)
             if result.cancelled:
                 self.progress = {"state": "cancelled"}
                 self._emit("train_progress", progress=self.progress)
@@ -766,6 +760,70 @@ class Session:
             )
             self.progress = {"state": "idle", "version": next_version, "loss": result.loss}
             self._emit("trained", version=version)
+
+    def _initial_model(self, fit_seed: int) -> nn.Module:
+        """Fresh weights (seeded), or the newest model's with ``warm_start`` and unchanged classes."""
+        newest = self._model
+        if self.train_config.warm_start and newest is not None:
+            layer = classifier_layer(newest)
+            if getattr(layer, "out_features", None) == len(self.classes):
+                return copy.deepcopy(newest).to(self.device)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(fit_seed)
+            return self._new_model().to(self.device)
+
+    def _validation_split(
+        self, X: torch.Tensor, y: torch.Tensor, fit_seed: int
+    ) -> tuple[torch.Tensor, torch.Tensor, list[Callback]]:
+        """With ``early_stopping``, hold out a seeded slice of the labels for the callback."""
+        callbacks: list[Callback] = [_Progress(self)]
+        cfg = self.train_config
+        n = int(X.shape[0])
+        if not cfg.early_stopping or n < 4 * cfg.min_val:
+            return X, y, callbacks
+        n_val = max(cfg.min_val, round(cfg.val_fraction * n))
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(fit_seed)).to(X.device)
+        val, train = order[:n_val], order[n_val:]
+        callbacks.append(EarlyStopping(X[val], y[val], patience=cfg.patience))
+        return X[train], y[train], callbacks
+
+    def _fit_with_oom_retry(
+        self,
+        model: nn.Module,
+        X: torch.Tensor,
+        y: torch.Tensor,
+        callbacks: list[Callback],
+        cancel: threading.Event,
+        fit_seed: int,
+    ) -> Any:
+        """Fit; on CUDA out-of-memory, halve the batch size and retry once, then a clear error."""
+        config = self.train_config
+        for attempt in range(2):
+            try:
+                return fit(
+                    model,
+                    X,
+                    y,
+                    config=config,
+                    callbacks=callbacks,
+                    stop_event=cancel,
+                    seed=fit_seed,
+                )
+            except torch.cuda.OutOfMemoryError:
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
+                if attempt == 1 or config.batch_size == 1:
+                    raise RuntimeError(
+                        f"CUDA ran out of memory with batch size {self.train_config.batch_size} and again "
+                        f"with {config.batch_size}. Lower TrainConfig.batch_size, use a smaller model, "
+                        "or train on device='cpu'."
+                    ) from None
+                config = config.with_(batch_size=max(1, config.batch_size // 2))
+                self.progress = {
+                    "state": "training",
+                    "note": f"out of memory: retrying with batch size {config.batch_size}",
+                }
+        raise AssertionError("unreachable")
 
     def _record_failure(self, text: str) -> None:
         self.train_error = text
@@ -824,6 +882,7 @@ class Session:
             ["probs"],
             device=self.device,
             batch_size=self.train_config.inference_batch_size,
+            precision=self.train_config.precision,
         )["probs"]
 
     def evaluate(self) -> dict[str, Any]:
@@ -850,6 +909,7 @@ class Session:
             ["probs"],
             device=self.device,
             batch_size=self.train_config.inference_batch_size,
+            precision=self.train_config.precision,
         )["probs"]
         acc = float((probs.argmax(1) == self.dataset.y_eval).mean())
         result = {

@@ -336,3 +336,76 @@ def test_label_is_durable_when_the_process_is_killed(ds, tmp_path):
     s = dal.Session(ds, store=path, device="cpu")
     assert set(returned) <= set(s.labels)
     s.close()
+
+
+def test_early_stopping_holds_out_a_validation_slice(ds):
+    cfg = TrainConfig(steps=2000, batch_size=16, early_stopping=True, min_val=5, patience=5)
+    s = dal.Session(ds, store=None, device="cpu", train_config=cfg, retrain="manual")
+    seen = []
+    s.on("train_progress", lambda progress: seen.append(progress))
+    ids = ds.ids[:60].tolist()
+    s.label(ids, oracle(ds, ids))
+    s.train(block=True)
+    last = [p for p in seen if p.get("state") == "training"][-1]
+    assert 0.0 <= last["val_accuracy"] <= 1.0  # the callback ran on the held-out slice
+    assert s.model_version.steps < 2000  # it stopped early
+    assert s.model_version.n_labels == 60
+    s.close()
+
+
+def test_warm_start_continues_from_the_newest_model(ds):
+    cfg = TrainConfig(steps=1, lr=1e-6, warm_start=True)
+    s = dal.Session(ds, store=None, device="cpu", train_config=cfg, retrain="manual")
+    ids = ds.ids[:20].tolist()
+    s.label(ids, oracle(ds, ids))
+    s.train(block=True)
+    first = {k: v.clone() for k, v in s.model.state_dict().items()}
+    s.label(ds.ids[20:25].tolist(), oracle(ds, ds.ids[20:25]))
+    s.train(block=True)
+    diff = max(float((v - first[k]).abs().max()) for k, v in s.model.state_dict().items())
+    assert diff < 1e-3  # one tiny step away from the previous weights, not a fresh init
+    s.close()
+
+
+def test_cuda_out_of_memory_halves_the_batch_once_then_fails_clearly(ds, monkeypatch):
+    import dal_widgets.session as session_module
+
+    real_fit = session_module.fit
+    batches = []
+
+    def flaky_fit(*args, config, **kwargs):
+        batches.append(config.batch_size)
+        if len(batches) == 1:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+        return real_fit(*args, config=config, **kwargs)
+
+    monkeypatch.setattr(session_module, "fit", flaky_fit)
+    s = dal.Session(ds, store=None, device="cpu", train_config=FAST, retrain="manual")
+    ids = ds.ids[:30].tolist()
+    s.label(ids, oracle(ds, ids))
+    s.train(block=True)
+    assert batches == [32, 16] and s.model_version.version == 1
+
+    def always_oom(*args, config, **kwargs):
+        batches.append(config.batch_size)
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+
+    monkeypatch.setattr(session_module, "fit", always_oom)
+    s.train()
+    s.wait(30)
+    assert "ran out of memory with batch size 32 and again with 16" in s.train_error
+    s.close()
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("precision", ["fp32", "bf16", "fp16"])
+def test_session_trains_on_cuda(ds, precision):
+    s = dal.Session(ds, store=None, device="cuda", train_config=TrainConfig(steps=200, precision=precision), retrain="manual")
+    ids = ds.ids[:60].tolist()
+    s.label(ids, oracle(ds, ids))
+    s.train(block=True)
+    assert next(s.model.parameters()).is_cuda
+    assert s.evaluate()["accuracy"] > 0.8
+    arrays = s.compute_arrays({"probs", "mc_probs", "embeddings"})
+    assert arrays["mc_probs"].shape[1] == 20
+    s.close()

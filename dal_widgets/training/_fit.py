@@ -16,7 +16,15 @@ from torch import nn
 
 from dal_widgets._checks import check_int, check_real
 
-__all__ = ["Callback", "EarlyStopping", "FitResult", "FitState", "TrainConfig", "fit"]
+__all__ = [
+    "Callback",
+    "EarlyStopping",
+    "FitResult",
+    "FitState",
+    "TrainConfig",
+    "autocast_dtype",
+    "fit",
+]
 
 
 @dataclass(frozen=True)
@@ -42,6 +50,17 @@ class TrainConfig:
         Chunk size for probabilities and embeddings over the pool.
     mc_samples : int
         T, the number of MC-dropout passes for the Bayesian strategies.
+    early_stopping : bool
+        Hold out ``val_fraction`` of the labels (at least ``min_val`` of them) and stop when
+        their accuracy has not improved for ``patience`` epochs, keeping the best weights.
+        Off by default: with a few dozen labels the slice costs labels and its accuracy is noise.
+        Used only when at least ``4 * min_val`` labels exist.
+    warm_start : bool
+        Start each fit from the newest model's weights instead of fresh ones (when the class
+        list did not change). Off by default, for the reason above.
+    precision : {"auto", "fp32", "bf16", "fp16"}
+        Mixed precision on CUDA (``"auto"``: bf16 where the GPU supports it, else fp32). The
+        CPU always computes in fp32.
     """
 
     steps: int = 500
@@ -52,6 +71,12 @@ class TrainConfig:
     weight_decay: float = 1e-4
     inference_batch_size: int = 2048
     mc_samples: int = 20
+    early_stopping: bool = False
+    val_fraction: float = 0.2
+    min_val: int = 10
+    patience: int = 20
+    warm_start: bool = False
+    precision: str = "auto"
 
     def validated(self, where: str = "TrainConfig") -> TrainConfig:
         check_int(self.steps, "steps", where, lo=1)
@@ -62,6 +87,15 @@ class TrainConfig:
         check_real(self.weight_decay, "weight_decay", where, lo=0.0)
         check_int(self.inference_batch_size, "inference_batch_size", where, lo=1)
         check_int(self.mc_samples, "mc_samples", where, lo=2, hi=1000)
+        check_real(self.val_fraction, "val_fraction", where, lo=0.0, hi=0.5, lo_open=True)
+        check_int(self.min_val, "min_val", where, lo=1)
+        check_int(self.patience, "patience", where, lo=1)
+        if self.precision not in ("auto", "fp32", "bf16", "fp16"):
+            from dal_widgets._checks import param_error
+
+            raise param_error(
+                "precision", where, "'auto', 'fp32', 'bf16' or 'fp16'", self.precision
+            )
         return self
 
     def with_(self, **changes: Any) -> TrainConfig:
@@ -181,6 +215,17 @@ class FitResult:
     metrics: dict[str, float]
 
 
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for a precision setting on a device (None: plain fp32)."""
+    if device.type != "cuda" or precision == "fp32":
+        return None
+    if precision == "fp16":
+        return torch.float16
+    if precision == "bf16" or torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return None
+
+
 def fit(
     model: nn.Module,
     X: torch.Tensor,
@@ -211,6 +256,8 @@ def fit(
     epochs = int(np.clip(math.ceil(config.steps / per_epoch), config.min_epochs, config.max_epochs))
     state = FitState(model=model, epochs=epochs, steps=epochs * per_epoch)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    amp_dtype = autocast_dtype(config.precision, X.device)
+    scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
     loss_fn = nn.CrossEntropyLoss()
     gen = torch.Generator(device="cpu").manual_seed(seed)
     stopped = cancelled = False
@@ -228,9 +275,17 @@ def fit(
             for start in range(0, n, batch):
                 idx = order[start : start + batch]
                 optimizer.zero_grad(set_to_none=True)
-                loss = loss_fn(model(X[idx]), y[idx])
-                loss.backward()
-                optimizer.step()
+                with torch.autocast(
+                    X.device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None
+                ):
+                    loss = loss_fn(model(X[idx]), y[idx])
+                if scaler is not None:
+                    scaler.scale(loss).backward()
+                    scaler.step(optimizer)
+                    scaler.update()
+                else:
+                    loss.backward()
+                    optimizer.step()
                 state.step += 1
                 state.samples_seen += int(idx.shape[0])
                 state.loss = float(loss.detach())

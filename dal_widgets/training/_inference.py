@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from dal_widgets.training._fit import autocast_dtype
 from dal_widgets.training._models import classifier_layer, has_dropout
 
 __all__ = ["INFERABLE", "predict"]
@@ -91,6 +92,7 @@ def predict(
     batch_size: int = 2048,
     mc_samples: int = 20,
     seed: int = 0,
+    precision: str = "fp32",
 ) -> dict[str, np.ndarray]:
     """Compute the requested arrays for every row of ``X`` in chunks.
 
@@ -105,6 +107,9 @@ def predict(
         T for ``mc_probs``.
     seed : int
         Seeds the dropout masks of the MC passes (reproducible scores).
+    precision : str
+        As in ``TrainConfig.precision`` (autocast on CUDA only). Chunks go to CUDA through
+        pinned memory, so the copy overlaps the previous chunk's compute.
 
     Returns
     -------
@@ -129,14 +134,22 @@ def predict(
     if "mc_probs" in wanted:
         _require_dropout(model)
     consistent = _ConsistentDropout(model, seed) if "mc_probs" in wanted else None
+    amp_dtype = autocast_dtype(precision, device)
     try:
-        with torch.inference_mode():
+        with (
+            torch.inference_mode(),
+            torch.autocast(
+                device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None
+            ),
+        ):
             for start in range(0, n, batch_size):
                 xb = torch.as_tensor(
                     np.asarray(X[start : start + batch_size])
                     if not isinstance(X, torch.Tensor)
                     else X[start : start + batch_size]
                 )
+                if device.type == "cuda" and not xb.is_cuda:
+                    xb = xb.pin_memory()
                 xb = xb.to(device, dtype=torch.float32, non_blocking=True)
                 if wanted & {"probs", "embeddings"}:
                     captured.clear()
