@@ -295,18 +295,22 @@ def test_observer_errors_do_not_break_the_session(session, ds):
     assert hits == [1] and "ZeroDivisionError" in session.observer_errors[0]
 
 
-def test_many_labels_while_training(ds):
-    s = dal.Session(ds, store=None, device="cpu", train_config=TrainConfig(steps=200, batch_size=8))
+def test_many_labels_while_training():
+    """200 labels through the public API while the worker trains; the next fit uses them all."""
+    ds = blobs(n=320)
+    s = dal.Session(ds, store=None, device="cpu", train_config=TrainConfig(steps=300, batch_size=8))
     errors = []
     s.on("train_failed", lambda error: errors.append(error))
     s.label(ds.ids[:10].tolist(), oracle(ds, ds.ids[:10]))
-    for i in range(10, 170):
+    s.train()
+    for i in range(10, 210):
         s.label(ds.python_id(ds.ids[i]), oracle(ds, [ds.ids[i]])[0])
         if i % 40 == 0:
             s.train()
+    assert s.training  # labels went in while fits were running
     s.train()
     assert s.wait(timeout=120) and not errors
-    assert len(s.labels) == 170 and s.model_version.n_labels == 170
+    assert len(s.labels) == 210 and s.model_version.n_labels == 210
     assert threading.active_count() < 10
     s.close()
 
