@@ -12,7 +12,7 @@ import threading
 import time
 import traceback
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -254,6 +254,7 @@ class Session:
         self._observers: dict[str, list[Callable[..., Any]]] = {}
         self.observer_errors: list[str] = []
         self._model: nn.Module | None = None
+        self._members: list[nn.Module] = []  # the ensemble of the newest fit (model first)
         self.model_version: ModelVersion | None = None
         self.progress: dict[str, Any] = {"state": "idle"}
         self.train_error: str | None = None
@@ -341,7 +342,10 @@ class Session:
         shape = tuple(self.dataset.X.shape[1:])
         n_classes = len(self.classes)
         if self._model_spec == "auto":
-            return default_model(shape, n_classes, self.dataset.kind)
+            head = (
+                self.train_config.loss_head or "loss_pred" in _strategies.get(self.strategy).needs
+            )
+            return default_model(shape, n_classes, self.dataset.kind, loss_head=head)
         if isinstance(self._model_spec, nn.Module):
             return copy.deepcopy(self._model_spec)
         model = self._model_spec(shape, n_classes)
@@ -495,7 +499,7 @@ class Session:
 
     # ------------------------------------------------------------------ querying
     def _needs_model(self, strategy: _strategies.Strategy) -> bool:
-        return bool(strategy.needs & (INFERABLE | {"member_probs", "loss_pred", "adv_dist"}))
+        return bool(strategy.needs & (INFERABLE | {"member_probs"}))
 
     def compute_arrays(self, needs: Iterable[str]) -> dict[str, np.ndarray]:
         """The arrays strategies ask for, over the whole pool, in one chunked pass on the device."""
@@ -504,29 +508,43 @@ class Session:
         if "features" in needs:
             arrays["features"] = self.dataset.features
         model_needs = needs & INFERABLE
-        missing = needs - INFERABLE - {"features"}
+        missing = needs - INFERABLE - {"features", "member_probs"}
         if missing:
             raise ValueError(
-                f"Session cannot compute {sorted(missing)} for strategy {self.strategy!r} yet: "
-                f"it computes {sorted(INFERABLE | {'features'})}."
+                f"Session cannot compute {sorted(missing)} for strategy {self.strategy!r}: "
+                f"it computes {sorted(INFERABLE | {'features', 'member_probs'})}."
             )
-        if model_needs:
-            model = self._model
+        if model_needs or "member_probs" in needs:
+            model, members = self._model, self._members
             if model is None:
                 raise RuntimeError("No trained model yet: call train() (and wait()) first.")
-            arrays.update(
-                predict(
-                    model,
-                    self.dataset.X,
-                    model_needs,
-                    device=self.device,
-                    batch_size=self.train_config.inference_batch_size,
-                    mc_samples=self.train_config.mc_samples,
-                    seed=self.seed + self.round,
-                    precision=self.train_config.precision,
+            if "member_probs" in needs and len(members) < 2:
+                raise ValueError(
+                    f"Strategy {self.strategy!r} needs an ensemble ('member_probs'), and the newest fit "
+                    f"trained {len(members)} model. Set TrainConfig(ensemble_size=5) (each fit then "
+                    "trains 5 members) and train again."
                 )
-            )
+            if model_needs:
+                arrays.update(self._predict(model, model_needs))
+            if "member_probs" in needs:
+                arrays["member_probs"] = np.stack(
+                    [self._predict(m, {"probs"})["probs"] for m in members], axis=1
+                )
         return arrays
+
+    def _predict(self, model: nn.Module, needs: set[str]) -> dict[str, np.ndarray]:
+        cfg = self.train_config
+        return predict(
+            model,
+            self.dataset.X,
+            needs,
+            device=self.device,
+            batch_size=cfg.inference_batch_size,
+            mc_samples=cfg.mc_samples,
+            seed=self.seed + self.round,
+            precision=cfg.precision,
+            deepfool_iters=cfg.deepfool_iters,
+        )
 
     def query(self, n: int, *, exclude: Any = None) -> list[Any]:
         """Pick the next ``n`` samples to label with the session's strategy.
@@ -747,6 +765,18 @@ class Session:
             model = self._initial_model(fit_seed)
             X, y, callbacks = self._validation_split(X, y, fit_seed)
             result = self._fit_with_oom_retry(model, X, y, callbacks, cancel, fit_seed)
+            members = [model]
+            for m in range(
+                1, self.train_config.ensemble_size
+            ):  # committee: other seeds, fresh weights
+                if result.cancelled:
+                    break
+                with torch.random.fork_rng(devices=[]):
+                    torch.manual_seed(fit_seed + m)
+                    member = self._new_model().to(self.device)
+                self._fit_with_oom_retry(member, X, y, [_Progress(self)], cancel, fit_seed + m)
+                members.append(member)
+                result = result if not cancel.is_set() else replace(result, cancelled=True)
             if result.cancelled:
                 self.progress = {"state": "cancelled"}
                 self._emit("train_progress", progress=self.progress)
@@ -754,7 +784,7 @@ class Session:
             version = ModelVersion(
                 next_version, n_labels, result.seconds, result.steps, result.loss, time.time()
             )
-            self._model, self.model_version = model, version
+            self._model, self._members, self.model_version = model, members, version
             self.store.update_round(
                 train_s=result.seconds, n_labels=n_labels, model_version=next_version
             )
@@ -860,7 +890,7 @@ class Session:
         config = load_checkpoint(path, model)
         model = model.to(self.device).eval()
         version = (self.model_version.version + 1) if self.model_version else 1
-        self._model = model
+        self._model, self._members = model, [model]
         self.model_version = ModelVersion(
             version, int(config.get("n_labels", 0)), 0.0, 0, math.nan, time.time()
         )

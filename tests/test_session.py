@@ -413,3 +413,34 @@ def test_session_trains_on_cuda(ds, precision):
     arrays = s.compute_arrays({"probs", "mc_probs", "embeddings"})
     assert arrays["mc_probs"].shape[1] == 20
     s.close()
+
+
+def test_committee_strategies_train_an_ensemble(ds):
+    s = dal.Session(ds, strategy="vote_entropy", store=None, device="cpu", retrain="manual",
+                    train_config=TrainConfig(steps=40, ensemble_size=3))
+    ids = ds.ids[:30].tolist()
+    s.label(ids, oracle(ds, ids))
+    s.train(block=True)
+    assert s.compute_arrays({"member_probs"})["member_probs"].shape == (180, 3, 3)
+    picks = s.query(5)
+    assert len(set(picks)) == 5 and s.store.queries()[-1]["strategy"] == "vote_entropy"
+    single = dal.Session(ds, strategy="consensus_kl", store=None, device="cpu", retrain="manual", train_config=FAST)
+    single.label(ids, oracle(ds, ids))
+    single.train(block=True)
+    with pytest.raises(ValueError, match="ensemble_size=5"):
+        single.query(5)
+    s.close()
+    single.close()
+
+
+@pytest.mark.parametrize("strategy", ["learning_loss", "dfal", "egl", "badge", "bald", "batchbald", "typiclust"])
+def test_every_model_based_strategy_runs_inside_a_session(ds, strategy):
+    s = dal.Session(ds, strategy=strategy, store=None, device="cpu", retrain="manual",
+                    train_config=TrainConfig(steps=40, deepfool_iters=10))
+    ids = ds.ids[:30].tolist()
+    s.label(ids, oracle(ds, ids))
+    s.train(block=True)
+    picks = s.query(6)
+    assert len(set(picks)) == 6 and not set(picks) & set(ids)
+    assert s.store.queries()[-1]["strategy"] == strategy
+    s.close()

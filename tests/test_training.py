@@ -189,3 +189,36 @@ def test_fit_and_predict_on_cuda():
     fit(model, X.cuda(), y.cuda(), config=TrainConfig(steps=100))
     out = predict(model, X.numpy(), {"probs", "embeddings"}, device="cuda")
     assert out["probs"].shape == (120, 2)
+
+
+def test_loss_head_learns_to_rank_losses():
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(600, 2)).astype(np.float32)
+    y = ((X[:, 0] + 0.5 * rng.normal(size=600)) > 0).astype(np.int64)  # noisy near the boundary
+    torch.manual_seed(0)
+    model = MLP(2, 2, hidden=(32, 16), loss_head=True)
+    fit(model, torch.as_tensor(X[:400]), torch.as_tensor(y[:400]), config=TrainConfig(steps=600, batch_size=64))
+    out = predict(model, X[400:], {"probs", "loss_pred"})
+    true_loss = -np.log(out["probs"][np.arange(200), y[400:]] + 1e-12)
+    rank = lambda v: np.argsort(np.argsort(v))  # noqa: E731
+    spearman = np.corrcoef(rank(out["loss_pred"]), rank(true_loss))[0, 1]
+    assert spearman > 0.3, spearman
+
+
+def test_loss_pred_needs_a_head():
+    with pytest.raises(ValueError, match="loss-prediction head"):
+        predict(MLP(2, 2), np.zeros((3, 2), np.float32), {"loss_pred"})
+
+
+def test_deepfool_distance_tracks_the_distance_to_the_boundary():
+    rng = np.random.default_rng(0)
+    X = rng.uniform(-2, 2, size=(300, 2)).astype(np.float32)
+    y = (X[:, 0] > 0).astype(np.int64)
+    torch.manual_seed(0)
+    model = MLP(2, 2, hidden=(32, 16))
+    fit(model, torch.as_tensor(X), torch.as_tensor(y), config=TrainConfig(steps=400))
+    d = predict(model, X, {"adv_dist"}, batch_size=64)["adv_dist"]
+    assert d.shape == (300,) and np.all(d >= 0)
+    assert np.corrcoef(np.abs(X[:, 0]), d)[0, 1] > 0.8
+    near = np.argsort(d)[:10]  # the smallest distances belong to points near the boundary
+    assert np.abs(X[near, 0]).mean() < np.abs(X[:, 0]).mean() / 3

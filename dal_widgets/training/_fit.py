@@ -58,6 +58,15 @@ class TrainConfig:
     warm_start : bool
         Start each fit from the newest model's weights instead of fresh ones (when the class
         list did not change). Off by default, for the reason above.
+    ensemble_size : int
+        Members trained per fit (different seeds) for the committee strategies
+        (``member_probs``); 1 = a single model.
+    loss_head : bool
+        Give the default models a loss-prediction head, trained with the margin ranking loss
+        (Yoo & Kweon 2019), for the ``learning_loss`` strategy. A session turns it on by itself
+        when its strategy needs ``loss_pred``.
+    deepfool_iters : int
+        DeepFool iterations for the ``dfal`` strategy's distances.
     precision : {"auto", "fp32", "bf16", "fp16"}
         Mixed precision on CUDA (``"auto"``: bf16 where the GPU supports it, else fp32). The
         CPU always computes in fp32.
@@ -76,6 +85,9 @@ class TrainConfig:
     min_val: int = 10
     patience: int = 20
     warm_start: bool = False
+    ensemble_size: int = 1
+    loss_head: bool = False
+    deepfool_iters: int = 50
     precision: str = "auto"
 
     def validated(self, where: str = "TrainConfig") -> TrainConfig:
@@ -90,6 +102,8 @@ class TrainConfig:
         check_real(self.val_fraction, "val_fraction", where, lo=0.0, hi=0.5, lo_open=True)
         check_int(self.min_val, "min_val", where, lo=1)
         check_int(self.patience, "patience", where, lo=1)
+        check_int(self.ensemble_size, "ensemble_size", where, lo=1, hi=50)
+        check_int(self.deepfool_iters, "deepfool_iters", where, lo=1, hi=1000)
         if self.precision not in ("auto", "fp32", "bf16", "fp16"):
             from dal_widgets._checks import param_error
 
@@ -215,6 +229,15 @@ class FitResult:
     metrics: dict[str, float]
 
 
+def _ranking_loss(pred: torch.Tensor, target: torch.Tensor, margin: float = 1.0) -> torch.Tensor:
+    """Yoo & Kweon's margin ranking loss over the pairs (first half, second half) of a batch."""
+    half = pred.shape[0] // 2
+    if half == 0:
+        return pred.sum() * 0.0
+    sign = torch.sign(target[:half] - target[half : 2 * half])
+    return torch.clamp(margin - sign * (pred[:half] - pred[half : 2 * half]), min=0).mean()
+
+
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     """The autocast dtype for a precision setting on a device (None: plain fp32)."""
     if device.type != "cuda" or precision == "fp32":
@@ -258,7 +281,16 @@ def fit(
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     amp_dtype = autocast_dtype(config.precision, X.device)
     scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
-    loss_fn = nn.CrossEntropyLoss()
+    head = getattr(model, "loss_head", None)
+    loss_fn = nn.CrossEntropyLoss(reduction="none" if head is not None else "mean")
+    captured: list[torch.Tensor] = []
+    hook = None
+    if head is not None:
+        from dal_widgets.training._models import classifier_layer
+
+        hook = classifier_layer(model).register_forward_pre_hook(
+            lambda _m, args: captured.append(args[0])
+        )
     gen = torch.Generator(device="cpu").manual_seed(seed)
     stopped = cancelled = False
     devices = [X.device] if X.device.type == "cuda" else []
@@ -278,7 +310,14 @@ def fit(
                 with torch.autocast(
                     X.device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None
                 ):
+                    captured.clear()
                     loss = loss_fn(model(X[idx]), y[idx])
+                    if head is not None:
+                        # Yoo & Kweon: the head stops shaping the features after 60% of training.
+                        feats = captured[-1].flatten(1)
+                        if state.step >= 0.6 * state.steps:
+                            feats = feats.detach()
+                        loss = loss.mean() + _ranking_loss(head(feats).squeeze(1), loss.detach())
                 if scaler is not None:
                     scaler.scale(loss).backward()
                     scaler.step(optimizer)
@@ -302,6 +341,8 @@ def fit(
                 break
         for cb in callbacks:
             cb.on_fit_end(state)
+    if hook is not None:
+        hook.remove()
     model.eval()
     return FitResult(
         epochs=state.epoch + 1,

@@ -25,7 +25,7 @@ from dal_widgets.training._models import classifier_layer, has_dropout
 __all__ = ["INFERABLE", "predict"]
 
 #: Arrays this module can compute from a model (names as in the strategy registry).
-INFERABLE = frozenset({"probs", "mc_probs", "embeddings"})
+INFERABLE = frozenset({"probs", "mc_probs", "embeddings", "loss_pred", "adv_dist"})
 
 
 class _ConsistentDropout:
@@ -93,6 +93,7 @@ def predict(
     mc_samples: int = 20,
     seed: int = 0,
     precision: str = "fp32",
+    deepfool_iters: int = 50,
 ) -> dict[str, np.ndarray]:
     """Compute the requested arrays for every row of ``X`` in chunks.
 
@@ -102,7 +103,9 @@ def predict(
     X : array
         Inputs, as the model takes them.
     needs : iterable of str
-        Any of ``"probs"`` (N, C), ``"mc_probs"`` (N, T, C) and ``"embeddings"`` (N, D).
+        Any of ``"probs"`` (N, C), ``"mc_probs"`` (N, T, C), ``"embeddings"`` (N, D),
+        ``"loss_pred"`` (N,) from the model's loss-prediction head and ``"adv_dist"`` (N,),
+        DeepFool distances (``deepfool_iters`` iterations at most).
     mc_samples : int
         T for ``mc_probs``.
     seed : int
@@ -127,7 +130,14 @@ def predict(
     out: dict[str, list[np.ndarray]] = {k: [] for k in wanted}
     captured: list[torch.Tensor] = []
     hook = None
-    if "embeddings" in wanted:
+    head = getattr(model, "loss_head", None)
+    if "loss_pred" in wanted and head is None:
+        raise ValueError(
+            "loss_pred needs a model with a loss-prediction head (a 'loss_head' module that maps "
+            "the penultimate embedding to a predicted loss); the default models carry one with "
+            "TrainConfig(loss_head=True)."
+        )
+    if wanted & {"embeddings", "loss_pred"}:
         hook = classifier_layer(model).register_forward_pre_hook(
             lambda _m, args: captured.append(args[0])
         )
@@ -151,13 +161,17 @@ def predict(
                 if device.type == "cuda" and not xb.is_cuda:
                     xb = xb.pin_memory()
                 xb = xb.to(device, dtype=torch.float32, non_blocking=True)
-                if wanted & {"probs", "embeddings"}:
+                if wanted & {"probs", "embeddings", "loss_pred"}:
                     captured.clear()
                     logits = model(xb)
                     if "probs" in wanted:
                         out["probs"].append(torch.softmax(logits.float(), dim=1).cpu().numpy())
                     if "embeddings" in wanted:
                         out["embeddings"].append(captured[-1].float().flatten(1).cpu().numpy())
+                    if "loss_pred" in wanted:
+                        assert head is not None
+                        pred = head(captured[-1].flatten(1)).float().reshape(-1)
+                        out["loss_pred"].append(pred.cpu().numpy())
                 if consistent is not None:
                     model.eval()  # dropout layers are identities; the hooks apply the masks
                     consistent.attach()
@@ -173,4 +187,12 @@ def predict(
         if hook is not None:
             hook.remove()
         model.eval()
+    if "adv_dist" in wanted:  # needs gradients: outside inference_mode, in its own pass
+        from dal_widgets.training._adversarial import deepfool_distance
+
+        out["adv_dist"] = [
+            deepfool_distance(
+                model, X, device=device, batch_size=min(batch_size, 512), max_iter=deepfool_iters
+            )
+        ]
     return {k: np.concatenate(v) if v else np.zeros((0,), np.float32) for k, v in out.items()}

@@ -17,6 +17,15 @@ from torch import nn
 __all__ = ["MLP", "SmallCNN", "classifier_layer", "default_model", "has_dropout"]
 
 
+def loss_prediction_head(embed_dim: int) -> nn.Module:
+    """A small head that predicts a sample's loss from its embedding (Yoo & Kweon, CVPR 2019).
+
+    The paper's module reads features from several blocks; ours reads the penultimate
+    embedding only (the models here are small), which keeps it model-agnostic.
+    """
+    return nn.Sequential(nn.Linear(embed_dim, 64), nn.ReLU(), nn.Linear(64, 1))
+
+
 class MLP(nn.Module):
     """A two-hidden-layer perceptron with dropout, for tabular data, texts and tiny images.
 
@@ -27,6 +36,8 @@ class MLP(nn.Module):
     hidden : tuple of int
     dropout : float
         Dropout after each hidden layer (MC-dropout strategies need it).
+    loss_head : bool
+        Carry a loss-prediction head (for the ``learning_loss`` strategy).
     """
 
     def __init__(
@@ -35,6 +46,7 @@ class MLP(nn.Module):
         n_classes: int,
         hidden: tuple[int, ...] = (256, 128),
         dropout: float = 0.3,
+        loss_head: bool = False,
     ) -> None:
         super().__init__()
         layers: list[nn.Module] = [nn.Flatten()]
@@ -44,6 +56,7 @@ class MLP(nn.Module):
             width = h
         self.features = nn.Sequential(*layers)
         self.classifier = nn.Linear(width, n_classes)
+        self.loss_head = loss_prediction_head(width) if loss_head else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.features(x))
@@ -53,6 +66,7 @@ class SmallCNN(nn.Module):
     """A small CNN in the style of Gal et al. (2017): two conv blocks, dropout, a dense layer.
 
     Works for any image size of at least 8 pixels (adaptive pooling before the dense layer).
+    ``loss_head=True`` adds a loss-prediction head (for the ``learning_loss`` strategy).
     """
 
     def __init__(
@@ -62,6 +76,7 @@ class SmallCNN(nn.Module):
         width: int = 32,
         embed_dim: int = 128,
         dropout: float = 0.5,
+        loss_head: bool = False,
     ) -> None:
         super().__init__()
         self.features = nn.Sequential(
@@ -80,19 +95,22 @@ class SmallCNN(nn.Module):
             nn.Dropout(dropout),
         )
         self.classifier = nn.Linear(embed_dim, n_classes)
+        self.loss_head = loss_prediction_head(embed_dim) if loss_head else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.features(x))
 
 
-def default_model(input_shape: tuple[int, ...], n_classes: int, kind: str) -> nn.Module:
+def default_model(
+    input_shape: tuple[int, ...], n_classes: int, kind: str, *, loss_head: bool = False
+) -> nn.Module:
     """The model sized from the data: a CNN for images of 16 pixels or more, else an MLP.
 
     8x8 digits get an MLP: at that size convolutions buy little and cost time.
     """
     if kind == "image" and len(input_shape) == 3 and min(input_shape[1:]) >= 16:
-        return SmallCNN(input_shape[0], n_classes)
-    return MLP(int(math.prod(input_shape)), n_classes)
+        return SmallCNN(input_shape[0], n_classes, loss_head=loss_head)
+    return MLP(int(math.prod(input_shape)), n_classes, loss_head=loss_head)
 
 
 def classifier_layer(model: nn.Module) -> nn.Module:
