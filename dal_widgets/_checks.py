@@ -15,6 +15,7 @@ import numpy as np
 
 __all__ = [
     "DalWarning",
+    "DataNotFoundError",
     "check_array",
     "check_choice",
     "check_int",
@@ -27,6 +28,11 @@ __all__ = [
 
 class DalWarning(UserWarning):
     """Base class of the warnings dal_widgets emits (the test suite turns them into errors)."""
+
+
+class DataNotFoundError(FileNotFoundError, ValueError):
+    """A file or folder the user named does not exist (both a FileNotFoundError and, per the
+    package's contract for bad input, a ValueError)."""
 
 
 def short_repr(value: Any, limit: int = 80) -> str:

@@ -176,7 +176,8 @@ class Projector:
     ----------
     session : Session
     source : {"auto", "features", "embeddings"}
-        ``"auto"``: embeddings once a model exists, raw features before.
+        ``"auto"`` and ``"embeddings"``: the newest model's embeddings once a model exists, raw
+        features before (the same today; "embeddings" is kept for clarity in user code).
     method : {"umap", "pca"}
     sample : int
         Rows UMAP is fitted on.
@@ -244,9 +245,11 @@ class Projector:
 
     # ------------------------------------------------------------------ internals
     def _source_now(self) -> str:
-        if self.source != "auto":
-            return self.source
-        return "embeddings" if self.session.model is not None else "features"
+        # Embeddings need a model: until the first fit, both "auto" and "embeddings" map the
+        # raw features.
+        if self.source == "features" or self.session.model is None:
+            return "features"
+        return "embeddings"
 
     def _key_now(self) -> tuple[str, int | None]:
         source = self._source_now()
@@ -367,4 +370,5 @@ class Projector:
         proj = Projection(coords, self.method, source, version, time.perf_counter() - t0)
         self._save(proj)
         self.status = self.method
+        self.error = None
         self._publish(proj)

@@ -308,3 +308,38 @@ def test_untrusted_text_and_class_names_stay_inert(lab):
     assert root.locator(".dal-text img, .dal-class b").count() == 0
     page.wait_for_timeout(500)
     assert page.evaluate("window.__pwned") is None
+
+
+@pytest.mark.slow
+def test_1000_labels_through_the_widget_while_training_and_projecting(tmp_path):
+    from dal_widgets.projection import Projector
+    from dal_widgets.widgets.embedding import EmbeddingPlot
+
+    ds = dal.datasets.digits()
+    s = dal.Session(ds, store=str(tmp_path / "c.db"), device="cpu", retrain=100,
+                    train_config=TrainConfig(steps=150, batch_size=32))
+    w = dal.LabelingWidget(s, batch_size=50)
+    plot = EmbeddingPlot(s, labeler=w, projector=Projector(s, method="pca", source="embeddings"))
+    given = {}
+    fits_seen = set()
+    seq = 0
+    while len(given) < 1000:
+        item = w.items[w.cursor]
+        sid = w._keys[item["key"]]
+        assert sid not in given, "the widget offered a labeled sample again"
+        label = ds.classes[ds.targets[ds.positions([sid])[0]]]
+        seq += 1
+        w._handle_custom_msg({"action": "label", "key": item["key"], "label": label, "seq": seq}, [])
+        assert w.ack == seq
+        given[sid] = label
+        if s.training:
+            fits_seen.add(len(given) // 100)
+    s.wait(120)
+    plot.projector.wait(60)
+    assert s.labels == given  # none lost, none changed
+    events = [h for h in s.store.history() if h["kind"] == "label"]
+    assert len(events) == 1000 and len({h["sample_id"] for h in events}) == 1000  # none doubled
+    assert len(fits_seen) >= 3 and s.model_version.version >= 5  # it really trained meanwhile
+    assert w.errors == [] and plot.errors == [] and s.train_error is None and s.observer_errors == []
+    assert plot.projector.error is None and plot.projector.current().source == "embeddings"
+    s.close()

@@ -315,7 +315,9 @@ def test_no_returned_label_is_lost_across_50_sigkills(tmp_path):
     kills = 0
     modes = ["label"] * 36 + ["train"] * 8 + ["export"] * 8
     for i, mode in enumerate(modes):
-        proc = subprocess.Popen([sys.executable, str(script), path, mode, str(i)], stdout=subprocess.PIPE, text=True)
+        proc = subprocess.Popen(
+            [sys.executable, str(script), path, mode, str(i)], stdout=subprocess.PIPE, text=True
+        )
         assert proc.stdout.readline().strip() == "ready"
         deadline = time.monotonic() + rng.uniform(0.05, 0.6)
         returned: list[list[str]] = []
@@ -327,21 +329,64 @@ def test_no_returned_label_is_lost_across_50_sigkills(tmp_path):
         proc.wait(timeout=30)
         assert proc.returncode == -signal.SIGKILL
         kills += 1
-        returned += [json.loads(line) for line in proc.stdout.read().splitlines() if line.startswith("[")]
+        returned += [
+            json.loads(line) for line in proc.stdout.read().splitlines() if line.startswith("[")
+        ]
         store = LabelStore(path, fingerprint="crash", classes=["a", "b", "c"])
         assert store._conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
         labels = store.labels
         # Ids are never relabeled, so each returned id has one label event; it must be there,
         # and the id is labeled now exactly when no undo reverted that event's action.
         undone = dict(store._conn.execute("SELECT action_id, undone_by FROM actions").fetchall())
-        events = dict(store._conn.execute(
-            "SELECT e.sample_id, e.action_id FROM events e JOIN actions a USING(action_id) "
-            "WHERE a.kind = 'label' AND e.field = 'label'").fetchall())
+        events = dict(
+            store._conn.execute(
+                "SELECT e.sample_id, e.action_id FROM events e JOIN actions a USING(action_id) "
+                "WHERE a.kind = 'label' AND e.field = 'label'"
+            ).fetchall()
+        )
         for ids in returned:
             for sid in ids:
-                assert sid in events, f"kill {kills} ({mode}): label {sid} returned but is not in the store"
-                assert (sid in labels) == (undone[events[sid]] is None), f"kill {kills}: {sid} inconsistent"
+                assert sid in events, (
+                    f"kill {kills} ({mode}): label {sid} returned but is not in the store"
+                )
+                assert (sid in labels) == (undone[events[sid]] is None), (
+                    f"kill {kills}: {sid} inconsistent"
+                )
                 confirmed.add(sid)
         store.close()
     assert kills == 52 and len(confirmed) > 200
     print(f"{kills} SIGKILLs, {len(confirmed)} returned labels checked, 0 lost")
+
+
+def test_hostile_class_names_and_ids_round_trip(path, tmp_path):
+    classes = ["<b onmouseover=alert(1)>x</b>", 'O\'Brien "quoted"', "'; DROP TABLE state; --"]
+    s = open_store(path, classes=classes)
+    s.label(["a'; DELETE FROM events; --", "<img src=x>"], [classes[2], classes[0]])
+    s.close()
+    again = open_store(path, classes=classes)
+    assert again.labels == {"a'; DELETE FROM events; --": classes[2], "<img src=x>": classes[0]}
+    assert len(again.history()) == 2
+    out = again.export(tmp_path / "x.csv")
+    assert "DROP TABLE" in out.read_text()
+
+
+def test_a_full_disk_loses_nothing_already_saved(path):
+    s = open_store(path)
+    s.label([0], ["cat"])
+    # SQLite's own limit on the file size gives the real "database or disk is full" error.
+    s._conn.execute(
+        "PRAGMA max_page_count = " + str(s._conn.execute("PRAGMA page_count").fetchone()[0])
+    )
+    saved, failed = 1, 0
+    for i in range(1, 2000):
+        try:
+            s.label([i], ["dog"])
+            saved += 1
+        except StoreError as exc:
+            assert "full" in str(exc) and "nothing of it was saved" in str(exc)
+            failed += 1
+            break
+    assert failed == 1
+    assert len(s.labels) == saved  # memory matches what was committed
+    s.close()
+    assert len(open_store(path).labels) == saved

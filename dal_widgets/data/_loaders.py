@@ -12,7 +12,14 @@ from typing import Any
 
 import numpy as np
 
-from dal_widgets._checks import DalWarning, check_array, check_int, param_error, short_repr
+from dal_widgets._checks import (
+    DalWarning,
+    DataNotFoundError,
+    check_array,
+    check_int,
+    param_error,
+    short_repr,
+)
 from dal_widgets.data._dataset import KINDS, Dataset, _as_ids
 
 __all__ = ["digits", "from_arrays", "image_folder", "mnist", "texts"]
@@ -269,7 +276,7 @@ def mnist(
         hit = next((c for c in candidates if c.is_file()), None)
         found.append(hit)
     if None in found:
-        raise FileNotFoundError(
+        raise DataNotFoundError(
             f"datasets.mnist found no MNIST {split} files in {str(root_path)!r}; it looked for: "
             + ", ".join(looked)
             + ". It never downloads: put the IDX files there."
@@ -436,7 +443,7 @@ def image_folder(
     where = "datasets.image_folder"
     root = Path(path)
     if not root.is_dir():
-        raise FileNotFoundError(
+        raise DataNotFoundError(
             f"The 'path' parameter of {where} must be an existing folder. Got {str(root)!r}."
         )
     if on_error not in ("warn", "raise"):
