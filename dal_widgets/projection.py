@@ -3,9 +3,19 @@
 Features come from the raw inputs (``source="features"``: the map never moves) or from the
 newest model's penultimate embeddings (``source="embeddings"``: the map follows what the model
 learned). UMAP is fitted on a subsample (10,000 points by default) and the rest is transformed
-onto that fit. Continuity across model versions: each new UMAP fit starts from the previous
-layout (``init``) and is then aligned to it by an orthogonal Procrustes rotation and scale, so
-points keep their place unless the model really moved them (the benchmark measures how far).
+onto that fit.
+
+Across model versions (a new model = a new embedding space, so the old UMAP cannot transform
+the new embeddings), two mechanisms keep the map continuous and cheap:
+
+* **refresh** (most versions): 2,000 anchor points keep their 2-D positions and every other
+  point moves to the distance-weighted mean position of its nearest anchors *in the new
+  embedding space* (:func:`place_on_anchors`). One chunked nearest-neighbour pass on the
+  device, many times faster than a UMAP fit (``benchmarks/projection.py`` measures both);
+* **refit** (every ``refit_every`` versions, and the first time): a UMAP fit that starts from
+  the previous layout (``init``), then an orthogonal Procrustes rotation and scale onto it.
+
+AlignedUMAP was not chosen: it refits every round over all rounds' data, the opposite of cheap.
 
 umap-learn is imported lazily; its numba cache goes to a folder that survives kernel restarts
 (``~/.cache/dal_widgets/numba`` unless ``NUMBA_CACHE_DIR`` is set), so only the first kernel
@@ -27,7 +37,7 @@ import numpy as np
 
 from dal_widgets._checks import check_choice, check_int, param_error
 
-__all__ = ["Projection", "Projector", "align", "pca_2d", "umap_2d"]
+__all__ = ["Projection", "Projector", "align", "pca_2d", "place_on_anchors", "umap_2d"]
 
 _PRE_DIMS = 50  # UMAP runs on the top principal components: faster, and denoises raw pixels
 
@@ -150,6 +160,43 @@ def umap_2d(
     return coords
 
 
+def place_on_anchors(
+    X: np.ndarray,
+    anchors: np.ndarray,
+    anchor_coords: np.ndarray,
+    *,
+    k: int = 10,
+    device: Any = "cpu",
+    chunk: int = 8192,
+) -> np.ndarray:
+    """Place every row of ``X`` at the weighted mean 2-D position of its ``k`` nearest anchors.
+
+    ``anchors`` are row indices into ``X``; they keep ``anchor_coords`` exactly. Distances are computed in
+    chunks with torch on ``device``: memory is ``chunk x len(anchors)``, never N x N.
+    """
+    import torch
+
+    dev = torch.device(device)
+    A = torch.as_tensor(np.asarray(X[anchors], dtype=np.float32), device=dev)
+    C = torch.as_tensor(np.asarray(anchor_coords, dtype=np.float32), device=dev)
+    a2 = (A * A).sum(1)
+    k = min(k, len(anchors))
+    out = np.empty((len(X), 2), dtype=np.float32)
+    for start in range(0, len(X), chunk):
+        B = torch.as_tensor(
+            np.asarray(X[start : start + chunk], dtype=np.float32).reshape(-1, A.shape[1]),
+            device=dev,
+        )
+        d2 = ((B * B).sum(1, keepdim=True) + a2 - 2.0 * B @ A.T).clamp_min_(0.0)
+        dist, idx = torch.topk(d2, k, dim=1, largest=False)
+        w = 1.0 / (dist.sqrt() + 1e-6)
+        w = w / w.sum(1, keepdim=True)
+        out[start : start + chunk] = (w.unsqueeze(2) * C[idx]).sum(1).cpu().numpy()
+    # Anchors keep their places exactly (float32 distance round-off would nudge them).
+    out[np.asarray(anchors)] = np.asarray(anchor_coords, dtype=np.float32)
+    return out
+
+
 def align(new: np.ndarray, old: np.ndarray) -> np.ndarray:
     """Rotate, reflect, scale and shift ``new`` to best match ``old`` (orthogonal Procrustes)."""
     a = np.asarray(new, dtype=np.float64)
@@ -181,6 +228,11 @@ class Projector:
     method : {"umap", "pca"}
     sample : int
         Rows UMAP is fitted on.
+    refit_every : int
+        New model versions are placed on anchors (fast); every ``refit_every``-th one gets a
+        full UMAP refit. 1 = always refit.
+    anchors : int
+        Anchor points for the fast refresh.
     """
 
     def __init__(
@@ -192,8 +244,13 @@ class Projector:
         sample: int = 10_000,
         seed: int = 0,
         cache_dir: str | os.PathLike[str] | None = None,
+        refit_every: int = 5,
+        anchors: int = 2_000,
     ) -> None:
         where = "Projector"
+        self.refit_every = check_int(refit_every, "refit_every", where, lo=1)
+        self.anchors = check_int(anchors, "anchors", where, lo=10)
+        self._last_refit: int | None = None
         self.session = session
         self.source = check_choice(source, "source", where, ["auto", "features", "embeddings"])
         self.method = check_choice(method, "method", where, ["umap", "pca"])
@@ -355,16 +412,31 @@ class Projector:
         if self.method == "pca":
             coords = pca_2d(X, sample=self.sample, seed=self.seed)
         else:
-            init = (
-                previous
-                if (
-                    previous is not None
-                    and self._current is not None
-                    and self._current.method == "umap"
-                )
-                else None
+            prev_umap = (
+                previous is not None
+                and self._current is not None
+                and self._current.method == "umap"
             )
-            coords = umap_2d(X, sample=self.sample, seed=self.seed, init=init)
+            refresh = (
+                prev_umap
+                and source == "embeddings"
+                and self._current is not None
+                and self._current.source == "embeddings"
+                and version is not None
+                and self._last_refit is not None
+                and version - self._last_refit < self.refit_every
+            )
+            if refresh:
+                assert previous is not None
+                rows = _subsample(len(X), self.anchors, self.seed)
+                coords = place_on_anchors(X, rows, previous[rows], device=self.session.device)
+                previous = None  # anchors keep their places: nothing to align
+            else:
+                coords = umap_2d(
+                    X, sample=self.sample, seed=self.seed, init=previous if prev_umap else None
+                )
+                if source == "embeddings":
+                    self._last_refit = version
         if previous is not None:
             coords = align(coords, previous)
         proj = Projection(coords, self.method, source, version, time.perf_counter() - t0)

@@ -39,6 +39,8 @@ def test_labels_color_points_and_picks_are_marked(setup):
     w.label("y")
     pos = ds.positions([sid])[0]
     assert colors(plot)[pos] == 2 and (colors(plot) >= 0).sum() == 1
+    overlay = plot.figure.data[4]  # the labeled samples, drawn on top
+    assert list(overlay.marker.color) == [2] and list(overlay.x) == [plot.projector.current().coords[pos, 0]]
     w.undo()
     assert np.all(colors(plot) == -1)
     assert plot.errors == []
@@ -164,3 +166,42 @@ def test_box_selection_in_the_browser_reaches_python(lab):
     # Points within a pixel of the box edge may fall either way; everything else must match.
     assert len(set(got) ^ set(expected)) <= 2, (len(got), len(expected))
     assert "Label these" in page.locator(".dal-embedding").inner_text()
+
+
+def _saved_size(tmp_path, rounds):
+    import nbformat
+    from nbclient import NotebookClient
+    from nbformat.v4 import new_code_cell, new_notebook
+
+    nb = new_notebook(cells=[
+        new_code_cell(
+            "import numpy as np, dal_widgets as dal\n"
+            "from dal_widgets.projection import Projector\n"
+            "rng = np.random.default_rng(0)\n"
+            "X = (rng.normal(size=(10, 16))[np.arange(100_000) % 10] + rng.normal(size=(100_000, 16))).astype(np.float32)\n"
+            "ds = dal.datasets.from_arrays(X, y=np.arange(100_000) % 10)\n"
+            "s = dal.Session(ds, strategy='random', store=None, device='cpu', retrain='manual')\n"
+            "plot = dal.EmbeddingPlot(s, projector=Projector(s, method='pca'))\n"
+            "plot"
+        ),
+        new_code_cell(
+            f"for r in range({rounds}):\n"
+            "    ids = s.query(10)\n"
+            "    s.label(ids, ds.targets[ds.positions(ids)])\n"
+            "print(len(s.labels), plot.errors)"
+        ),
+    ])
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    NotebookClient(nb, timeout=600, kernel_name="python3", store_widget_state=True).execute()
+    path = tmp_path / f"map{rounds}.ipynb"
+    nbformat.write(nb, path)
+    assert f"{rounds * 10} []" in nb.cells[1].outputs[0]["text"]
+    return path.stat().st_size
+
+
+@pytest.mark.slow
+def test_saved_notebook_with_a_100k_map_does_not_grow_with_rounds(tmp_path, capsys):
+    start, after = _saved_size(tmp_path, 0), _saved_size(tmp_path, 20)
+    with capsys.disabled():
+        print(f"\n100,000-point map, saved notebook: {start / 1e6:.1f} MB after 0 rounds, {after / 1e6:.1f} MB after 20")
+    assert after - start < 10e6

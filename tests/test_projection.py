@@ -91,3 +91,48 @@ def test_projector_bad_arguments():
         Projector(s, method="tsne")
     with pytest.raises(ValueError, match="'source'"):
         Projector(s, source="labels")
+
+
+def test_place_on_anchors_keeps_anchors_and_follows_new_neighbours():
+    from dal_widgets.projection import place_on_anchors
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(600, 5)).astype(np.float32)
+    old = rng.normal(size=(600, 2)).astype(np.float32)
+    anchors = np.arange(0, 600, 3)
+    out = place_on_anchors(X, anchors, old[anchors], k=5)
+    np.testing.assert_allclose(out[anchors], old[anchors], atol=1e-3)  # anchors stay put
+    # a non-anchor lands inside the hull of its nearest anchors' old positions
+    i = 1
+    d = ((X[anchors] - X[i]) ** 2).sum(1)
+    near = old[anchors][np.argsort(d)[:5]]
+    assert near[:, 0].min() - 1e-6 <= out[i, 0] <= near[:, 0].max() + 1e-6
+    np.testing.assert_allclose(place_on_anchors(X, anchors, old[anchors], k=5, chunk=7), out, atol=1e-5)
+
+
+def test_projector_refreshes_on_anchors_between_refits(tmp_path, monkeypatch):
+    import dal_widgets.projection as projection
+
+    calls = []
+
+    def fake_umap(X, *, sample, seed, init=None, **kw):  # PCA stands in for UMAP's cost here
+        calls.append("refit")
+        return pca_2d(X, seed=seed)
+
+    monkeypatch.setattr(projection, "umap_2d", fake_umap)
+    X, y = blobs()
+    ds = dal.datasets.from_arrays(X, y=y, holdout=0.2)
+    s = dal.Session(ds, store=None, device="cpu", retrain="manual", train_config=TrainConfig(steps=20))
+    p = Projector(s, method="umap", refit_every=3)
+    p.refresh(block=True)  # no model: UMAP of the raw features
+    sources = []
+    for k in range(5):
+        ids = ds.ids[k * 20 : (k + 1) * 20].tolist()
+        s.label(ids, ds.targets[k * 20 : (k + 1) * 20])
+        s.train(block=True)
+        before = len(calls)
+        p.refresh(block=True)
+        sources.append("refit" if len(calls) > before else "refresh")
+        assert p.error is None and p.current().model_version == k + 1
+    assert sources == ["refit", "refresh", "refresh", "refit", "refresh"]
+    s.close()

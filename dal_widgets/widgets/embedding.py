@@ -174,6 +174,17 @@ class EmbeddingPlot:
                         "line": {"width": 2},
                     },
                 ),
+                # Labeled samples again, larger and on top: in a big pool they would otherwise
+                # hide under the grey points drawn after them.
+                go.Scattergl(
+                    x=[],
+                    y=[],
+                    mode="markers",
+                    name="labeled",
+                    hoverinfo="skip",
+                    showlegend=False,
+                    marker={"size": 8, "color": [], "line": {"width": 0.5, "color": "white"}},
+                ),
             ],
             layout=go.Layout(
                 height=height,
@@ -344,7 +355,7 @@ class EmbeddingPlot:
             picks = self._picks(self._replay)
             cand = self._candidate_positions() if self._replay is None else np.zeros(0, np.int64)
             labels = self.session.labels
-            pool, cands, picked, current = self.figure.data
+            pool, cands, picked, current, labeled = self.figure.data
             with self.figure.batch_update():
                 pool.marker.color = values
                 pool.marker.colorscale = marker["colorscale"]
@@ -356,6 +367,12 @@ class EmbeddingPlot:
             at = self._current_positions()
             for trace, pos in ((cands, cand), (picked, picks), (current, at)):
                 self._set_xy(trace, coords[pos])
+            shown, _, _ = self._label_positions(self._replay)
+            with self._lock, self.figure.batch_update():
+                labeled.x, labeled.y = coords[shown, 0], coords[shown, 1]
+                labeled.marker.color = values[shown]
+                labeled.marker.colorscale = marker["colorscale"]
+                labeled.marker.cmin, labeled.marker.cmax = marker["cmin"], marker["cmax"]
             self._update_status(len(labels))
 
     def _set_xy(self, trace: Any, xy: np.ndarray) -> None:
