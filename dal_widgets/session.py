@@ -250,7 +250,9 @@ class Session:
                 classes=dataset.classes,
                 dataset_name=dataset.name,
                 annotator=annotator,
+                multi_label=dataset.multi_label,
             )
+        self.multi_label = dataset.multi_label
         self._observers: dict[str, list[Callable[..., Any]]] = {}
         self.observer_errors: list[str] = []
         self._model: nn.Module | None = None
@@ -418,7 +420,67 @@ class Session:
         self.dataset.positions(ids_list, where=where)  # KeyError naming unknown ids
         return [self.dataset.python_id(i) for i in ids_list]
 
-    def _label_names(self, labels: Any, n: int, where: str) -> list[str]:
+    def _class_name(self, v: Any, where: str) -> str:
+        classes = self.classes
+        if isinstance(v, str) and v in classes:
+            return v
+        if (
+            isinstance(v, (int, np.integer))
+            and not isinstance(v, bool)
+            and 0 <= int(v) < len(classes)
+        ):
+            return classes[int(v)]
+        raise ValueError(
+            f"The 'labels' parameter of {where} must hold class names from {classes[:10]}"
+            f"{'...' if len(classes) > 10 else ''} or integer indices in [0, {len(classes) - 1}]. "
+            f"Got {short_repr(v)} instead."
+        )
+
+    def _label_sets(self, labels: Any, n: int, where: str) -> list[tuple[str, ...]]:
+        """Multi-label: one set of classes per id, from names, indices or 0/1 rows.
+
+        A single name or index, or one collection of them when its length differs from the
+        number of ids, applies to every id; a sequence of ``n`` collections gives one per id.
+        """
+        classes = self.classes
+
+        def one(v: Any) -> tuple[str, ...]:
+            if isinstance(v, (str, int, np.integer)) and not isinstance(v, bool):
+                return (self._class_name(v, where),)
+            items = v.tolist() if isinstance(v, np.ndarray) else list(v)
+            # A numpy 0/1 row as long as the class list is multi-hot; lists of ints are indices.
+            if (
+                isinstance(v, np.ndarray)
+                and v.dtype.kind in "biuf"
+                and v.size == len(classes)
+                and np.isin(v, (0, 1)).all()
+            ):
+                return tuple(c for c, on in zip(classes, items) if on)
+            return tuple(sorted({self._class_name(x, where) for x in items}, key=classes.index))
+
+        if isinstance(labels, (str, int, np.integer)) and not isinstance(labels, bool):
+            return [one(labels)] * n
+        try:
+            values = list(labels)
+            if not values:  # an empty collection: "none of the classes" for every id
+                return [()] * n
+        except TypeError:
+            raise param_error(
+                "labels", where, "sets of class names or indices", labels, TypeError
+            ) from None
+        nested = all(isinstance(v, (list, tuple, set, frozenset, np.ndarray)) for v in values)
+        if not nested or len(values) != n:
+            if nested:
+                raise ValueError(
+                    f"The 'labels' parameter of {where} must have one set of classes per id ({n}). "
+                    f"Got {len(values)} instead."
+                )
+            return [one(values)] * n
+        return [one(v) for v in values]
+
+    def _label_names(self, labels: Any, n: int, where: str) -> list[Any]:
+        if self.multi_label:
+            return list(self._label_sets(labels, n, where))
         classes = self.classes
         if isinstance(labels, (str, int, np.integer)) and not isinstance(labels, bool):
             labels = [labels] * n  # one label for all ids
@@ -513,6 +575,17 @@ class Session:
             raise ValueError(
                 f"Session cannot compute {sorted(missing)} for strategy {self.strategy!r}: "
                 f"it computes {sorted(INFERABLE | {'features', 'member_probs'})}."
+            )
+        if self.multi_label and needs & {"probs", "mc_probs", "member_probs"}:
+            raise ValueError(
+                f"Strategy {self.strategy!r} needs softmax probabilities, which a multi-label model does "
+                "not give (its classes are independent). Use multilabel_entropy or multilabel_margin, "
+                "or a diversity strategy (coreset, kmeans, typiclust, random)."
+            )
+        if not self.multi_label and "label_probs" in needs:
+            raise ValueError(
+                f"Strategy {self.strategy!r} is for multi-label data (per-class probabilities), and this "
+                "dataset is single-label."
             )
         if model_needs or "member_probs" in needs:
             model, members = self._model, self._members
@@ -685,7 +758,14 @@ class Session:
                 "rank": None,
                 "candidates": None,
             }
-            if probs is not None:
+            if probs is not None and self.multi_label:
+                # the suggestion is the set of classes at or above 0.5; prob: how sure the
+                # model is of the whole set (the least certain class decides)
+                p = probs[i]
+                chosen = [c for c, v in zip(classes, p.tolist()) if v >= 0.5]
+                sure = float(np.where(p >= 0.5, p, 1.0 - p).min())
+                rec.update(probs=[float(v) for v in p], predicted=chosen, prob=sure)
+            elif probs is not None:
                 p = probs[i]
                 top = int(p.argmax())
                 rec.update(probs=[float(v) for v in p], predicted=classes[top], prob=float(p[top]))
@@ -750,7 +830,12 @@ class Session:
         pos = self.dataset.positions(ids)
         order = np.argsort(pos, kind="stable")  # same labeled set -> same order -> same model
         classes = {c: i for i, c in enumerate(self.classes)}
-        y = np.array([classes[labels[ids[i]]] for i in order], dtype=np.int64)
+        if self.multi_label:  # multi-hot float targets: the fit loop uses one sigmoid per class
+            y = np.zeros((len(ids), len(classes)), dtype=np.float32)
+            for row, i in enumerate(order):
+                y[row, [classes[c] for c in labels[ids[i]]]] = 1.0
+        else:
+            y = np.array([classes[labels[ids[i]]] for i in order], dtype=np.int64)
         X = torch.as_tensor(self.dataset.X[pos[order]]).to(self.device)
         return X, torch.as_tensor(y).to(self.device), len(ids)
 
@@ -898,7 +983,10 @@ class Session:
 
     # ------------------------------------------------------------------ evaluation
     def predict_proba(self, ids: Any = None) -> np.ndarray:
-        """Class probabilities of the newest model for ids (default: the whole pool)."""
+        """Class probabilities of the newest model for ids (default: the whole pool).
+
+        Softmax rows for single-label data; independent per-class sigmoids for multi-label.
+        """
         if self._model is None:
             raise RuntimeError("No trained model yet: call train() (and wait()) first.")
         X = (
@@ -906,14 +994,15 @@ class Session:
             if ids is None
             else self.dataset.X[self.dataset.positions(self._ids_arg(ids, "Session.predict_proba"))]
         )
+        key = "label_probs" if self.multi_label else "probs"
         return predict(
             self._model,
             X,
-            ["probs"],
+            [key],
             device=self.device,
             batch_size=self.train_config.inference_batch_size,
             precision=self.train_config.precision,
-        )["probs"]
+        )[key]
 
     def evaluate(self) -> dict[str, Any]:
         """Accuracy of the newest model on the dataset's held-out split.
@@ -933,17 +1022,27 @@ class Session:
         if model is None or version is None:
             raise RuntimeError("No trained model yet: call train() (and wait()) first.")
         assert self.dataset.X_eval is not None and self.dataset.y_eval is not None
+        key = "label_probs" if self.multi_label else "probs"
         probs = predict(
             model,
             self.dataset.X_eval,
-            ["probs"],
+            [key],
             device=self.device,
             batch_size=self.train_config.inference_batch_size,
             precision=self.train_config.precision,
-        )["probs"]
-        acc = float((probs.argmax(1) == self.dataset.y_eval).mean())
+        )[key]
+        extra: dict[str, Any] = {}
+        if self.multi_label:
+            # The learning curve's "accuracy" is micro-F1 for multi-label data.
+            pred, true = probs >= 0.5, self.dataset.y_eval.astype(bool)
+            tp = float((pred & true).sum())
+            acc = 2 * tp / max(float(pred.sum() + true.sum()), 1.0)
+            extra = {"metric": "micro-F1", "subset_accuracy": float((pred == true).all(1).mean())}
+        else:
+            acc = float((probs.argmax(1) == self.dataset.y_eval).mean())
         result = {
             "accuracy": acc,
+            **extra,
             "n_eval": len(self.dataset.y_eval),
             "model_version": version.version,
             "n_labels": version.n_labels,

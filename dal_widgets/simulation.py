@@ -227,12 +227,18 @@ def simulate(
     result = SimulationResult(budget=budget, initial=initial)
     for seed in seed_list:
         rng = np.random.default_rng([seed, 7])
-        start = balanced_initial(targets, initial, len(dataset.classes), rng)
+        proxy = targets.argmax(1) if targets.ndim == 2 else targets  # multi-label: first class
+        start = balanced_initial(proxy, initial, len(dataset.classes), rng)
         # Noisy answers are fixed per seed, so every strategy meets the same oracle.
         answers = targets.copy()
-        if noise > 0:
-            flip = rng.random(targets.size) < noise
-            shift = rng.integers(1, len(dataset.classes), size=targets.size)
+        n_pool = len(targets)
+        if noise > 0 and targets.ndim == 2:  # multi-label: a noisy answer gets one class toggled
+            flip = np.flatnonzero(rng.random(n_pool) < noise)
+            cls = rng.integers(0, len(dataset.classes), size=flip.size)
+            answers[flip, cls] ^= 1
+        elif noise > 0:
+            flip = rng.random(n_pool) < noise
+            shift = rng.integers(1, len(dataset.classes), size=n_pool)
             answers[flip] = (targets[flip] + shift[flip]) % len(dataset.classes)
         for name in strategies:
             if stop is not None and stop.is_set():
@@ -269,7 +275,7 @@ def _run_one(
     name = session.strategy
     seed = session.seed
     t0 = time.perf_counter()
-    session.label(dataset.ids[start].tolist(), answers[start].tolist(), source="oracle")
+    session.label(dataset.ids[start].tolist(), answers[start], source="oracle")
     rnd = 0
     infer_s = select_s = 0.0
     while True:
@@ -296,5 +302,5 @@ def _run_one(
         ids = session.query(min(batch, left))
         row = session.store.rounds()[-1]
         infer_s, select_s = row["infer_s"], row["select_s"]
-        session.label(ids, answers[dataset.positions(ids)].tolist(), source="oracle")
+        session.label(ids, answers[dataset.positions(ids)], source="oracle")
         rnd += 1

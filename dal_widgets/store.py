@@ -148,6 +148,9 @@ class LabelStore:
         Recorded with each action (default: the OS user name).
     read_only : bool
         Open without the write lock, for reading or exporting while another process labels.
+    multi_label : bool
+        Each label is a set of classes (stored as a JSON list in class order; ``labels`` gives
+        tuples). Fixed when the store is made.
     """
 
     def __init__(
@@ -159,8 +162,10 @@ class LabelStore:
         dataset_name: str = "",
         annotator: str | None = None,
         read_only: bool = False,
+        multi_label: bool = False,
     ) -> None:
         self.path = str(path)
+        self.multi_label = bool(multi_label)
         self.read_only = read_only
         self.annotator = annotator or _default_annotator()
         self._lock = threading.RLock()
@@ -311,6 +316,12 @@ class LabelStore:
                 f"this one is {dataset_name or 'unnamed'!r} (fingerprint {fingerprint}). Use another "
                 "store path for this dataset, or open the store with the dataset it was made for."
             )
+        if meta.get("multi_label", "0") != ("1" if self.multi_label else "0"):
+            kind = "multi-label" if meta.get("multi_label") == "1" else "single-label"
+            raise StoreMismatchError(
+                f"The label store {self.path!r} is {kind}; this session is "
+                f"{'multi-label' if self.multi_label else 'single-label'}. Use another store path."
+            )
         stored = json.loads(meta["classes"])
         if stored[: len(classes)] != classes:
             raise StoreMismatchError(
@@ -335,6 +346,7 @@ class LabelStore:
                             "classes": json.dumps(classes),
                             "round": "0",
                             "created": _iso(_now()),
+                            "multi_label": "1" if self.multi_label else "0",
                         }
                         conn.executemany("INSERT INTO meta(key, value) VALUES (?, ?)", rows.items())
             meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
@@ -354,7 +366,7 @@ class LabelStore:
         rows = self._conn.execute("SELECT sample_id, field, value FROM state").fetchall()
         for sample_id, field, value in rows:
             if field == "label":
-                self._labels[sample_id] = value
+                self._labels[sample_id] = self._decode(value)
             elif field in self._marks:
                 self._marks[field].add(sample_id)
 
@@ -417,9 +429,20 @@ class LabelStore:
         """The current round: 0 before the first query, then one more per query."""
         return self._round
 
+    def _encode(self, label: Any) -> str:
+        if not self.multi_label:
+            return label
+        order = {c: i for i, c in enumerate(self._classes)}
+        return json.dumps(sorted(set(label), key=order.__getitem__), ensure_ascii=False)
+
+    def _decode(self, value: str | None) -> Any:
+        if value is None or not self.multi_label:
+            return value
+        return tuple(json.loads(value))
+
     @property
-    def labels(self) -> dict[Any, str]:
-        """Current labels: sample id -> class name (a copy)."""
+    def labels(self) -> dict[Any, Any]:
+        """Current labels: sample id -> class name (a tuple of names when multi-label; a copy)."""
         with self._lock:
             return dict(self._labels)
 
@@ -478,7 +501,7 @@ class LabelStore:
         return [
             {
                 "sample_id": r[0],
-                "label": r[1],
+                "label": list(self._decode(r[1])) if self.multi_label else r[1],
                 "round": r[2],
                 "source": r[3],
                 "annotator": r[4],
@@ -557,7 +580,7 @@ class LabelStore:
                 if new is None:
                     self._labels.pop(sample_id, None)
                 else:
-                    self._labels[sample_id] = new
+                    self._labels[sample_id] = self._decode(new)
             elif new is None:
                 self._marks[field].discard(sample_id)
             else:
@@ -587,12 +610,23 @@ class LabelStore:
             raise ValueError(
                 f"The 'labels' parameter of {where} must have one label per id ({len(ids)}). Got {len(labels)}."
             )
-        bad = [lab for lab in labels if lab not in self._classes]
+        if self.multi_label:
+            bad = [
+                lab
+                for lab in labels
+                if isinstance(lab, str)
+                or not isinstance(lab, (list, tuple, set, frozenset))
+                or any(c not in self._classes for c in lab)
+            ]
+            expected = f"collections of class names from {self._classes} (multi-label store)"
+        else:
+            bad = [lab for lab in labels if not isinstance(lab, str) or lab not in self._classes]
+            expected = f"class names from {self._classes}"
         if bad:
             raise ValueError(
-                f"The 'labels' parameter of {where} must hold class names from {self._classes}. "
-                f"Got {short_repr(bad[:5])} instead."
+                f"The 'labels' parameter of {where} must hold {expected}. Got {short_repr(bad[:5])} instead."
             )
+        labels = [self._encode(lab) for lab in labels]
         if not ids:
             raise param_error("ids", where, "at least one sample id", ids)
         changes: list[tuple[Any, str, str | None]] = [
@@ -825,7 +859,10 @@ class LabelStore:
                         ],
                     )
                     writer.writeheader()
-                    writer.writerows(rows)
+                    for rec in rows:  # multi-label sets as JSON lists, not Python reprs
+                        if isinstance(rec["label"], list):
+                            rec = {**rec, "label": json.dumps(rec["label"], ensure_ascii=False)}
+                        writer.writerow(rec)
                 else:
                     for rec in rows:
                         fh.write(json.dumps(rec, ensure_ascii=False) + "\n")

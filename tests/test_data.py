@@ -238,3 +238,19 @@ def test_fingerprint_depends_on_content():
     b = dal.datasets.from_arrays(X + 1, classes=["a", "b"])
     c = dal.datasets.from_arrays(X.copy(), classes=["a", "b"])
     assert a.fingerprint != b.fingerprint and a.fingerprint == c.fingerprint
+
+
+def test_multi_label_datasets():
+    X = np.zeros((6, 2))
+    ds = dal.datasets.from_arrays(X, y=[["b"], ["a", "b"], [], ["c"], ["a"], ["b", "c"]])
+    assert ds.multi_label and ds.classes == ("a", "b", "c")
+    np.testing.assert_array_equal(ds.targets[1], [1, 1, 0])
+    assert ds.targets[2].sum() == 0
+    hot = dal.datasets.from_arrays(X, y=ds.targets, classes=["x", "y", "z"])
+    assert hot.multi_label and hot.targets.shape == (6, 3)
+    with pytest.raises(ValueError, match="outside 'classes' in row 0"):
+        dal.datasets.from_arrays(X, y=[["q"]] * 6, classes=["a"])
+    with pytest.raises(ValueError, match="0/1 matrix"):
+        dal.datasets.from_arrays(X, y=np.full((6, 3), 2), classes=["x", "y", "z"])
+    split = dal.datasets.from_arrays(np.zeros((40, 2)), y=[["a"], ["b"], ["a", "b"], []] * 10, holdout=0.25)
+    assert split.y_eval.shape == (10, 2) and len(split) == 30

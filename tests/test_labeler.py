@@ -343,3 +343,68 @@ def test_1000_labels_through_the_widget_while_training_and_projecting(tmp_path):
     assert w.errors == [] and plot.errors == [] and s.train_error is None and s.observer_errors == []
     assert plot.projector.error is None and plot.projector.current().source == "embeddings"
     s.close()
+
+
+def multi_ds():
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(200, 3)).astype(np.float32)
+    Y = np.stack([X[:, 0] > 0, X[:, 1] > 0, X[:, 2] > 0.5], 1).astype(np.uint8)
+    return dal.datasets.from_arrays(X, y=Y, classes=["red", "round", "rare"], holdout=0.2)
+
+
+def test_multi_label_mode_labels_sets_and_suggests_sets():
+    ds = multi_ds()
+    s = dal.Session(ds, strategy="multilabel_entropy", store=None, device="cpu", retrain="manual",
+                    train_config=TrainConfig(steps=150))
+    w = dal.LabelingWidget(s, batch_size=4, prefetch=False)
+    assert w.multi_label
+    first = w.batch_ids[0]
+    w._handle_custom_msg({"action": "label", "key": str(first), "label": ["rare", "red"], "seq": 1}, [])
+    assert s.labels[first] == ("red", "rare") and list(w.states[str(first)]["label"]) == ["red", "rare"]
+    w.label([])  # none of the classes
+    assert s.labels[w.batch_ids[1]] == ()
+    ids = ds.ids[:60].tolist()
+    s.label(ids, ds.targets[ds.positions(ids)])
+    s.train(block=True)
+    w.next_batch()
+    it = w.items[0]
+    assert isinstance(it["suggestion"], list) and set(it["suggestion"]) <= {"red", "round", "rare"}
+    assert len(it["probs"]) == 3 and 0.5 <= it["prob"] <= 1.0
+    w.accept_suggestion()
+    assert s.labels[w._keys[it["key"]]] == tuple(it["suggestion"])
+    assert 0.0 <= s.evaluate()["accuracy"] <= 1.0 and s.evaluate()["metric"] == "micro-F1"
+    s.close()
+
+
+@pytest.mark.e2e
+def test_multi_label_keys_toggle_classes_and_enter_saves(lab):
+    import sqlite3
+
+    from _lab import wait_until
+    from playwright.sync_api import expect
+
+    page = lab.open_notebook([
+        "import numpy as np, dal_widgets as dal\n"
+        "X = np.random.default_rng(0).normal(size=(40, 3))\n"
+        "ds = dal.datasets.from_arrays(X, y=[['a']] * 40, classes=['a', 'b', 'c'])\n"
+        "s = dal.Session(ds, store='multi.db', device='cpu', retrain='manual')\n"
+        "w = dal.LabelingWidget(s, batch_size=5, prefetch=False)\n"
+        "w",
+    ])
+    root = page.locator(".dal-labeler")
+    expect(root.locator(".dal-tile")).to_have_count(5)
+    first = root.locator(".dal-tile").first.get_attribute("data-sample-id")
+    root.locator(".dal-progress-text").click()
+    for key in ("a", "c", "b", "b"):  # toggle a, c, b, then b off again
+        page.keyboard.press(key)
+        page.wait_for_timeout(100)
+    expect(root.locator(".dal-class.dal-active")).to_have_count(2)
+    page.keyboard.press("Enter")
+
+    def stored():
+        with sqlite3.connect(lab.root_dir / "multi.db") as conn:
+            return dict(conn.execute("SELECT sample_id, value FROM state WHERE field = 'label'").fetchall())
+
+    wait_until(lambda: len(stored()) == 1, timeout=20, what="the set in the store", details=stored)
+    assert stored() == {int(first): '["a", "c"]'}
+    expect(root.locator(f".dal-tile[data-sample-id='{first}'] .dal-badge")).to_contain_text("a, c")

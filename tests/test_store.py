@@ -390,3 +390,20 @@ def test_a_full_disk_loses_nothing_already_saved(path):
     assert len(s.labels) == saved  # memory matches what was committed
     s.close()
     assert len(open_store(path).labels) == saved
+
+
+def test_multi_label_store_round_trips_sets(path, tmp_path):
+    s = open_store(path, multi_label=True)
+    s.label([1, 2], [["eel", "cat"], []])
+    assert s.labels == {1: ("cat", "eel"), 2: ()}  # class order, empty set allowed
+    with pytest.raises(ValueError, match="collections of class names"):
+        s.label([3], ["cat"])
+    s.label([1], [("dog",)])
+    s.undo()
+    assert s.labels[1] == ("cat", "eel")
+    rows = list(csv.DictReader(open(s.export(tmp_path / "m.csv"))))
+    assert json.loads(rows[0]["label"]) == ["cat", "eel"]
+    s.close()
+    with pytest.raises(StoreMismatchError, match="multi-label"):
+        open_store(path)  # a single-label session cannot open it
+    assert open_store(path, multi_label=True).labels[1] == ("cat", "eel")

@@ -64,7 +64,10 @@ class Dataset:
         The class names, fixed up front.
     kind : {"image", "tabular", "text"}
     targets : numpy.ndarray or None
-        Known class indices for the pool (for simulated oracles), or None.
+        Known class indices for the pool (for simulated oracles), or None; for multi-label
+        data an (N, C) 0/1 matrix.
+    multi_label : bool
+        Several classes per sample.
     X_eval, y_eval : numpy.ndarray or None
         The held-out split used by ``Session.evaluate``.
     name : str
@@ -86,6 +89,7 @@ class Dataset:
         texts: Sequence[str] | None = None,
         columns: Sequence[str] | None = None,
         paths: Sequence[str] | None = None,
+        multi_label: bool = False,
     ) -> None:
         where = "Dataset"
         if kind not in KINDS:
@@ -102,6 +106,7 @@ class Dataset:
         self.texts = None if texts is None else list(texts)
         self.columns = None if columns is None else [str(c) for c in columns]
         self.paths = None if paths is None else list(paths)
+        self.multi_label = bool(multi_label)
         self._content_key = content_key
         self._sorter: np.ndarray | None = None
         self._sorted_ids: np.ndarray | None = None

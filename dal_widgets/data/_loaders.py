@@ -140,6 +140,74 @@ def _classes_and_targets(
     return tuple(names), targets
 
 
+def _is_multi_label(y: Any) -> bool:
+    """y given as one collection of classes per sample, or as a 2-D 0/1 matrix."""
+    if y is None or isinstance(y, (str, bytes)):
+        return False
+    if isinstance(y, np.ndarray):
+        return y.ndim == 2
+    try:
+        first = next(iter(y))
+    except (TypeError, StopIteration):
+        return False
+    return isinstance(first, (list, tuple, set, frozenset, np.ndarray))
+
+
+def _multi_label_targets(
+    y: Any, classes: Any, n: int, where: str
+) -> tuple[tuple[str, ...], np.ndarray]:
+    """Class list and (N, C) uint8 multi-hot targets from collections of classes or a 0/1 matrix."""
+    if isinstance(y, np.ndarray) and y.ndim == 2:
+        if y.shape[0] != n:
+            raise ValueError(
+                f"The 'y' parameter of {where} must have one row per sample ({n}). Got {y.shape[0]}."
+            )
+        if not np.isin(y, (0, 1)).all():
+            raise param_error("y", where, "a 0/1 matrix (multi-hot) for multi-label data", y)
+        names = (
+            [str(c) for c in classes]
+            if classes is not None
+            else [str(i) for i in range(y.shape[1])]
+        )
+        if len(names) != y.shape[1]:
+            raise ValueError(
+                f"The 'classes' parameter of {where} must name the {y.shape[1]} columns of y. Got {len(names)}."
+            )
+        return tuple(names), y.astype(np.uint8)
+    rows = [list(r) for r in y]
+    if len(rows) != n:
+        raise ValueError(
+            f"The 'y' parameter of {where} must have one entry per sample ({n}). Got {len(rows)}."
+        )
+    if classes is None:
+        names = sorted({str(v) for r in rows for v in r})
+        if not names:
+            raise ValueError(
+                f"{where} needs the class list: pass 'classes' when no sample has a label."
+            )
+    else:
+        names = [str(c) for c in classes]
+    index = {c: i for i, c in enumerate(names)}
+    out = np.zeros((n, len(names)), dtype=np.uint8)
+    for i, r in enumerate(rows):  # validation of user input, once
+        for v in r:
+            j = index.get(str(v))
+            if (
+                j is None
+                and isinstance(v, (int, np.integer))
+                and classes is not None
+                and 0 <= int(v) < len(names)
+            ):
+                j = int(v)
+            if j is None:
+                raise ValueError(
+                    f"The 'y' parameter of {where} holds a label outside 'classes' in row {i}: {short_repr(v)}. "
+                    f"Expected names from {names[:10]}{'...' if len(names) > 10 else ''}."
+                )
+            out[i, j] = 1
+    return tuple(names), out
+
+
 def _image_array(X: np.ndarray, where: str) -> np.ndarray:
     """Images to float32 (N, C, H, W) in [0, 1] for uint8 input; floats are kept as given."""
     if X.ndim == 3:
@@ -165,7 +233,8 @@ def _split_dataset(
     where: str,
     **kwargs: Any,
 ) -> Dataset:
-    split = _holdout_split(targets, holdout, seed, where)
+    proxy = targets.argmax(1) if targets is not None and targets.ndim == 2 else targets
+    split = _holdout_split(proxy, holdout, seed, where)
     if split is None:
         return Dataset(X, ids=ids, targets=targets, **kwargs)
     pool, held = split
@@ -338,6 +407,7 @@ def from_arrays(
     columns: Sequence[str] | None = None,
     seed: int = 0,
     name: str = "arrays",
+    multi_label: bool | None = None,
 ) -> Dataset:
     """A dataset from in-memory arrays.
 
@@ -360,6 +430,10 @@ def from_arrays(
         Stable sample ids (default ``0..N-1``).
     columns : list of str, optional
         Column names for tabular rows.
+    multi_label : bool, optional
+        Several classes per sample. Detected when ``y`` holds one collection of classes per
+        sample (``[["cat"], ["cat", "dog"], []]``) or is a 2-D 0/1 matrix; then ``targets`` is
+        an (N, C) multi-hot matrix and sessions label sets of classes.
     """
     where = "datasets.from_arrays"
     if kind is not None and kind not in KINDS:
@@ -389,8 +463,19 @@ def from_arrays(
         raise ValueError(
             f"The 'X' parameter of {where} must hold finite numbers after conversion to float32. Got overflow."
         )
-    classes_t, targets = _classes_and_targets(y, classes, len(data), where)
-    common: dict[str, Any] = dict(classes=classes_t, kind=kind, name=name, columns=columns)
+    multi = _is_multi_label(y) if multi_label is None else bool(multi_label)
+    if multi:
+        if y is None:
+            if classes is None:
+                raise ValueError(f"{where} needs the class list: pass 'classes' when 'y' is None.")
+            classes_t, targets = tuple(str(c) for c in classes), None
+        else:
+            classes_t, targets = _multi_label_targets(y, classes, len(data), where)
+    else:
+        classes_t, targets = _classes_and_targets(y, classes, len(data), where)
+    common: dict[str, Any] = dict(
+        classes=classes_t, kind=kind, name=name, columns=columns, multi_label=multi
+    )
     if isinstance(holdout, tuple):
         if len(holdout) != 2:
             raise param_error("holdout", where, "a pair (X_eval, y_eval)", holdout)
@@ -405,7 +490,10 @@ def from_arrays(
                 f"The 'holdout' parameter of {where} must have samples shaped like X {data.shape[1:]}. "
                 f"Got {X_eval.shape[1:]} instead."
             )
-        _, y_eval = _classes_and_targets(holdout[1], classes_t, len(X_eval), where)
+        if multi:
+            _, y_eval = _multi_label_targets(holdout[1], classes_t, len(X_eval), where)
+        else:
+            _, y_eval = _classes_and_targets(holdout[1], classes_t, len(X_eval), where)
         return Dataset(data, ids=ids, targets=targets, X_eval=X_eval, y_eval=y_eval, **common)
     return _split_dataset(data, targets, ids, holdout, seed, where, **common)
 

@@ -14,6 +14,7 @@ The library follows the taxonomy of Ren et al., "A survey of deep active learnin
 * hybrid: badge (gradient embeddings from ``probs`` and ``embeddings``);
 * cold start on ``features`` (or ``embeddings``): typiclust, probcover;
 * expected model change: egl; learned loss: learning_loss; adversarial: dfal;
+* multi-label, on per-class ``label_probs``: multilabel_entropy, multilabel_margin;
 * composed: margin_coreset (see :func:`compose`).
 
 :func:`describe` gives each one's one-line description. To add your own, see :func:`register`
@@ -33,6 +34,7 @@ from dal_widgets.strategies import (
     _diversity,  # noqa: F401
     _gradient,  # noqa: F401
     _learned,  # noqa: F401
+    _multilabel,  # noqa: F401
     _uncertainty,  # noqa: F401  (registers the strategies)
 )
 from dal_widgets.strategies._compose import compose

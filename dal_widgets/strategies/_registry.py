@@ -49,6 +49,7 @@ ARRAYS: dict[str, tuple[int, str]] = {
     "embeddings": (2, "an (N, D) array of penultimate-layer embeddings"),
     "features": (2, "an (N, F) array of input features (raw or self-supervised)"),
     "loss_pred": (1, "an (N,) array of losses predicted by a loss-prediction head"),
+    "label_probs": (2, "an (N, C) array of independent per-class probabilities (multi-label)"),
     "adv_dist": (
         1,
         "an (N,) array of DeepFool perturbation norms (distance to the decision boundary)",

@@ -201,7 +201,11 @@ class EarlyStopping(Callback):
         model = state.model
         model.eval()
         with torch.inference_mode():
-            acc = float((model(self.X_val).argmax(1) == self.y_val).float().mean())
+            out = model(self.X_val)
+            if self.y_val.dim() == 2:  # multi-label: subset accuracy
+                acc = float(((out > 0) == (self.y_val > 0.5)).all(1).float().mean())
+            else:
+                acc = float((out.argmax(1) == self.y_val).float().mean())
         model.train()
         state.metrics["val_accuracy"] = acc
         if acc > self.best:
@@ -282,7 +286,13 @@ def fit(
     amp_dtype = autocast_dtype(config.precision, X.device)
     scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
     head = getattr(model, "loss_head", None)
-    loss_fn = nn.CrossEntropyLoss(reduction="none" if head is not None else "mean")
+    reduction = "none" if head is not None else "mean"
+    multi_hot = y.dim() == 2  # multi-label targets: one independent sigmoid per class
+    loss_fn: nn.Module = (
+        nn.BCEWithLogitsLoss(reduction=reduction)
+        if multi_hot
+        else nn.CrossEntropyLoss(reduction=reduction)
+    )
     captured: list[torch.Tensor] = []
     hook = None
     if head is not None:
@@ -313,6 +323,8 @@ def fit(
                     captured.clear()
                     loss = loss_fn(model(X[idx]), y[idx])
                     if head is not None:
+                        if multi_hot:
+                            loss = loss.mean(dim=1)  # one loss per sample, as for single labels
                         # Yoo & Kweon: the head stops shaping the features after 60% of training.
                         feats = captured[-1].flatten(1)
                         if state.step >= 0.6 * state.steps:

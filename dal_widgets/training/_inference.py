@@ -25,7 +25,7 @@ from dal_widgets.training._models import classifier_layer, has_dropout
 __all__ = ["INFERABLE", "predict"]
 
 #: Arrays this module can compute from a model (names as in the strategy registry).
-INFERABLE = frozenset({"probs", "mc_probs", "embeddings", "loss_pred", "adv_dist"})
+INFERABLE = frozenset({"probs", "label_probs", "mc_probs", "embeddings", "loss_pred", "adv_dist"})
 
 
 class _ConsistentDropout:
@@ -103,7 +103,8 @@ def predict(
     X : array
         Inputs, as the model takes them.
     needs : iterable of str
-        Any of ``"probs"`` (N, C), ``"mc_probs"`` (N, T, C), ``"embeddings"`` (N, D),
+        Any of ``"probs"`` (N, C), ``"label_probs"`` (N, C) per-class sigmoids for multi-label
+        models, ``"mc_probs"`` (N, T, C), ``"embeddings"`` (N, D),
         ``"loss_pred"`` (N,) from the model's loss-prediction head and ``"adv_dist"`` (N,),
         DeepFool distances (``deepfool_iters`` iterations at most).
     mc_samples : int
@@ -161,11 +162,13 @@ def predict(
                 if device.type == "cuda" and not xb.is_cuda:
                     xb = xb.pin_memory()
                 xb = xb.to(device, dtype=torch.float32, non_blocking=True)
-                if wanted & {"probs", "embeddings", "loss_pred"}:
+                if wanted & {"probs", "label_probs", "embeddings", "loss_pred"}:
                     captured.clear()
                     logits = model(xb)
                     if "probs" in wanted:
                         out["probs"].append(torch.softmax(logits.float(), dim=1).cpu().numpy())
+                    if "label_probs" in wanted:  # multi-label: independent per-class sigmoids
+                        out["label_probs"].append(torch.sigmoid(logits.float()).cpu().numpy())
                     if "embeddings" in wanted:
                         out["embeddings"].append(captured[-1].float().flatten(1).cpu().numpy())
                     if "loss_pred" in wanted:

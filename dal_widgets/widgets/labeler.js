@@ -110,6 +110,10 @@ function render({ model, el }) {
   const queue = [];
   const saving = new Set();
   let matchIndex = 0;
+  // Multi-label: the classes toggled for the sample under the cursor, saved with Enter.
+  const selection = new Set();
+  let selectionKey;
+  const showLabel = (v) => (Array.isArray(v) ? (v.length ? v.join(", ") : "(none)") : String(v));
 
   const items = () => model.get("items") || [];
   const states = () => model.get("states") || {};
@@ -183,7 +187,30 @@ function render({ model, el }) {
   }
 
   function labelWith(name) {
-    act({ action: "label", label: name });
+    if (!model.get("multi_label")) {
+      act({ action: "label", label: name });
+      return;
+    }
+    if (selectionKey !== cursorKey()) {
+      selection.clear();
+      selectionKey = cursorKey();
+    }
+    if (selection.has(name)) selection.delete(name);
+    else selection.add(name);
+    drawTiles();
+    drawClasses();
+  }
+
+  function commit() {
+    // Multi-label: save the toggled set; with nothing toggled, accept the model's set.
+    if (model.get("multi_label") && selection.size && selectionKey === cursorKey()) {
+      const order = classes();
+      act({ action: "label", label: [...selection].sort((a, b) => order.indexOf(a) - order.indexOf(b)) });
+      selection.clear();
+      drawClasses();
+    } else {
+      act({ action: "accept" });
+    }
   }
 
   // ---- drawing
@@ -221,11 +248,13 @@ function render({ model, el }) {
       if (s.flagged) tile.classList.add("dal-flagged");
       tile.appendChild(renderSample(it.sample, single));
       const badge = h("div", "dal-badge");
-      if (s.status === "done") badge.textContent = "\u2713 " + s.label;
+      const toggled = model.get("multi_label") && i === cur && selectionKey === it.key && selection.size;
+      if (toggled) badge.textContent = [...selection].join(" + ") + " \u2026 Enter";
+      else if (s.status === "done") badge.textContent = "\u2713 " + showLabel(s.label);
       else if (s.status === "skipped") badge.textContent = "skipped";
       else if (tile.dataset.status === "saving") badge.textContent = "saving\u2026";
       else if (it.suggestion !== null && it.suggestion !== undefined) {
-        badge.textContent = `${it.suggestion}? ${Math.round((it.prob || 0) * 100)}%`;
+        badge.textContent = `${showLabel(it.suggestion)}? ${Math.round((it.prob || 0) * 100)}%`;
         badge.classList.add("dal-suggest");
       }
       tile.appendChild(badge);
@@ -247,7 +276,7 @@ function render({ model, el }) {
     if (!it) return;
     card.appendChild(h("div", "dal-card-title", "Why this sample"));
     if (it.suggestion !== null && it.suggestion !== undefined) {
-      card.appendChild(h("div", "dal-card-line", `Suggestion: ${it.suggestion} (${Math.round(it.prob * 100)}%) \u2014 Enter accepts`));
+      card.appendChild(h("div", "dal-card-line", `Suggestion: ${showLabel(it.suggestion)} (${Math.round(it.prob * 100)}%) \u2014 Enter accepts`));
     } else {
       card.appendChild(h("div", "dal-card-line", "No model yet: no suggestion."));
     }
@@ -285,7 +314,8 @@ function render({ model, el }) {
       b.type = "button";
       b.appendChild(h("kbd", null, keys[i]));
       if (keys[i] !== name.toLowerCase()) b.appendChild(h("span", null, name));
-      b.title = `Label as ${name} (key ${keys[i]})`;
+      b.title = model.get("multi_label") ? `Toggle ${name} (key ${keys[i]}); Enter saves` : `Label as ${name} (key ${keys[i]})`;
+      if (selection.has(name) && selectionKey === cursorKey()) b.classList.add("dal-active");
       b.addEventListener("click", (e) => { e.stopPropagation(); labelWith(name); el.focus(); });
       classBar.appendChild(b);
     });
@@ -357,7 +387,7 @@ function render({ model, el }) {
 
   const HELP = [
     ["class keys", "label (shown on each class button: 1\u20139 and 0, or the class name when it is one character)"],
-    ["Enter / Space", "accept the model's suggestion"],
+    ["Enter / Space", "accept the model's suggestion (multi-label: save the toggled classes)"],
     ["\u2190 \u2191 \u2192 \u2193", "move between samples"],
     ["Backspace", "undo the last action"],
     ["S", "skip"],
@@ -435,7 +465,7 @@ function render({ model, el }) {
     if (classKey >= 0) {
       labelWith(cls[classKey]);
     } else if (k === "Enter" || k === " ") {
-      act({ action: "accept" });
+      commit();
     } else if (k === "ArrowRight") {
       inflight ? queue.push({ action: "local-move", delta: 1 }) : moveCursor(1);
     } else if (k === "ArrowLeft") {
@@ -490,6 +520,12 @@ function render({ model, el }) {
   model.on("change:view", drawTiles);
   model.on("change:loading", drawTiles);
   model.on("change:classes", () => { drawClasses(); drawTiles(); });
+  model.on("change:cursor", () => {
+    if (selection.size && selectionKey !== cursorKey()) {
+      selection.clear();
+      drawClasses();
+    }
+  });
   model.on("change:progress", drawProgress);
   model.on("change:message", drawMessages);
   model.on("change:error", drawMessages);

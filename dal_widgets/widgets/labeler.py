@@ -107,6 +107,7 @@ class LabelingWidget(anywidget.AnyWidget):
     loading = traitlets.Bool(False).tag(sync=True)
     zoomed = traitlets.Dict().tag(sync=True)
     ack = traitlets.Int(0).tag(sync=True)  # the last frontend message handled (its seq)
+    multi_label = traitlets.Bool(False).tag(sync=True)
 
     def __init__(
         self,
@@ -138,6 +139,7 @@ class LabelingWidget(anywidget.AnyWidget):
         self._lock = threading.RLock()
         self._times: collections.deque[float] = collections.deque(maxlen=200)
         self.classes = list(session.classes)
+        self.multi_label = session.multi_label
         self.on_msg(self._on_frontend_msg)
         self._unsubscribe = [
             session.on("trained", lambda **kw: self._refresh_progress()),
@@ -356,7 +358,8 @@ class LabelingWidget(anywidget.AnyWidget):
 
     # ------------------------------------------------------------------ actions
     def label(self, label: Any, *, sample_id: Any = None) -> None:
-        """Label the sample under the cursor (or ``sample_id``) with a class name or index.
+        """Label the sample under the cursor (or ``sample_id``) with a class name or index
+        (multi-label sessions: a collection of them; an empty one means none of the classes).
 
         The label is committed to the store before the tile turns "done"; the cursor moves
         on to the next pending sample.
@@ -376,7 +379,7 @@ class LabelingWidget(anywidget.AnyWidget):
         def action() -> None:
             sid = self._resolve(sample_id, "LabelingWidget.accept_suggestion")
             item = next((it for it in self.items if it["key"] == self._key(sid)), None)
-            if item is None or item.get("suggestion") is None:
+            if item is None or item.get("suggestion") is None:  # (an empty set is a suggestion)
                 raise ValueError(
                     "There is no model suggestion for this sample yet (no model trained)."
                 )
