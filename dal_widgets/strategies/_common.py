@@ -58,12 +58,9 @@ def resolve_device(device: Any, where: str) -> Any:
     if device is None:
         return torch.device("cpu")
     if isinstance(device, str) and device == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        mps = getattr(torch.backends, "mps", None)
-        if mps is not None and mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
+        from dal_widgets._device import auto_device
+
+        return auto_device()
     if not isinstance(device, str | torch.device):
         raise param_error("device", where, expected, device, TypeError)
     try:

@@ -7,6 +7,7 @@ from typing import Any
 import torch
 
 from dal_widgets._checks import param_error
+from dal_widgets._device import auto_device
 
 __all__ = ["resolve_device"]
 
@@ -17,12 +18,7 @@ def resolve_device(device: Any = "auto", where: str = "Session") -> torch.device
         dev = device
     elif isinstance(device, str):
         if device == "auto":
-            if torch.cuda.is_available():
-                return torch.device("cuda")
-            mps = getattr(torch.backends, "mps", None)
-            if mps is not None and mps.is_available():
-                return torch.device("mps")
-            return torch.device("cpu")
+            return auto_device()
         try:
             dev = torch.device(device)
         except RuntimeError:

@@ -5,19 +5,30 @@ from __future__ import annotations
 import html
 from typing import Any
 
-__all__ = ["learning_curve_figure", "report_html", "timing_figure"]
+__all__ = ["PALETTE", "learning_curve_figure", "report_html", "timing_figure"]
 
-_PALETTE = [
+#: Category colors shared by the figures and the map (Tableau 10, then 10 more).
+PALETTE = [
     "#4c78a8",
     "#f58518",
     "#54a24b",
     "#e45756",
     "#72b7b2",
+    "#eeca3b",
     "#b279a2",
     "#ff9da6",
     "#9d755d",
     "#bab0ac",
-    "#eeca3b",
+    "#1f77b4",
+    "#2ca02c",
+    "#d62728",
+    "#9467bd",
+    "#8c564b",
+    "#e377c2",
+    "#7f7f7f",
+    "#bcbd22",
+    "#17becf",
+    "#393b79",
 ]
 
 
@@ -28,7 +39,7 @@ def learning_curve_figure(result: Any, title: str = "Learning curves") -> Any:
     fig = go.Figure()
     for i, name in enumerate(result.strategies):
         c = result.curve(name)
-        color = _PALETTE[i % len(_PALETTE)]
+        color = PALETTE[i % len(PALETTE)]
         x = c["labels"].tolist()
         fig.add_trace(
             go.Scatter(

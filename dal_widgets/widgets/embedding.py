@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from dal_widgets._checks import check_choice, check_int, param_error
+from dal_widgets.widgets._figures import PALETTE as _PALETTE
 
 __all__ = ["COLOR_MODES", "EmbeddingPlot"]
 
@@ -31,28 +32,6 @@ COLOR_MODES = {
     "round": "round in which it was labeled",
 }
 
-_PALETTE = [
-    "#4c78a8",
-    "#f58518",
-    "#54a24b",
-    "#e45756",
-    "#72b7b2",
-    "#eeca3b",
-    "#b279a2",
-    "#ff9da6",
-    "#9d755d",
-    "#bab0ac",
-    "#1f77b4",
-    "#2ca02c",
-    "#d62728",
-    "#9467bd",
-    "#8c564b",
-    "#e377c2",
-    "#7f7f7f",
-    "#bcbd22",
-    "#17becf",
-    "#393b79",
-]
 _GREY = "#d0d0d0"
 
 
