@@ -136,14 +136,6 @@ def has_dropout(model: nn.Module) -> bool:
     return any(isinstance(m, nn.modules.dropout._DropoutNd) for m in model.modules())
 
 
-def count_parameters(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
-
-
-def describe_model(model: nn.Module) -> dict[str, Any]:
-    return {"class": type(model).__name__, "parameters": count_parameters(model)}
-
-
 def save_checkpoint(path: Any, model: nn.Module, config: dict[str, Any]) -> tuple[str, str]:
     """Write ``model``'s state_dict to ``path`` and ``config`` (JSON) beside it (``.json``).
 
