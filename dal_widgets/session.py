@@ -240,6 +240,11 @@ class Session:
         _strategies.get(cold_start)
         self.device = resolve_device(device, where)
         self.train_config = (train_config or TrainConfig()).validated(where + ".train_config")
+        if dataset.multi_label and self.train_config.pseudo_labels > 0:
+            raise ValueError(
+                f"{where}: TrainConfig.pseudo_labels works on single-label data only; this "
+                f"dataset is multi-label. Set pseudo_labels=0 (got {self.train_config.pseudo_labels})."
+            )
         self._model_spec = self._check_model(model, where)
         if isinstance(store, LabelStore):
             self.store = store
@@ -253,6 +258,8 @@ class Session:
                 multi_label=dataset.multi_label,
             )
         self.multi_label = dataset.multi_label
+        #: Pseudo-labels used by the newest fit (``TrainConfig.pseudo_labels``).
+        self.pseudo_label_count = 0
         self._observers: dict[str, list[Callable[..., Any]]] = {}
         self.observer_errors: list[str] = []
         self._model: nn.Module | None = None
@@ -605,11 +612,13 @@ class Session:
                 )
         return arrays
 
-    def _predict(self, model: nn.Module, needs: set[str]) -> dict[str, np.ndarray]:
+    def _predict(
+        self, model: nn.Module, needs: set[str], X: np.ndarray | None = None
+    ) -> dict[str, np.ndarray]:
         cfg = self.train_config
         return predict(
             model,
-            self.dataset.X,
+            self.dataset.X if X is None else X,
             needs,
             device=self.device,
             batch_size=cfg.inference_batch_size,
@@ -850,6 +859,10 @@ class Session:
             model = self._initial_model(fit_seed)
             X, y, callbacks = self._validation_split(X, y, fit_seed)
             result = self._fit_with_oom_retry(model, X, y, callbacks, cancel, fit_seed)
+            if self.train_config.pseudo_labels > 0 and not result.cancelled:
+                model, result = self._refit_with_pseudo_labels(
+                    model, X, y, callbacks, cancel, fit_seed, result
+                )
             members = [model]
             for m in range(
                 1, self.train_config.ensemble_size
@@ -875,6 +888,58 @@ class Session:
             )
             self.progress = {"state": "idle", "version": next_version, "loss": result.loss}
             self._emit("trained", version=version)
+
+    def _refit_with_pseudo_labels(
+        self,
+        model: nn.Module,
+        X: torch.Tensor,
+        y: torch.Tensor,
+        callbacks: list[Callback],
+        cancel: threading.Event,
+        fit_seed: int,
+        first: Any,
+    ) -> tuple[nn.Module, Any]:
+        """Self-training (``TrainConfig.pseudo_labels``): confident predictions on the unlabeled
+        pool become labels for a second, fresh fit. Returns the new model and a result whose
+        ``seconds`` cover both fits and the pool pass."""
+        cfg = self.train_config
+        t0 = time.perf_counter()
+        unlabeled = np.setdiff1d(
+            np.arange(len(self.dataset)), self.dataset.positions(list(self.store.labels))
+        )
+        probs = self._predict(model, {"probs"}, self.dataset.X[unlabeled])["probs"]
+        conf, cls = probs.max(1), probs.argmax(1)
+        keep = np.flatnonzero(conf >= cfg.pseudo_labels)
+        # The most confident pseudo_per_class of each class: sort by class, then by confidence.
+        keep = keep[np.lexsort((-conf[keep], cls[keep]))]
+        first_of_class = np.searchsorted(cls[keep], cls[keep], side="left")
+        keep = keep[np.arange(keep.size) - first_of_class < cfg.pseudo_per_class]
+        self.pseudo_label_count = int(keep.size)
+        if keep.size == 0:
+            return model, first
+        Xp = torch.as_tensor(self.dataset.X[unlabeled[keep]]).to(self.device)
+        yp = torch.as_tensor(cls[keep].astype(np.int64)).to(self.device)
+        again: list[Callback] = [_Progress(self)] + [
+            EarlyStopping(cb.X_val, cb.y_val, patience=cb.patience)
+            for cb in callbacks
+            if isinstance(cb, EarlyStopping)
+        ]
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(fit_seed + 7919)
+            student = self._new_model().to(self.device)
+        # The labels are repeated to weigh as much as the pseudo-labels: a few hundred true
+        # labels must not drown in thousands of guesses (that costs accuracy as labels grow).
+        reps = max(1, round(len(yp) / len(y)))
+        result = self._fit_with_oom_retry(
+            student,
+            torch.cat([X] * reps + [Xp]),
+            torch.cat([y] * reps + [yp]),
+            again,
+            cancel,
+            fit_seed + 7919,
+        )
+        seconds = first.seconds + (time.perf_counter() - t0)
+        return student, replace(result, seconds=seconds)
 
     def _initial_model(self, fit_seed: int) -> nn.Module:
         """Fresh weights (seeded), or the newest model's with ``warm_start`` and unchanged classes."""

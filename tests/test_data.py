@@ -252,5 +252,7 @@ def test_multi_label_datasets():
         dal.datasets.from_arrays(X, y=[["q"]] * 6, classes=["a"])
     with pytest.raises(ValueError, match="0/1 matrix"):
         dal.datasets.from_arrays(X, y=np.full((6, 3), 2), classes=["x", "y", "z"])
-    split = dal.datasets.from_arrays(np.zeros((40, 2)), y=[["a"], ["b"], ["a", "b"], []] * 10, holdout=0.25)
+    split = dal.datasets.from_arrays(
+        np.zeros((40, 2)), y=[["a"], ["b"], ["a", "b"], []] * 10, holdout=0.25
+    )
     assert split.y_eval.shape == (10, 2) and len(split) == 30

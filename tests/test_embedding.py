@@ -40,7 +40,9 @@ def test_labels_color_points_and_picks_are_marked(setup):
     pos = ds.positions([sid])[0]
     assert colors(plot)[pos] == 2 and (colors(plot) >= 0).sum() == 1
     overlay = plot.figure.data[4]  # the labeled samples, drawn on top
-    assert list(overlay.marker.color) == [2] and list(overlay.x) == [plot.projector.current().coords[pos, 0]]
+    assert list(overlay.marker.color) == [2] and list(overlay.x) == [
+        plot.projector.current().coords[pos, 0]
+    ]
     w.undo()
     assert np.all(colors(plot) == -1)
     assert plot.errors == []
@@ -115,6 +117,28 @@ def test_inspect_mode_hover_text_is_escaped():
     s.close()
 
 
+def test_hover_in_inspect_mode_shows_the_sample_beside_the_map():
+    from plotly.callbacks import Points
+
+    ds = dal.datasets.digits()
+    fast = TrainConfig(steps=40)
+    s = dal.Session(ds, store=None, device="cpu", retrain="manual", train_config=fast)
+    s.label(ds.ids[:30].tolist(), ds.targets[:30])
+    s.train(block=True)
+    plot = EmbeddingPlot(s, projector=Projector(s, method="pca"))
+    pool = plot.figure.data[0]
+    pool._dispatch_on_hover(Points(point_inds=[7], trace_index=0), None)
+    assert plot._shown is None  # Select mode: hover does nothing (and plotly sends none)
+    plot.mode.value = "Inspect"
+    pool._dispatch_on_hover(Points(point_inds=[7], trace_index=0), None)
+    assert plot._shown == ds.ids[7]
+    image, caption = plot._last_panel
+    assert image.format == "png" and image.value[:8] == b"\x89PNG\r\n\x1a\n"
+    assert f"id {ds.ids[7]}" in caption.value and "predicted" in caption.value
+    assert plot.errors == []
+    s.close()
+
+
 @pytest.mark.e2e
 def test_box_selection_in_the_browser_reaches_python(lab):
     import json
@@ -173,25 +197,31 @@ def _saved_size(tmp_path, rounds):
     from nbclient import NotebookClient
     from nbformat.v4 import new_code_cell, new_notebook
 
-    nb = new_notebook(cells=[
-        new_code_cell(
-            "import numpy as np, dal_widgets as dal\n"
-            "from dal_widgets.projection import Projector\n"
-            "rng = np.random.default_rng(0)\n"
-            "X = (rng.normal(size=(10, 16))[np.arange(100_000) % 10] + rng.normal(size=(100_000, 16))).astype(np.float32)\n"
-            "ds = dal.datasets.from_arrays(X, y=np.arange(100_000) % 10)\n"
-            "s = dal.Session(ds, strategy='random', store=None, device='cpu', retrain='manual')\n"
-            "plot = dal.EmbeddingPlot(s, projector=Projector(s, method='pca'))\n"
-            "plot"
-        ),
-        new_code_cell(
-            f"for r in range({rounds}):\n"
-            "    ids = s.query(10)\n"
-            "    s.label(ids, ds.targets[ds.positions(ids)])\n"
-            "print(len(s.labels), plot.errors)"
-        ),
-    ])
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nb = new_notebook(
+        cells=[
+            new_code_cell(
+                "import numpy as np, dal_widgets as dal\n"
+                "from dal_widgets.projection import Projector\n"
+                "rng = np.random.default_rng(0)\n"
+                "X = (rng.normal(size=(10, 16))[np.arange(100_000) % 10] + rng.normal(size=(100_000, 16))).astype(np.float32)\n"
+                "ds = dal.datasets.from_arrays(X, y=np.arange(100_000) % 10)\n"
+                "s = dal.Session(ds, strategy='random', store=None, device='cpu', retrain='manual')\n"
+                "plot = dal.EmbeddingPlot(s, projector=Projector(s, method='pca'))\n"
+                "plot"
+            ),
+            new_code_cell(
+                f"for r in range({rounds}):\n"
+                "    ids = s.query(10)\n"
+                "    s.label(ids, ds.targets[ds.positions(ids)])\n"
+                "print(len(s.labels), plot.errors)"
+            ),
+        ]
+    )
+    nb.metadata["kernelspec"] = {
+        "name": "python3",
+        "display_name": "Python 3",
+        "language": "python",
+    }
     NotebookClient(nb, timeout=600, kernel_name="python3", store_widget_state=True).execute()
     path = tmp_path / f"map{rounds}.ipynb"
     nbformat.write(nb, path)
@@ -203,5 +233,7 @@ def _saved_size(tmp_path, rounds):
 def test_saved_notebook_with_a_100k_map_does_not_grow_with_rounds(tmp_path, capsys):
     start, after = _saved_size(tmp_path, 0), _saved_size(tmp_path, 20)
     with capsys.disabled():
-        print(f"\n100,000-point map, saved notebook: {start / 1e6:.1f} MB after 0 rounds, {after / 1e6:.1f} MB after 20")
+        print(
+            f"\n100,000-point map, saved notebook: {start / 1e6:.1f} MB after 0 rounds, {after / 1e6:.1f} MB after 20"
+        )
     assert after - start < 10e6

@@ -316,8 +316,13 @@ def test_1000_labels_through_the_widget_while_training_and_projecting(tmp_path):
     from dal_widgets.widgets.embedding import EmbeddingPlot
 
     ds = dal.datasets.digits()
-    s = dal.Session(ds, store=str(tmp_path / "c.db"), device="cpu", retrain=100,
-                    train_config=TrainConfig(steps=150, batch_size=32))
+    s = dal.Session(
+        ds,
+        store=str(tmp_path / "c.db"),
+        device="cpu",
+        retrain=100,
+        train_config=TrainConfig(steps=150, batch_size=32),
+    )
     w = dal.LabelingWidget(s, batch_size=50)
     plot = EmbeddingPlot(s, labeler=w, projector=Projector(s, method="pca", source="embeddings"))
     given = {}
@@ -329,7 +334,9 @@ def test_1000_labels_through_the_widget_while_training_and_projecting(tmp_path):
         assert sid not in given, "the widget offered a labeled sample again"
         label = ds.classes[ds.targets[ds.positions([sid])[0]]]
         seq += 1
-        w._handle_custom_msg({"action": "label", "key": item["key"], "label": label, "seq": seq}, [])
+        w._handle_custom_msg(
+            {"action": "label", "key": item["key"], "label": label, "seq": seq}, []
+        )
         assert w.ack == seq
         given[sid] = label
         if s.training:
@@ -340,7 +347,9 @@ def test_1000_labels_through_the_widget_while_training_and_projecting(tmp_path):
     events = [h for h in s.store.history() if h["kind"] == "label"]
     assert len(events) == 1000 and len({h["sample_id"] for h in events}) == 1000  # none doubled
     assert len(fits_seen) >= 3 and s.model_version.version >= 5  # it really trained meanwhile
-    assert w.errors == [] and plot.errors == [] and s.train_error is None and s.observer_errors == []
+    assert (
+        w.errors == [] and plot.errors == [] and s.train_error is None and s.observer_errors == []
+    )
     assert plot.projector.error is None and plot.projector.current().source == "embeddings"
     s.close()
 
@@ -354,13 +363,24 @@ def multi_ds():
 
 def test_multi_label_mode_labels_sets_and_suggests_sets():
     ds = multi_ds()
-    s = dal.Session(ds, strategy="multilabel_entropy", store=None, device="cpu", retrain="manual",
-                    train_config=TrainConfig(steps=150))
+    s = dal.Session(
+        ds,
+        strategy="multilabel_entropy",
+        store=None,
+        device="cpu",
+        retrain="manual",
+        train_config=TrainConfig(steps=150),
+    )
     w = dal.LabelingWidget(s, batch_size=4, prefetch=False)
     assert w.multi_label
     first = w.batch_ids[0]
-    w._handle_custom_msg({"action": "label", "key": str(first), "label": ["rare", "red"], "seq": 1}, [])
-    assert s.labels[first] == ("red", "rare") and list(w.states[str(first)]["label"]) == ["red", "rare"]
+    w._handle_custom_msg(
+        {"action": "label", "key": str(first), "label": ["rare", "red"], "seq": 1}, []
+    )
+    assert s.labels[first] == ("red", "rare") and list(w.states[str(first)]["label"]) == [
+        "red",
+        "rare",
+    ]
     w.label([])  # none of the classes
     assert s.labels[w.batch_ids[1]] == ()
     ids = ds.ids[:60].tolist()
@@ -383,14 +403,16 @@ def test_multi_label_keys_toggle_classes_and_enter_saves(lab):
     from _lab import wait_until
     from playwright.sync_api import expect
 
-    page = lab.open_notebook([
-        "import numpy as np, dal_widgets as dal\n"
-        "X = np.random.default_rng(0).normal(size=(40, 3))\n"
-        "ds = dal.datasets.from_arrays(X, y=[['a']] * 40, classes=['a', 'b', 'c'])\n"
-        "s = dal.Session(ds, store='multi.db', device='cpu', retrain='manual')\n"
-        "w = dal.LabelingWidget(s, batch_size=5, prefetch=False)\n"
-        "w",
-    ])
+    page = lab.open_notebook(
+        [
+            "import numpy as np, dal_widgets as dal\n"
+            "X = np.random.default_rng(0).normal(size=(40, 3))\n"
+            "ds = dal.datasets.from_arrays(X, y=[['a']] * 40, classes=['a', 'b', 'c'])\n"
+            "s = dal.Session(ds, store='multi.db', device='cpu', retrain='manual')\n"
+            "w = dal.LabelingWidget(s, batch_size=5, prefetch=False)\n"
+            "w",
+        ]
+    )
     root = page.locator(".dal-labeler")
     expect(root.locator(".dal-tile")).to_have_count(5)
     first = root.locator(".dal-tile").first.get_attribute("data-sample-id")
@@ -403,7 +425,9 @@ def test_multi_label_keys_toggle_classes_and_enter_saves(lab):
 
     def stored():
         with sqlite3.connect(lab.root_dir / "multi.db") as conn:
-            return dict(conn.execute("SELECT sample_id, value FROM state WHERE field = 'label'").fetchall())
+            return dict(
+                conn.execute("SELECT sample_id, value FROM state WHERE field = 'label'").fetchall()
+            )
 
     wait_until(lambda: len(stored()) == 1, timeout=20, what="the set in the store", details=stored)
     assert stored() == {int(first): '["a", "c"]'}

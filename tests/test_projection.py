@@ -107,7 +107,9 @@ def test_place_on_anchors_keeps_anchors_and_follows_new_neighbours():
     d = ((X[anchors] - X[i]) ** 2).sum(1)
     near = old[anchors][np.argsort(d)[:5]]
     assert near[:, 0].min() - 1e-6 <= out[i, 0] <= near[:, 0].max() + 1e-6
-    np.testing.assert_allclose(place_on_anchors(X, anchors, old[anchors], k=5, chunk=7), out, atol=1e-5)
+    np.testing.assert_allclose(
+        place_on_anchors(X, anchors, old[anchors], k=5, chunk=7), out, atol=1e-5
+    )
 
 
 def test_projector_refreshes_on_anchors_between_refits(tmp_path, monkeypatch):
@@ -122,7 +124,9 @@ def test_projector_refreshes_on_anchors_between_refits(tmp_path, monkeypatch):
     monkeypatch.setattr(projection, "umap_2d", fake_umap)
     X, y = blobs()
     ds = dal.datasets.from_arrays(X, y=y, holdout=0.2)
-    s = dal.Session(ds, store=None, device="cpu", retrain="manual", train_config=TrainConfig(steps=20))
+    s = dal.Session(
+        ds, store=None, device="cpu", retrain="manual", train_config=TrainConfig(steps=20)
+    )
     p = Projector(s, method="umap", refit_every=3)
     p.refresh(block=True)  # no model: UMAP of the raw features
     sources = []

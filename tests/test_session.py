@@ -357,6 +357,35 @@ def test_early_stopping_holds_out_a_validation_slice(ds):
     s.close()
 
 
+def test_pseudo_labels_refit_on_confident_pool_predictions(ds):
+    ids = [ds.ids[ds.targets == c][:3] for c in range(3)]
+    ids = np.concatenate(ids).tolist()
+    fits = []
+    models = {}
+    for threshold in (0.0, 0.9):
+        cfg = TrainConfig(steps=150, batch_size=16, pseudo_labels=threshold, pseudo_per_class=20)
+        s = dal.Session(ds, store=None, device="cpu", train_config=cfg, retrain="manual")
+        s.on("train_started", lambda t=threshold, **kw: fits.append(t))
+        s.label(ids, oracle(ds, ids))
+        s.train(block=True)
+        models[threshold] = (s.pseudo_label_count, s.evaluate()["accuracy"], len(s.labels))
+        s.close()
+    assert models[0.0][0] == 0
+    count, accuracy, n_labels = models[0.9]
+    assert 0 < count <= 3 * 20  # at most pseudo_per_class per class
+    assert n_labels == 9  # pseudo-labels are never written to the store
+    assert accuracy > 0.9  # easy blobs: the guesses are right and the student learns them
+    assert fits.count(0.9) == 1  # one model version per train(), whatever it did inside
+
+
+def test_pseudo_labels_refuse_multi_label_data():
+    X = np.random.default_rng(0).normal(size=(40, 3))
+    y = [["a"], ["b"], ["a", "b"], []] * 10
+    ml = dal.datasets.from_arrays(X, y=y, classes=["a", "b"], multi_label=True, holdout=0.25)
+    with pytest.raises(ValueError, match="pseudo_labels.*single-label"):
+        dal.Session(ml, store=None, device="cpu", train_config=TrainConfig(pseudo_labels=0.9))
+
+
 def test_warm_start_continues_from_the_newest_model(ds):
     cfg = TrainConfig(steps=1, lr=1e-6, warm_start=True)
     s = dal.Session(ds, store=None, device="cpu", train_config=cfg, retrain="manual")
@@ -404,7 +433,13 @@ def test_cuda_out_of_memory_halves_the_batch_once_then_fails_clearly(ds, monkeyp
 @pytest.mark.gpu
 @pytest.mark.parametrize("precision", ["fp32", "bf16", "fp16"])
 def test_session_trains_on_cuda(ds, precision):
-    s = dal.Session(ds, store=None, device="cuda", train_config=TrainConfig(steps=200, precision=precision), retrain="manual")
+    s = dal.Session(
+        ds,
+        store=None,
+        device="cuda",
+        train_config=TrainConfig(steps=200, precision=precision),
+        retrain="manual",
+    )
     ids = ds.ids[:60].tolist()
     s.label(ids, oracle(ds, ids))
     s.train(block=True)
@@ -416,15 +451,23 @@ def test_session_trains_on_cuda(ds, precision):
 
 
 def test_committee_strategies_train_an_ensemble(ds):
-    s = dal.Session(ds, strategy="vote_entropy", store=None, device="cpu", retrain="manual",
-                    train_config=TrainConfig(steps=40, ensemble_size=3))
+    s = dal.Session(
+        ds,
+        strategy="vote_entropy",
+        store=None,
+        device="cpu",
+        retrain="manual",
+        train_config=TrainConfig(steps=40, ensemble_size=3),
+    )
     ids = ds.ids[:30].tolist()
     s.label(ids, oracle(ds, ids))
     s.train(block=True)
     assert s.compute_arrays({"member_probs"})["member_probs"].shape == (180, 3, 3)
     picks = s.query(5)
     assert len(set(picks)) == 5 and s.store.queries()[-1]["strategy"] == "vote_entropy"
-    single = dal.Session(ds, strategy="consensus_kl", store=None, device="cpu", retrain="manual", train_config=FAST)
+    single = dal.Session(
+        ds, strategy="consensus_kl", store=None, device="cpu", retrain="manual", train_config=FAST
+    )
     single.label(ids, oracle(ds, ids))
     single.train(block=True)
     with pytest.raises(ValueError, match="ensemble_size=5"):
@@ -433,10 +476,18 @@ def test_committee_strategies_train_an_ensemble(ds):
     single.close()
 
 
-@pytest.mark.parametrize("strategy", ["learning_loss", "dfal", "egl", "badge", "bald", "batchbald", "typiclust"])
+@pytest.mark.parametrize(
+    "strategy", ["learning_loss", "dfal", "egl", "badge", "bald", "batchbald", "typiclust"]
+)
 def test_every_model_based_strategy_runs_inside_a_session(ds, strategy):
-    s = dal.Session(ds, strategy=strategy, store=None, device="cpu", retrain="manual",
-                    train_config=TrainConfig(steps=40, deepfool_iters=10))
+    s = dal.Session(
+        ds,
+        strategy=strategy,
+        store=None,
+        device="cpu",
+        retrain="manual",
+        train_config=TrainConfig(steps=40, deepfool_iters=10),
+    )
     ids = ds.ids[:30].tolist()
     s.label(ids, oracle(ds, ids))
     s.train(block=True)

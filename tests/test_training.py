@@ -139,6 +139,75 @@ def test_mc_dropout_is_consistent_across_samples_and_chunks():
     assert not np.array_equal(a, c)
 
 
+class _NoSplit(nn.Module):
+    """The same layers as a SmallCNN, without ``mc_split`` (every MC pass runs everything)."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.features, self.classifier = inner.features, inner.classifier
+
+    def forward(self, x):
+        return self.classifier(self.features(x))
+
+
+def test_mc_split_runs_the_convolutions_once_and_changes_no_number():
+    torch.manual_seed(0)
+    cnn = SmallCNN(1, 4)
+    X = np.random.default_rng(0).random((30, 1, 28, 28), dtype=np.float32)
+    calls = []
+    cnn.features[0].register_forward_hook(lambda *a: calls.append(1))
+    split = predict(cnn, X, {"mc_probs"}, batch_size=16, mc_samples=5)["mc_probs"]
+    assert len(calls) == 2  # one per chunk, not one per chunk and pass
+    whole = predict(_NoSplit(cnn), X, {"mc_probs"}, batch_size=16, mc_samples=5)["mc_probs"]
+    assert len(calls) == 2 + 2 * 5
+    np.testing.assert_allclose(split, whole, atol=1e-6)
+    assert split.std(axis=1).max() > 1e-4
+    prefix, rest = cnn.mc_split()
+    assert not has_dropout(prefix) and has_dropout(rest)
+
+
+def test_affine_augment_moves_images_a_little_and_is_seeded():
+    from dal_widgets.training import affine_augment
+
+    x = torch.zeros(64, 1, 28, 28)
+    x[:, :, 10:18, 10:18] = 1.0
+    a = affine_augment(x, torch.Generator().manual_seed(0))
+    b = affine_augment(x, torch.Generator().manual_seed(0))
+    assert torch.equal(a, b) and a.shape == x.shape
+    moved = (a - x).abs().flatten(1).sum(1)
+    assert (moved > 0.5).float().mean() > 0.9  # nearly every image changed
+    # ... but only a little: the square's mass stays (scale 0.9-1.1) and its centre within 3 px.
+    mass = a.flatten(1).sum(1)
+    assert ((mass > 64 * 0.75) & (mass < 64 * 1.3)).all()
+    grid = torch.arange(28.0)
+    cy = (a[:, 0].sum(2) * grid).sum(1) / a[:, 0].sum((1, 2))
+    cx = (a[:, 0].sum(1) * grid).sum(1) / a[:, 0].sum((1, 2))
+    assert ((cy - 13.5).abs() < 3).all() and ((cx - 13.5).abs() < 3).all()
+
+
+def test_fit_augments_images_only_when_asked_or_auto():
+    seen = []
+
+    class Spy(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(16 * 16, 2)
+
+        def forward(self, x):
+            seen.append(x.detach().clone())
+            return self.lin(x.flatten(1))
+
+    X = torch.rand(8, 1, 16, 16)
+    y = torch.tensor([0, 1] * 4)
+    for augment, changed in [("auto", True), ("off", False), ("affine", True)]:
+        seen.clear()
+        fit(Spy(), X, y, config=TrainConfig(steps=1, batch_size=8, augment=augment))
+        same = any(torch.equal(seen[0][i], X[j]) for i in range(8) for j in range(8))
+        assert same is not changed, augment
+    seen.clear()  # tabular rows are never augmented under "auto"
+    fit(MLP(4, 2), *toy(8), config=TrainConfig(steps=1, augment="auto"))
+
+
 def test_mc_passes_keep_batchnorm_in_eval_mode():
     model = nn.Sequential(
         nn.Linear(4, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Dropout(0.5), nn.Linear(8, 2)
@@ -180,6 +249,12 @@ def test_train_config_validation():
     with pytest.raises(TypeError, match="'batch_size'"):
         TrainConfig(batch_size=2.5).validated()
     assert TrainConfig().with_(steps=7).steps == 7
+    with pytest.raises(ValueError, match="'augment'.*'auto', 'affine' or 'off'.*'yes'"):
+        TrainConfig(augment="yes").validated()
+    with pytest.raises(ValueError, match="'pseudo_labels'"):
+        TrainConfig(pseudo_labels=1.0).validated()
+    with pytest.raises(ValueError, match="'pseudo_per_class'"):
+        TrainConfig(pseudo_per_class=0).validated()
 
 
 @pytest.mark.gpu
@@ -197,7 +272,12 @@ def test_loss_head_learns_to_rank_losses():
     y = ((X[:, 0] + 0.5 * rng.normal(size=600)) > 0).astype(np.int64)  # noisy near the boundary
     torch.manual_seed(0)
     model = MLP(2, 2, hidden=(32, 16), loss_head=True)
-    fit(model, torch.as_tensor(X[:400]), torch.as_tensor(y[:400]), config=TrainConfig(steps=600, batch_size=64))
+    fit(
+        model,
+        torch.as_tensor(X[:400]),
+        torch.as_tensor(y[:400]),
+        config=TrainConfig(steps=600, batch_size=64),
+    )
     out = predict(model, X[400:], {"probs", "loss_pred"})
     true_loss = -np.log(out["probs"][np.arange(200), y[400:]] + 1e-12)
     rank = lambda v: np.argsort(np.argsort(v))  # noqa: E731

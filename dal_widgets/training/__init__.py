@@ -3,7 +3,15 @@
 from __future__ import annotations
 
 from dal_widgets.training._device import resolve_device
-from dal_widgets.training._fit import Callback, EarlyStopping, FitResult, FitState, TrainConfig, fit
+from dal_widgets.training._fit import (
+    Callback,
+    EarlyStopping,
+    FitResult,
+    FitState,
+    TrainConfig,
+    affine_augment,
+    fit,
+)
 from dal_widgets.training._inference import INFERABLE, predict
 from dal_widgets.training._models import (
     MLP,
@@ -24,6 +32,7 @@ __all__ = [
     "FitState",
     "SmallCNN",
     "TrainConfig",
+    "affine_augment",
     "classifier_layer",
     "default_model",
     "fit",

@@ -22,6 +22,7 @@ __all__ = [
     "FitResult",
     "FitState",
     "TrainConfig",
+    "affine_augment",
     "autocast_dtype",
     "fit",
 ]
@@ -70,6 +71,19 @@ class TrainConfig:
     precision : {"auto", "fp32", "bf16", "fp16"}
         Mixed precision on CUDA (``"auto"``: bf16 where the GPU supports it, else fp32). The
         CPU always computes in fp32.
+    augment : {"auto", "affine", "off"}
+        Random affine augmentation of each training batch (rotation up to 10 degrees, scale
+        0.9-1.1, shifts up to 2 pixels), on the device, vectorized. ``"auto"`` turns it on for
+        image batches (N, C, H, W) of at least 16 pixels. With a few dozen labels this is what
+        makes them count: on MNIST it is worth several points of accuracy at 50-100 labels
+        (``benchmarks/label_efficiency.py``).
+    pseudo_labels : float
+        Semi-supervised option (0 = off): after the fit, pool samples the model predicts with
+        at least this confidence get their predicted class as a label (``pseudo_per_class``
+        most confident per class at most) and a fresh model is fitted on labels + pseudo-labels.
+        Single-label data only. 0.95 is a good start.
+    pseudo_per_class : int
+        Cap on pseudo-labels per class (keeps them balanced).
     """
 
     steps: int = 500
@@ -89,6 +103,9 @@ class TrainConfig:
     loss_head: bool = False
     deepfool_iters: int = 50
     precision: str = "auto"
+    augment: str = "auto"
+    pseudo_labels: float = 0.0
+    pseudo_per_class: int = 200
 
     def validated(self, where: str = "TrainConfig") -> TrainConfig:
         check_int(self.steps, "steps", where, lo=1)
@@ -104,12 +121,16 @@ class TrainConfig:
         check_int(self.patience, "patience", where, lo=1)
         check_int(self.ensemble_size, "ensemble_size", where, lo=1, hi=50)
         check_int(self.deepfool_iters, "deepfool_iters", where, lo=1, hi=1000)
-        if self.precision not in ("auto", "fp32", "bf16", "fp16"):
-            from dal_widgets._checks import param_error
+        from dal_widgets._checks import param_error
 
+        if self.precision not in ("auto", "fp32", "bf16", "fp16"):
             raise param_error(
                 "precision", where, "'auto', 'fp32', 'bf16' or 'fp16'", self.precision
             )
+        if self.augment not in ("auto", "affine", "off"):
+            raise param_error("augment", where, "'auto', 'affine' or 'off'", self.augment)
+        check_real(self.pseudo_labels, "pseudo_labels", where, lo=0.0, hi=1.0, hi_open=True)
+        check_int(self.pseudo_per_class, "pseudo_per_class", where, lo=1)
         return self
 
     def with_(self, **changes: Any) -> TrainConfig:
@@ -242,6 +263,35 @@ def _ranking_loss(pred: torch.Tensor, target: torch.Tensor, margin: float = 1.0)
     return torch.clamp(margin - sign * (pred[:half] - pred[half : 2 * half]), min=0).mean()
 
 
+def _augments(config: TrainConfig, X: torch.Tensor) -> bool:
+    if config.augment == "auto":
+        return X.dim() == 4 and min(X.shape[2:]) >= 16
+    return config.augment == "affine"
+
+
+def affine_augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Random rotation (up to 10 degrees), scale (0.9-1.1) and shift (up to 2 pixels) per image.
+
+    One ``affine_grid`` + ``grid_sample`` for the whole batch; the random draws come from
+    ``gen`` (CPU), so a seeded fit is reproducible. Borders repeat the edge pixels.
+    """
+    b, _, h, w = x.shape
+    draws = torch.rand(b, 4, generator=gen) * 2 - 1
+    angle = draws[:, 0] * math.radians(10)
+    scale = 1 + 0.1 * draws[:, 1]
+    cos, sin = torch.cos(angle) * scale, torch.sin(angle) * scale
+    # affine_grid's coordinates run from -1 to 1 over the image: one pixel is 2 / size.
+    theta = torch.stack(
+        [
+            torch.stack([cos, -sin, draws[:, 2] * 4 / w], 1),
+            torch.stack([sin, cos, draws[:, 3] * 4 / h], 1),
+        ],
+        1,
+    ).to(device=x.device, dtype=x.dtype)
+    grid = nn.functional.affine_grid(theta, list(x.shape), align_corners=False)
+    return nn.functional.grid_sample(x, grid, padding_mode="border", align_corners=False)
+
+
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     """The autocast dtype for a precision setting on a device (None: plain fp32)."""
     if device.type != "cuda" or precision == "fp32":
@@ -302,6 +352,7 @@ def fit(
             lambda _m, args: captured.append(args[0])
         )
     gen = torch.Generator(device="cpu").manual_seed(seed)
+    augment = _augments(config, X)
     stopped = cancelled = False
     devices = [X.device] if X.device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
@@ -321,7 +372,8 @@ def fit(
                     X.device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None
                 ):
                     captured.clear()
-                    loss = loss_fn(model(X[idx]), y[idx])
+                    xb = affine_augment(X[idx], gen) if augment else X[idx]
+                    loss = loss_fn(model(xb), y[idx])
                     if head is not None:
                         if multi_hot:
                             loss = loss.mean(dim=1)  # one loss per sample, as for single labels

@@ -145,6 +145,8 @@ def predict(
     if "mc_probs" in wanted:
         _require_dropout(model)
     consistent = _ConsistentDropout(model, seed) if "mc_probs" in wanted else None
+    split = getattr(model, "mc_split", None)
+    prefix, rest = split() if callable(split) else (nn.Identity(), model)
     amp_dtype = autocast_dtype(precision, device)
     try:
         with (
@@ -180,9 +182,10 @@ def predict(
                     consistent.attach()
                     try:
                         passes = []
+                        hidden = prefix(xb)  # the dropout-free layers run once, not T times
                         for t in range(mc_samples):
                             consistent.t = t
-                            passes.append(torch.softmax(model(xb).float(), dim=1))
+                            passes.append(torch.softmax(rest(hidden).float(), dim=1))
                     finally:
                         consistent.remove()
                     out["mc_probs"].append(torch.stack(passes, dim=1).cpu().numpy())

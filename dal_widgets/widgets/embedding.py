@@ -6,7 +6,9 @@ selection can overwrite it before it reaches Python (see shared/BROWSER_TESTING.
 
 * **Select** (default): box or lasso selection, hover off, so every selection arrives;
   the selected ids go to the labeler with "Label these".
-* **Inspect**: hover tooltips (id, label, prediction) and a click shows the sample beside the map.
+* **Inspect**: hover tooltips (id, label, prediction); the hovered (or clicked) sample is shown
+  beside the map: a thumbnail for images, the text, or the row. (Plotly's tooltips cannot hold
+  images, so the thumbnail sits in a panel next to the plot.)
 """
 
 from __future__ import annotations
@@ -224,12 +226,15 @@ class EmbeddingPlot:
         self.live.observe(lambda _c: self._safe(self._on_live), "value")
         self.label_button.on_click(lambda _b: self._safe(self.label_selection))
         self.clear_button.on_click(lambda _b: self._safe(self.clear_selection))
+        self._shown: Any = None  # the sample in the detail panel
+        self._predicted: list[str] | None = None  # "class (p%)" per pool position
         pool = self.figure.data[0]
         pool.on_selection(
             lambda _t, points, _s: self._safe(lambda: self.select_positions(points.point_inds))
         )
         pool.on_deselect(lambda _t, _p: self._safe(self.clear_selection))
         pool.on_click(lambda _t, points, _s: self._safe(lambda: self._inspect(points.point_inds)))
+        pool.on_hover(lambda _t, points, _s: self._safe(lambda: self._inspect(points.point_inds)))
         self._unsubscribe = [
             session.on(event, lambda **_kw: self._safe(self.redraw))
             for event in ("labeled", "undone", "marked", "queried", "class_added")
@@ -387,6 +392,7 @@ class EmbeddingPlot:
                 f"{self.session.classes[t]} ({p:.0%})"
                 for t, p in zip(top.tolist(), probs.max(1).tolist())
             ]
+        self._predicted = pred
         return [
             html.escape(
                 f"id {sid} · label {labels.get(sid, '-')}"
@@ -486,12 +492,14 @@ class EmbeddingPlot:
 
     def _inspect(self, positions: Any) -> None:
         pos = list(positions)
-        if not pos:
+        if not pos or self.mode.value != "Inspect":
             return
-        self.show_sample(self.session.dataset.ids[pos[0]])
+        sid = self.session.dataset.ids[pos[0]]
+        if sid != self._shown:  # hover events repeat while the pointer rests on a point
+            self.show_sample(sid)
 
     def show_sample(self, sample_id: Any) -> None:
-        """Show one sample beside the map (what a click in Inspect mode does)."""
+        """Show one sample beside the map (what hovering or a click in Inspect mode does)."""
         import ipywidgets as W
         from IPython.display import display
 
@@ -499,7 +507,11 @@ class EmbeddingPlot:
         sid = ds.python_id(sample_id)
         rendered = ds.render(sid)
         label = self.session.labels.get(sid, "unlabeled")
-        caption = W.HTML(html.escape(f"id {sid} · {label}"))
+        text = f"id {sid} · {label}"
+        if self._predicted is not None:
+            text += f" · predicted {self._predicted[ds.positions([sid])[0]]}"
+        caption = W.HTML(html.escape(text))
+        self._shown = sid
         if ds.kind == "image":
             body: Any = W.Image(value=rendered, format="png", layout=W.Layout(width="160px"))
         elif ds.kind == "text":
@@ -512,6 +524,7 @@ class EmbeddingPlot:
                 for k, v in rendered.items()
             )
             body = W.HTML(f"<table>{rows}</table>")
+        self._last_panel = (body, caption)
         self.detail.clear_output()
         with self.detail:
             display(W.VBox([body, caption]))
