@@ -23,23 +23,24 @@ embeddings (with the same random draws, so the picks can be compared). The targe
 of the project's issue 3, for 2 CPU cores and C = 10; with ``--quick`` they are not judged.
 The "load" column is the largest share of the CPU other processes took during a timed call:
 on a shared machine, a high load makes a row's figures unreliable (``--wait-quiet`` helps).
+
+Prints the table and writes ``benchmarks/results/strategies.json`` and
+``strategies-speedup.png`` through the shared harness (``benchmarks/_harness.py``).
 """
 
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import os
-import statistics
 import subprocess
 import sys
 import time
-import tracemalloc
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+from _harness import Measurement, Report, call_once, compare, ratio
 
 __all__ = ["main"]
 
@@ -48,49 +49,7 @@ MB = 1024 * 1024
 
 
 # ---------------------------------------------------------------------------------------------
-# Measuring
-
-
-def _status_kb(field: str) -> int | None:
-    try:
-        with open("/proc/self/status") as fh:
-            for line in fh:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1])
-    except OSError:
-        return None
-    return None
-
-
-def _reset_peak() -> bool:
-    try:
-        with open("/proc/self/clear_refs", "w") as fh:
-            fh.write("5")
-        return True
-    except OSError:
-        return False
-
-
-def _cpu_ticks() -> tuple[int, int, int] | None:
-    """(all busy ticks, all ticks, this process's ticks) from /proc, or None elsewhere."""
-    try:
-        with open("/proc/stat") as fh:
-            fields = [int(v) for v in fh.readline().split()[1:]]
-        with open("/proc/self/stat") as fh:
-            own = fh.read().rsplit(")", 1)[1].split()
-    except (OSError, ValueError, IndexError):
-        return None
-    idle = fields[3] + fields[4]  # idle + iowait
-    return sum(fields) - idle, sum(fields), int(own[11]) + int(own[12])
-
-
-def _others_share(before, after) -> float | None:
-    """Share of the machine's CPU time that other processes used between two readings."""
-    if before is None or after is None or after[1] <= before[1]:
-        return None
-    others = (after[0] - before[0]) - (after[2] - before[2])
-    return max(0.0, others / (after[1] - before[1]))
-
+# Measuring (the harness times one call; here: ours and the reference in alternation)
 
 #: Before each timed call, wait (up to this many seconds) for other processes to go quiet.
 WAIT_QUIET = 0.0
@@ -98,55 +57,14 @@ WAIT_QUIET = 0.0
 MEMORY_RUN = False
 
 
-def _wait_quiet() -> None:
-    deadline = time.monotonic() + WAIT_QUIET
-    while time.monotonic() < deadline:
-        before = _cpu_ticks()
-        time.sleep(0.5)
-        share = _others_share(before, _cpu_ticks())
-        if share is None or share < 0.1:
-            return
-
-
-def _one_call(fn: Callable[[], Any], device: str) -> tuple[float, int, Any, float | None]:
-    """Seconds, peak extra bytes, result and other processes' CPU share during one call."""
-    gc.collect()
-    if WAIT_QUIET:
-        _wait_quiet()
-    if device == "cuda":
-        import torch
-
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
-    before = _status_kb("VmRSS") if device != "cuda" and _reset_peak() else None
-    if before is None and device != "cuda":
-        tracemalloc.start()
-    ticks = _cpu_ticks()
-    start = time.perf_counter()
-    result = fn()
-    if device == "cuda":
-        torch.cuda.synchronize()
-    seconds = time.perf_counter() - start
-    load = _others_share(ticks, _cpu_ticks())
-    if device == "cuda":
-        peak = torch.cuda.max_memory_allocated() - base
-    elif before is not None:
-        peak = (_status_kb("VmHWM") - before) * 1024
-    else:
-        peak = tracemalloc.get_traced_memory()[1]
-        tracemalloc.stop()
-    return seconds, peak, result, load
-
-
-def measure(
+def measure_pair(
     fn: Callable[[], Any],
     repeats: int,
     device: str = "cpu",
     ref: Callable[[], Any] | None = None,
     ref_repeats: int | None = None,
-) -> tuple[dict[str, Any], dict[str, Any] | None]:
-    """Median and best seconds, largest peak extra memory of ``fn`` (and ``ref``, if given).
+) -> tuple[Measurement, Measurement | None]:
+    """Seconds and peak extra memory of ``fn`` (and of ``ref``, on the CPU, if given).
 
     Calls alternate between the two, so a neighbour's load on a shared machine falls on both
     alike rather than on whichever ran during it; ``load`` is the largest share of the CPU
@@ -154,31 +72,21 @@ def measure(
     """
     ref_repeats = repeats if ref_repeats is None else ref_repeats
     if MEMORY_RUN:
-        ours = _one_call(fn, device)
-        dummy = {"seconds": float("nan"), "best": float("nan"), "runs": 0, "peak": 0}
-        result = {"seconds": ours[0], "best": ours[0], "runs": 1, "peak": ours[1]}
-        return {**result, "out": ours[2], "load": ours[3]}, (
-            {**dummy, "out": ours[2], "load": None} if ref is not None and ref_repeats else None
-        )
-    runs: dict[str, list] = {"ours": [], "ref": []}
-    for i in range(max(repeats, ref_repeats if ref else 0)):
-        if i < repeats:
-            runs["ours"].append(_one_call(fn, device))
-        if ref is not None and i < ref_repeats:
-            runs["ref"].append(_one_call(ref, "cpu"))
-
-    def summary(calls: list) -> dict[str, Any]:
-        loads = [c[3] for c in calls if c[3] is not None]
-        return {
-            "seconds": statistics.median(c[0] for c in calls),
-            "best": min(c[0] for c in calls),
-            "runs": len(calls),
-            "peak": max(c[1] for c in calls),
-            "out": calls[-1][2],
-            "load": max(loads) if loads else None,
-        }
-
-    return summary(runs["ours"]), (summary(runs["ref"]) if runs["ref"] else None)
+        ours = Measurement.from_calls([call_once(fn, device=device, quiet=WAIT_QUIET)])
+        dummy = Measurement([float("nan")], result=ours.result)
+        return ours, (dummy if ref is not None and ref_repeats else None)
+    if ref is None:
+        ref_repeats = 0
+    naive, ours = compare(
+        ref or (lambda: None),
+        fn,
+        warmup=0,
+        repeat=repeats,
+        baseline_repeat=ref_repeats,
+        device=device,
+        quiet=WAIT_QUIET,
+    )
+    return ours, naive
 
 
 # ---------------------------------------------------------------------------------------------
@@ -325,16 +233,20 @@ def ref_badge(probs: np.ndarray, h: np.ndarray, n: int, seed: int) -> np.ndarray
 # Cases: each returns rows of the result table
 
 
-def _row(case, ours, ref=None, target="", met=None, note="", base=None):
-    row = {"case": case, "ours": ours["seconds"], "runs": ours["runs"], "peak": ours["peak"]}
-    row["ours_best"] = ours["best"]
-    row["ref_best"] = None if ref is None else ref["best"]
-    loads = [m["load"] for m in (ours, ref) if m is not None and m["load"] is not None]
+def _row(
+    case, ours, ref=None, target="", met=None, note="", base=None, peak_limit=None, min_ratio=None
+):
+    """One table row. ``met`` is the speed part of the target; with ``peak_limit`` (bytes) the
+    driver also requires the peak from the memory run to stay under it."""
+    row = {"case": case, "ours": ours.median, "runs": ours.n, "peak": ours.peak_bytes}
+    row["ours_best"] = ours.min
+    row["ref_best"] = None if ref is None else ref.min
+    loads = [m.load for m in (ours, ref) if m is not None and m.load is not None]
     row["load"] = max(loads) if loads else None
-    row["ref"] = None if ref is None else ref["seconds"]
-    row["ratio"] = None if ref is None else ref["seconds"] / ours["seconds"]
+    row["ref"] = None if ref is None else ref.median
+    row["ratio"] = None if ref is None else ratio(ref, ours)
     row["base"] = base
-    row.update(target=target, met=met, note=note)
+    row.update(target=target, met=met, note=note, peak_limit=peak_limit, min_ratio=min_ratio)
     return row
 
 
@@ -347,13 +259,13 @@ def case_uncertainty(size: dict, repeats: int, device: str) -> list[dict]:
     refs = {"entropy": ref_entropy, "margin": ref_margin, "least_confidence": ref_least_confidence}
     for name, ref in refs.items():
         strategies.select(name, 100, probs=p[:1000], rng=0)  # warm up
-        ours, naive = measure(
+        ours, naive = measure_pair(
             lambda name=name: strategies.select(name, 100, probs=p, rng=0),
             repeats,
             ref=lambda ref=ref: ref_top(ref(p), 100),
         )
-        same = len(set(ours["out"]) & set(naive["out"]))
-        slower = ours["seconds"] / naive["seconds"]
+        same = len(set(ours.result) & set(naive.result))
+        slower = ours.median / naive.median
         rows.append(
             _row(
                 f"{name} top-100, N={n:,}",
@@ -362,6 +274,7 @@ def case_uncertainty(size: dict, repeats: int, device: str) -> list[dict]:
                 "<= 1.5x numpy + argpartition",
                 slower <= 1.5,
                 f"{slower:.2f}x the reference's time; {same}/100 same picks",
+                min_ratio=1 / 1.5,
             )
         )
     return rows
@@ -373,13 +286,13 @@ def case_bald(size: dict, repeats: int, device: str) -> list[dict]:
     n, t = size["bald_n"], 20
     mc = mc_passes(n, t, 1)
     strategies.select("bald", 10, mc_probs=mc[:1000], rng=0)
-    ours, naive = measure(
+    ours, naive = measure_pair(
         lambda: strategies.select("bald", 100, mc_probs=mc, rng=0),
         repeats,
         ref=lambda: ref_top(ref_bald(mc), 100),
     )
-    ok = ours["seconds"] <= naive["seconds"] and ours["peak"] < 1024 * MB
-    same = len(set(ours["out"]) & set(naive["out"]))
+    ok = ours.median <= naive.median
+    same = len(set(ours.result) & set(naive.result))
     return [
         _row(
             f"bald top-100, N={n:,}, T={t}",
@@ -388,6 +301,8 @@ def case_bald(size: dict, repeats: int, device: str) -> list[dict]:
             "<= numpy chunks, < 1 GB",
             ok,
             f"input {mc.nbytes / MB:,.0f} MB; {same}/100 same picks",
+            peak_limit=1024 * MB,
+            min_ratio=1.0,
         )
     ]
 
@@ -400,12 +315,12 @@ def case_batchbald(size: dict, repeats: int, device: str) -> list[dict]:
     rows = []
     for dev in _devices(device):
         strategies.select("batchbald", 2, mc_probs=mc[:200], rng=0, device=dev)
-        ours, _ = measure(
+        ours, _ = measure_pair(
             lambda dev=dev: strategies.select("batchbald", b, mc_probs=mc, rng=0, device=dev),
             repeats,
             dev,
         )
-        ok = ours["seconds"] < 10 and ours["peak"] < 1024 * MB
+        ok = ours.median < 10
         rows.append(
             _row(
                 f"batchbald B={b}, N={n:,}, T={t} [{dev}]",
@@ -413,6 +328,7 @@ def case_batchbald(size: dict, repeats: int, device: str) -> list[dict]:
                 target="< 10 s, < 1 GB",
                 met=ok,
                 note="num_samples=1000 (exact up to 3 picks)",
+                peak_limit=1024 * MB,
             )
         )
     return rows
@@ -427,7 +343,7 @@ def case_coreset(size: dict, repeats: int, device: str) -> list[dict]:
     rows, naive_cpu = [], None
     for dev in _devices(device):
         strategies.select("coreset", 2, embeddings=x[:500], rng=0, device=dev)
-        ours, naive = measure(
+        ours, naive = measure_pair(
             lambda dev=dev: strategies.select(
                 "coreset", b, embeddings=x, labeled_mask=mask, rng=0, device=dev
             ),
@@ -437,10 +353,10 @@ def case_coreset(size: dict, repeats: int, device: str) -> list[dict]:
             ref_repeats=1 if naive_cpu is None else 0,  # numpy: measured once, on the CPU
         )
         naive_cpu = naive = naive or naive_cpu
-        speedup = naive["seconds"] / ours["seconds"]
-        ok = speedup >= 10 and ours["peak"] < 5 * x.nbytes
-        same = _same_prefix(ours["out"], naive["out"])
-        radius = cover_radius(x, mask, ours["out"]) / cover_radius(x, mask, naive["out"])
+        speedup = ratio(naive, ours)
+        ok = speedup >= 10
+        same = _same_prefix(ours.result, naive.result)
+        radius = cover_radius(x, mask, ours.result) / cover_radius(x, mask, naive.result)
         rows.append(
             _row(
                 f"coreset B={b}, N={n:,}, D={d}, {lab:,} labeled [{dev}]",
@@ -451,6 +367,8 @@ def case_coreset(size: dict, repeats: int, device: str) -> list[dict]:
                 f"emb. {x.nbytes / MB:.0f} MB; first {same}/{b} picks identical, then float32 "
                 f"near-ties; cover radius {radius:.4f}x the reference's",
                 base=x.nbytes,
+                peak_limit=5 * x.nbytes,
+                min_ratio=10.0,
             )
         )
     return rows
@@ -465,7 +383,7 @@ def case_coreset_large(size: dict, repeats: int, device: str) -> list[dict]:
     rows = []
     for dev in _devices(device):
         strategies.select("coreset", 2, embeddings=x[:500], rng=0, device=dev)
-        ours, _ = measure(
+        ours, _ = measure_pair(
             lambda dev=dev: strategies.select(
                 "coreset", b, embeddings=x, labeled_mask=mask, rng=0, device=dev
             ),
@@ -494,7 +412,7 @@ def case_badge(size: dict, repeats: int, device: str) -> list[dict]:
     rows, naive_cpu = [], None
     for dev in _devices(device):
         strategies.select("badge", 2, probs=probs[:500], embeddings=h[:500], rng=0, device=dev)
-        ours, naive = measure(
+        ours, naive = measure_pair(
             lambda dev=dev: strategies.select(
                 "badge", b, probs=probs, embeddings=h, rng=0, device=dev
             ),
@@ -504,9 +422,9 @@ def case_badge(size: dict, repeats: int, device: str) -> list[dict]:
             ref_repeats=1 if naive_cpu is None else 0,  # numpy: measured once, on the CPU
         )
         naive_cpu = naive = naive or naive_cpu
-        speedup = naive["seconds"] / ours["seconds"]
-        ok = speedup >= 5 and ours["peak"] < 5 * h.nbytes
-        same = _same_prefix(ours["out"], naive["out"])
+        speedup = ratio(naive, ours)
+        ok = speedup >= 5
+        same = _same_prefix(ours.result, naive.result)
         rows.append(
             _row(
                 f"badge B={b}, N={n:,}, D={d} [{dev}]",
@@ -516,6 +434,8 @@ def case_badge(size: dict, repeats: int, device: str) -> list[dict]:
                 ok,
                 f"emb. {h.nbytes / MB:.1f} MB; first {same}/{b} picks identical",
                 base=h.nbytes,
+                peak_limit=5 * h.nbytes,
+                min_ratio=5.0,
             )
         )
     return rows
@@ -599,8 +519,10 @@ def _fmt_mb(nbytes: float | None) -> str:
     return "-" if nbytes is None else f"{nbytes / MB:,.1f}"
 
 
-def _print_table(rows: list[dict], quick: bool) -> None:
-    head = ["case", "ours s", "ref s", "speedup", "peak extra MB", "load", "target", "met", "notes"]
+COLUMNS = ["case", "ours s", "ref s", "speedup", "peak extra MB", "load", "target", "met", "notes"]
+
+
+def _table_rows(rows: list[dict], quick: bool) -> list[list[str]]:
     lines = []
     for r in rows:
         peak = _fmt_mb(r["peak"])
@@ -625,18 +547,48 @@ def _print_table(rows: list[dict], quick: bool) -> None:
                 r["note"],
             ]
         )
-    widths = [max(len(str(x)) for x in col) for col in zip(head, *lines, strict=False)]
-    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
-    print(fmt.format(*head))
-    print(fmt.format(*("-" * w for w in widths)))
-    for line in lines:
-        print(fmt.format(*line).rstrip())
-    print(
-        "\nseconds: median [best] of the runs; speedup and targets use medians. load: the largest"
-        "\nshare of the CPU other processes used during a timed call (this machine is shared)."
+    return lines
+
+
+def _figure(report: Report, rows: list[dict]) -> None:
+    """Speedup against the reference (with each target's bar) and our seconds, per case."""
+    from matplotlib.ticker import FuncFormatter
+
+    colour = {True: "tab:green", False: "tab:red", None: "tab:gray"}
+    timed = rows[::-1]  # first case on top
+    compared = [r for r in timed if r["ratio"] is not None]
+    fig, (ax1, ax2) = report.subplots(1, 2, figsize=(12, 0.45 * len(timed) + 1.8))
+    if compared:
+        y = np.arange(len(compared))
+        values = [r["ratio"] for r in compared]
+        limits = [r["min_ratio"] for r in compared if r["min_ratio"] is not None]
+        low, high = min([0.5, *values, *limits]) / 1.5, max([2.0, *values, *limits]) * 2.5
+        ax1.barh(y, [v - low for v in values], left=low, color=[colour[r["met"]] for r in compared])
+        for yi, r in zip(y, compared):
+            if r["min_ratio"] is not None:
+                ax1.plot([r["min_ratio"]] * 2, [yi - 0.4, yi + 0.4], color="black", lw=2)
+            ax1.text(r["ratio"], yi, f" {r['ratio']:.2f}x", va="center", fontsize=8)
+        ax1.set_xscale("log")
+        ax1.set_xlim(low, high)
+        ax1.axvline(1.0, color="gray", lw=0.8, ls=":")
+        ax1.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}x"))
+        ax1.set_yticks(y, [r["case"] for r in compared], fontsize=8)
+    ax1.set_xlabel("reference s / ours s (medians); black bar: the target")
+    ax1.set_title("Speedup against the naive reference (same run)", fontsize=10)
+    y2 = np.arange(len(timed))
+    ax2.barh(y2, [r["ours"] for r in timed], color=[colour[r["met"]] for r in timed])
+    ax2.set_xscale("log")
+    ax2.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax2.set_yticks(y2, [r["case"] for r in timed], fontsize=8)
+    ax2.set_xlabel("seconds per call (median)")
+    ax2.set_title("Our seconds per call", fontsize=10)
+    fig.suptitle("green: target met, red: not met, gray: no target", fontsize=9)
+    report.figure(
+        fig,
+        "speedup",
+        "Speedup of each strategy against its naive reference (log scale; black bars: the "
+        "targets) and seconds per call.",
     )
-    if quick:
-        print("--quick: reduced sizes; targets are judged at full size only (shown in brackets).")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -664,6 +616,9 @@ def main(argv: list[str] | None = None) -> int:
     unknown = sorted(set(names) - set(CASES))
     if unknown:
         parser.error(f"unknown case(s) {unknown}; choose from {list(CASES)}")
+    report = Report(
+        "strategies", "Strategy speed and memory against naive references", quick=args.quick
+    )
     rows: list[dict] = []
     for name in names:
         start = time.perf_counter()
@@ -676,18 +631,42 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         for row, mem in zip(timed, sized, strict=True):
             row["peak"] = mem["peak"]
+            if row["met"] is not None and row["peak_limit"] is not None:
+                row["met"] = bool(row["met"] and row["peak"] < row["peak_limit"])
         rows.extend(timed)
         print(f"[{name}: {time.perf_counter() - start:.0f} s]", file=sys.stderr, flush=True)
-    import platform
 
-    import torch
-
-    print(
-        f"\n{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, "
-        f"torch {torch.__version__} ({torch.get_num_threads()} threads), numpy {np.__version__}, "
-        f"CUDA {'available' if torch.cuda.is_available() else 'not available'}"
+    report.table("Strategies against naive references", COLUMNS, _table_rows(rows, args.quick))
+    for r in rows:
+        if r["met"] is None:
+            continue
+        value = f"{r['ratio']:.2f}x" if r["ratio"] is not None else f"{r['ours']:.2f} s"
+        peak = (
+            _fmt_mb(r["peak"])
+            + " MB"
+            + (f" ({r['peak'] / r['base']:.2f}x emb.)" if r.get("base") else "")
+        )
+        report.target(
+            r["case"], f"{value}, peak {peak}", r["target"], None if args.quick else r["met"]
+        )
+    report.note(
+        "seconds: median [best] of the runs; speedup = reference / ours (medians), targets use "
+        "medians. load: the largest share of the CPU other processes used during a timed call "
+        "(a high load makes a row unreliable)."
     )
-    _print_table(rows, args.quick)
+    report.note(
+        "peak extra: the largest rise of the resident set during one call above the inputs, "
+        "from a separate process with MALLOC_MMAP_THRESHOLD_=131072 (CUDA rows: "
+        "torch.cuda.max_memory_allocated)."
+    )
+    if args.quick:
+        report.note(
+            "--quick: reduced sizes; targets are judged at full size only (shown in brackets)."
+        )
+    report.data["rows"] = rows
+    report.data["sizes"] = QUICK if args.quick else FULL
+    _figure(report, rows)
+    report.save()
     return 0
 
 

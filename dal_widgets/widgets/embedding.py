@@ -207,6 +207,7 @@ class EmbeddingPlot:
             value=True, description="live", indent=False, layout=W.Layout(width="70px")
         )
         self.detail = W.Output(layout=W.Layout(width="220px", min_height="120px"))
+        self.detail.add_class("dal-map-detail")
         self.detail_box = W.VBox([W.HTML("<b>Sample</b>"), self.detail])
         self.widget = W.VBox(
             [
