@@ -452,16 +452,19 @@ def from_arrays(
             raise ValueError(
                 f"The 'X' parameter of {where} with kind='tabular' must be 2-D (N, F). Got shape {arr.shape}."
             )
-        data = np.ascontiguousarray(arr, dtype=np.float32)
+        with np.errstate(over="ignore"):  # overflow is reported below, as a clear error
+            data = np.ascontiguousarray(arr, dtype=np.float32)
         if columns is not None and len(columns) != data.shape[1]:
             raise ValueError(
                 f"The 'columns' parameter of {where} must name {data.shape[1]} columns. Got {len(columns)}."
             )
     else:
-        data = _image_array(arr, where)
+        with np.errstate(over="ignore"):
+            data = _image_array(arr, where)
     if not np.isfinite(data).all():
         raise ValueError(
-            f"The 'X' parameter of {where} must hold finite numbers after conversion to float32. Got overflow."
+            f"The 'X' parameter of {where} must hold finite numbers after conversion to float32 "
+            f"(|x| < 3.4e38). Got values that overflow (largest |x| {float(np.abs(arr).max()):.3g})."
         )
     multi = _is_multi_label(y) if multi_label is None else bool(multi_label)
     if multi:

@@ -1,0 +1,435 @@
+"""Label efficiency: how many labels each strategy needs, against the published MNIST curves.
+
+Protocol (issue 9, after Gal et al. 2017 and Kirsch et al. 2019, on a smaller pool): MNIST's
+test split from ../shared/data/mnist-test (checked against SHA256SUMS) split once, stratified
+and seeded, into a pool of 8,000 and a held-out set of 2,000; 20 balanced initial labels;
+batches of 10; up to 300 labels; 5 seeds. Reports per strategy: the learning curve (mean and
+quartiles over seeds), labels to reach 90% and 95% (median and quartiles over seeds), AUBC,
+and seconds per round split into training, inference and selection. ``--dataset digits`` runs
+the embedded default with its own small protocol (20 initial, batch 10, budget 150).
+
+Model and schedule: the package's default image model (``SmallCNN``, LeNet-sized) with the
+default random-affine augmentation (``TrainConfig.augment="auto"``), fitted from scratch each
+round with batches of 32 for 300 steps but at least 100 epochs (``min_epochs=100``): 300 steps
+up to 96 labels, 800 at 230, 1,000 at 300. In a pilot (random 230 labels, 2 seeds) a flat 300
+steps reached 0.924/0.938, 800 steps 0.950/0.954: small sets need few steps, larger ones more. ``NAME+pseudo`` runs strategy NAME with the
+semi-supervised option ``TrainConfig(pseudo_labels=0.95)`` (self-training on confident pool
+predictions).
+
+Published reference points (60k pool): Gal et al. 2017, labels to 90% / 95%: Var-Ratios
+120/295, BALD 145/335, Max-Entropy 165/355, Mean-STD 230/695, random 255/835; Kirsch et al.
+2019, median labels to 90% / 95%: BatchBALD 90/230, BALD 120/250.
+
+Each (strategy, seed) run is one task; ``--jobs`` runs tasks in parallel processes (one torch
+thread each). Finished tasks are appended to a records file at once, so an interrupted run
+resumes where it stopped (``--resume``); ``--report-only`` rebuilds the report from it. The
+full run is long on a CPU; it is not part of the test suite.
+
+    python benchmarks/label_efficiency.py --quick                       # smoke run, ~1 min
+    python benchmarks/label_efficiency.py --jobs 2 --resume             # the full MNIST run
+    python benchmarks/label_efficiency.py --dataset digits --jobs 2 --resume
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+MNIST_ROOT = HERE.parent.parent / "shared" / "data" / "mnist-test"
+DEFAULT_STRATEGIES = (
+    "random,entropy,margin,variation_ratios,bald,batchbald,coreset,badge,typiclust,margin+pseudo"
+)
+UNCERTAINTY = ("entropy", "margin", "variation_ratios", "bald", "batchbald")
+PUBLISHED = {  # labels to reach 90% / 95% on the 60k pool
+    "random": ("Gal et al. 2017", 255, 835),
+    "variation_ratios": ("Gal et al. 2017", 120, 295),
+    "bald": ("Gal et al. 2017 / Kirsch et al. 2019", 145, 335),
+    "entropy": ("Gal et al. 2017 (max entropy)", 165, 355),
+    "batchbald": ("Kirsch et al. 2019 (median)", 90, 230),
+}
+PROTOCOLS = {
+    "mnist": {"initial": 20, "batch": 10, "budget": 300, "seeds": 5},
+    "digits": {"initial": 20, "batch": 10, "budget": 150, "seeds": 5},
+}
+_DATASET = None
+
+
+def load_dataset(name: str, root: str):
+    import dal_widgets as dal
+
+    if name == "mnist":
+        return dal.datasets.mnist(root, split="test", holdout=2000, seed=0, verify=True)
+    return dal.datasets.digits()
+
+
+def train_config(name: str, pseudo: bool):
+    from dal_widgets.training import TrainConfig
+
+    if name == "mnist":
+        config = TrainConfig(steps=300, batch_size=32, min_epochs=100)
+    else:
+        config = TrainConfig()
+    return config.with_(pseudo_labels=0.95) if pseudo else config
+
+
+def run_task(task: dict) -> list[dict]:
+    """One strategy and one seed (in a worker process)."""
+    global _DATASET
+    import torch
+
+    import dal_widgets as dal
+
+    torch.set_num_threads(task["threads"])
+    if _DATASET is None:
+        _DATASET = load_dataset(task["dataset"], task["root"])
+    strategy, _, variant = task["strategy"].partition("+")
+    res = dal.simulate(
+        _DATASET,
+        [strategy],
+        initial=task["initial"],
+        batch=task["batch"],
+        budget=task["budget"],
+        seeds=[task["seed"]],
+        device="cpu",
+        train_config=train_config(task["dataset"], variant == "pseudo"),
+    )
+    return [dict(r, strategy=task["strategy"]) for r in res.to_records()]
+
+
+def quartiles(values: list) -> str:
+    import numpy as np
+
+    got = [v for v in values if v is not None]
+    if not got:
+        return f"not reached ({len(values)} seeds)"
+    q = np.quantile(got, [0.25, 0.5, 0.75])
+    missing = len(values) - len(got)
+    text = f"{q[1]:.0f} [{q[0]:.0f}-{q[2]:.0f}]"
+    return text + (f", {missing} of {len(values)} seeds never" if missing else "")
+
+
+def median_or_none(values: list) -> float | None:
+    import numpy as np
+
+    # A seed that never reached counts as infinitely many labels (the median stays honest).
+    vals = [np.inf if v is None else v for v in values]
+    m = float(np.median(vals)) if vals else np.inf
+    return None if not np.isfinite(m) else m
+
+
+def build_report(args, records: list[dict], seconds: float) -> dict:
+    import numpy as np
+
+    from dal_widgets.simulation import SimulationResult
+
+    proto = PROTOCOLS[args.dataset]
+    res = SimulationResult(records=records, budget=args.budget, initial=proto["initial"])
+    names = [n for n in args.names if any(r["strategy"] == n for r in records)]
+    r90, r95 = res.labels_to_reach(0.90), res.labels_to_reach(0.95)
+    seeds = {n: sorted({r["seed"] for r in records if r["strategy"] == n}) for n in names}
+    summary_rows = []
+    for n in names:
+        sec = res.seconds(n)
+        pub = PUBLISHED.get(n) if args.dataset == "mnist" else None
+        summary_rows.append(
+            [
+                n,
+                len(seeds[n]),
+                quartiles(r90[n]),
+                quartiles(r95[n]),
+                round(res.aubc(n), 4),
+                f"{sec['train_s']:.2f} / {sec['infer_s']:.2f} / {sec['select_s']:.2f}",
+                f"{pub[1]} / {pub[2]} ({pub[0]})" if pub else "",
+            ]
+        )
+    # Learning curves: mean [q25, q75] every 20 labels.
+    curves = {n: res.curve(n) for n in names}
+    grid = sorted({int(v) for c in curves.values() for v in c["labels"]})
+    grid = [g for g in grid if (g - proto["initial"]) % 20 == 0 or g == grid[-1]]
+    curve_rows = []
+    for g in grid:
+        row = [g]
+        for n in names:
+            c = curves[n]
+            hit = np.flatnonzero(c["labels"] == g)
+            row.append(
+                f"{c['mean'][hit[0]]:.3f} [{c['q25'][hit[0]]:.3f}-{c['q75'][hit[0]]:.3f}]"
+                if hit.size
+                else ""
+            )
+        curve_rows.append(row)
+    targets = []
+    plain = [n for n in names if "+" not in n]
+    if args.dataset == "mnist" and plain:
+        best90 = min((median_or_none(r90[n]) or np.inf, n) for n in plain)
+        best95 = min((median_or_none(r95[n]) or np.inf, n) for n in plain)
+        targets += [
+            {
+                "name": f"best strategy: median labels to 90% ({best90[1]})",
+                "value": best90[0] if np.isfinite(best90[0]) else "not reached",
+                "target": "<= 90",
+                "met": bool(best90[0] <= 90),
+            },
+            {
+                "name": f"best strategy: median labels to 95% ({best95[1]})",
+                "value": best95[0] if np.isfinite(best95[0]) else "not reached",
+                "target": "<= 230",
+                "met": bool(best95[0] <= 230),
+            },
+        ]
+    if "random" in names:
+        base = res.aubc("random")
+        for n in [n for n in names if n in UNCERTAINTY]:
+            targets.append(
+                {
+                    "name": f"AUBC {n} > random ({base:.4f})",
+                    "value": round(res.aubc(n), 4),
+                    "target": f"> {base:.4f}",
+                    "met": bool(res.aubc(n) > base),
+                }
+            )
+        for n in [n for n in names if n.endswith("+pseudo")]:
+            plain_name = n.split("+")[0]
+            if plain_name in names:
+                targets.append(
+                    {
+                        "name": f"AUBC {n} > {plain_name} ({res.aubc(plain_name):.4f})",
+                        "value": round(res.aubc(n), 4),
+                        "target": f"> {res.aubc(plain_name):.4f}",
+                        "met": bool(res.aubc(n) > res.aubc(plain_name)),
+                    }
+                )
+    figure = plot_curves(args, curves, names)
+    notes = [
+        f"Protocol: {proto['initial']} balanced initial labels, batches of {proto['batch']}, "
+        f"up to {args.budget} labels, seeds {', '.join(map(str, sorted({r['seed'] for r in records})))}; "
+        + (
+            "MNIST test split as pool 8,000 / held-out 2,000 (stratified, seed 0, files checked "
+            "against SHA256SUMS)."
+            if args.dataset == "mnist"
+            else "scikit-learn digits, pool 1,438 / held-out 359 (the package default split)."
+        ),
+        "Model: the default "
+        + (
+            "SmallCNN with random-affine augmentation, batches of 32, 300 steps but at least 100 "
+            "epochs per fit (300 steps up to 96 labels, 1,000 at 300), from scratch each round."
+            if args.dataset == "mnist"
+            else "MLP (256-128, dropout 0.3), 500 steps of 64 per fit."
+        )
+        + " MC dropout: T=20 consistent masks. '+pseudo': TrainConfig(pseudo_labels=0.95), "
+        "up to 200 pseudo-labels per class, labels repeated to weigh as much as the pseudo-labels.",
+        "Labels to reach: per seed, the first labeled-set size whose held-out accuracy reaches "
+        "the threshold; median [quartiles] over seeds. AUBC: mean accuracy over the budget "
+        "(trapezoids), averaged over seeds. Seconds per round: mean over rounds and seeds, one "
+        "torch thread per run" + (f", {args.jobs} runs in parallel." if args.jobs > 1 else "."),
+        "Published numbers are for a 60,000-sample pool and other models; ours is 8,000 (fewer "
+        "redundant near-duplicates for BALD to trip on, but also fewer good picks).",
+    ]
+    from datetime import datetime, timedelta, timezone
+
+    started = datetime.now(timezone.utc) - timedelta(seconds=seconds)
+    return {
+        "schema": 1,
+        "started": started.isoformat(timespec="seconds"),
+        "data": {"published": PUBLISHED if args.dataset == "mnist" else {}},
+        "name": f"label_efficiency{'' if args.dataset == 'mnist' else '_digits'}",
+        "title": f"Label efficiency on {'MNIST' if args.dataset == 'mnist' else 'digits (embedded default)'}",
+        "command": " ".join(["python", "benchmarks/label_efficiency.py", *sys.argv[1:]]),
+        "machine": machine(),
+        "seconds": round(seconds, 1),
+        "quick": bool(args.quick),
+        "notes": notes,
+        "tables": [
+            {
+                "caption": "Per strategy: labels to reach 90% and 95% (median [quartiles] over seeds), AUBC, "
+                "seconds per round (train / inference / selection), published labels to 90% / 95%",
+                "columns": [
+                    "strategy",
+                    "seeds",
+                    "labels to 90%",
+                    "labels to 95%",
+                    "AUBC",
+                    "s/round train / infer / select",
+                    "published 90% / 95%",
+                ],
+                "rows": summary_rows,
+            },
+            {
+                "caption": "Held-out accuracy by number of labels: mean [q25-q75] over seeds",
+                "columns": ["labels", *names],
+                "rows": curve_rows,
+            },
+        ],
+        "figures": [
+            {"path": figure, "caption": "Learning curves (mean, band: quartiles over seeds)"}
+        ],
+        "targets": targets,
+    }
+
+
+def machine() -> dict:
+    try:
+        sys.path.insert(0, str(HERE))
+        from _harness import machine as harness_machine  # the speed suite's description
+
+        return harness_machine()
+    except ImportError:
+        import os
+        import platform
+
+        return {"python": platform.python_version(), "cores": os.cpu_count()}
+
+
+def plot_curves(args, curves: dict, names: list[str]) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(9, 5.5), dpi=110)
+    cmap = plt.get_cmap("tab10")
+    bases = list(dict.fromkeys(n.split("+")[0] for n in names))
+    for n in names:
+        c = curves[n]
+        color = cmap(bases.index(n.split("+")[0]) % 10)  # a variant shares its strategy's color
+        style = "--" if "+" in n else "-"
+        ax.plot(c["labels"], c["mean"], style, color=color, label=n, lw=1.6)
+        ax.fill_between(c["labels"], c["q25"], c["q75"], color=color, alpha=0.12, lw=0)
+    for level in (0.90, 0.95):
+        ax.axhline(level, color="grey", lw=0.6, ls=":")
+    low = min(float(min(c["mean"])) for c in curves.values())
+    ax.set_ylim(max(0.0, low - 0.02), 1.0)
+    ax.set_xlabel("labels")
+    ax.set_ylabel("held-out accuracy")
+    ax.set_title(f"Label efficiency: {args.dataset}")
+    ax.grid(alpha=0.3)
+    ax.legend(ncol=2, fontsize=8, loc="lower right")
+    RESULTS.mkdir(exist_ok=True)
+    name = f"label_efficiency_{args.dataset}{'_quick' if args.quick else ''}.png"
+    fig.tight_layout()
+    fig.savefig(RESULTS / name)
+    plt.close(fig)
+    return name
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dataset", choices=sorted(PROTOCOLS), default="mnist")
+    parser.add_argument(
+        "--root", default=str(MNIST_ROOT), help="folder with the MNIST test IDX files"
+    )
+    parser.add_argument(
+        "--strategies",
+        default=DEFAULT_STRATEGIES,
+        help="comma-separated; NAME+pseudo adds the semi-supervised option",
+    )
+    parser.add_argument("--seeds", type=int, default=None, help="default: 5")
+    parser.add_argument(
+        "--budget", type=int, default=None, help="default: 300 (mnist), 150 (digits)"
+    )
+    parser.add_argument("--jobs", type=int, default=1, help="runs in parallel (processes)")
+    parser.add_argument(
+        "--resume", action="store_true", help="keep finished runs from the records file"
+    )
+    parser.add_argument(
+        "--report-only", action="store_true", help="rebuild the report from the records"
+    )
+    parser.add_argument("--quick", action="store_true", help="random and margin, 1 seed, 60 labels")
+    args = parser.parse_args()
+
+    proto = PROTOCOLS[args.dataset]
+    if args.quick:
+        args.strategies, args.seeds, args.budget = "random,margin", 1, 60
+    args.seeds = args.seeds or proto["seeds"]
+    args.budget = args.budget or proto["budget"]
+    args.names = [s.strip() for s in args.strategies.split(",") if s.strip()]
+    tag = f"{args.dataset}{'_quick' if args.quick else ''}"
+    records_path = RESULTS / f"label_efficiency_{tag}.records.jsonl"
+    RESULTS.mkdir(exist_ok=True)
+
+    import dal_widgets as dal
+
+    for n in args.names:
+        dal.strategies.get(n.split("+")[0])  # fail early on a typo
+    done: dict[tuple[str, int], list[dict]] = {}
+    if (args.resume or args.report_only) and records_path.exists():
+        for line in records_path.read_text().splitlines():
+            rec = json.loads(line)
+            done.setdefault((rec["strategy"], rec["seed"]), []).append(rec)
+    elif records_path.exists():
+        records_path.unlink()
+    # Seed-major order: if the run is cut short, every strategy has the same seeds.
+    tasks = [
+        {
+            "dataset": args.dataset,
+            "root": args.root,
+            "strategy": n,
+            "seed": seed,
+            "initial": proto["initial"],
+            "batch": proto["batch"],
+            "budget": args.budget,
+            "threads": 1 if args.jobs > 1 else 2,
+        }
+        for seed in range(args.seeds)
+        for n in args.names
+        if (n, seed) not in done
+    ]
+    t0 = time.perf_counter()
+    if not args.report_only and tasks:
+        print(
+            f"{len(tasks)} runs to do ({len(done)} done before), {args.jobs} in parallel",
+            flush=True,
+        )
+        with ProcessPoolExecutor(max_workers=args.jobs, mp_context=get_context("spawn")) as pool:
+            futures = {pool.submit(run_task, t): t for t in tasks}
+            from concurrent.futures import as_completed
+
+            for fut in as_completed(futures):
+                t = futures[fut]
+                recs = fut.result()
+                done[(t["strategy"], t["seed"])] = recs
+                with records_path.open("a") as fh:
+                    for r in recs:
+                        fh.write(json.dumps(r) + "\n")
+                accs = " ".join(f"{r['accuracy']:.3f}" for r in recs[:: max(1, len(recs) // 6)])
+                print(
+                    f"[{time.perf_counter() - t0:6.0f} s] {t['strategy']:>16} seed {t['seed']}: "
+                    f"{accs} ... {recs[-1]['accuracy']:.3f} at {recs[-1]['labels']}",
+                    flush=True,
+                )
+    records = [
+        r for (n, seed), recs in done.items() if n in args.names and seed < args.seeds for r in recs
+    ]
+    if not records:
+        raise SystemExit("no records to report")
+    report = build_report(args, records, time.perf_counter() - t0)
+    out = RESULTS / f"{report['name']}{'_quick' if args.quick else ''}.json"
+    out.write_text(json.dumps(report, indent=1, default=float))
+    for table in report["tables"]:
+        print(f"\n{table['caption']}")
+        widths = [
+            max(len(str(c)), *(len(str(r[i])) for r in table["rows"]))
+            for i, c in enumerate(table["columns"])
+        ]
+        print("  ".join(f"{c:>{w}}" for c, w in zip(table["columns"], widths)))
+        for row in table["rows"]:
+            print("  ".join(f"{v!s:>{w}}" for v, w in zip(row, widths)))
+    print("\nTargets:")
+    for t in report["targets"]:
+        print(
+            f"  {'met    ' if t['met'] else 'NOT MET'} {t['name']}: {t['value']} (target {t['target']})"
+        )
+    print(
+        f"\nwrote {out.relative_to(HERE.parent)} and benchmarks/results/{report['figures'][0]['path']}"
+    )
+
+
+if __name__ == "__main__":
+    main()
