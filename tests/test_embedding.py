@@ -163,6 +163,14 @@ def test_box_selection_in_the_browser_reaches_python(lab):
     )
     drag = page.locator(".js-plotly-plot.dal-map .nsewdrag").first
     drag.wait_for(state="visible", timeout=20_000)
+    # The axes can be drawn before the figure's data and layout arrive (a loaded machine):
+    # drag only once the browser holds the 400 points and the range set above.
+    page.wait_for_function(
+        "() => { const el = document.querySelector('.js-plotly-plot.dal-map');"
+        " return el && el.data && el.data[0].x && el.data[0].x.length === 400"
+        " && el._fullLayout.xaxis.range[0] === -8; }",
+        timeout=60_000,
+    )
     box = drag.bounding_box()
     # Drag from 20% to 60% of the plot area in x, 30% to 70% in y (screen y grows downwards).
     fx0, fx1, fy0, fy1 = 0.2, 0.6, 0.3, 0.7
