@@ -103,16 +103,23 @@ def run_task(task: dict) -> list[dict]:
     return [dict(r, strategy=task["strategy"]) for r in res.to_records()]
 
 
-def quartiles(values: list) -> str:
+def quartiles(values: list, budget: int) -> str:
+    """Median [quartiles] over seeds; a seed that never reached counts as more than the budget."""
     import numpy as np
 
-    got = [v for v in values if v is not None]
-    if not got:
-        return f"not reached ({len(values)} seeds)"
-    q = np.quantile(got, [0.25, 0.5, 0.75])
-    missing = len(values) - len(got)
-    text = f"{q[1]:.0f} [{q[0]:.0f}-{q[2]:.0f}]"
-    return text + (f", {missing} of {len(values)} seeds never" if missing else "")
+    vals = np.sort([np.inf if v is None else float(v) for v in values])
+    q25, q50, q75 = (
+        np.quantile(vals, 0.25, method="lower"),
+        np.median(vals) if np.isfinite(vals).all() else np.quantile(vals, 0.5, method="higher"),
+        np.quantile(vals, 0.75, method="higher"),
+    )
+
+    def fmt(v: float) -> str:
+        return f"{v:.0f}" if np.isfinite(v) else f">{budget}"
+
+    missing = int((~np.isfinite(vals)).sum())
+    text = f"{fmt(q50)} [{fmt(q25)}-{fmt(q75)}]"
+    return text + (f", {missing} of {len(vals)} seeds never" if missing else "")
 
 
 def median_or_none(values: list) -> float | None:
@@ -142,8 +149,8 @@ def build_report(args, records: list[dict], seconds: float) -> dict:
             [
                 n,
                 len(seeds[n]),
-                quartiles(r90[n]),
-                quartiles(r95[n]),
+                quartiles(r90[n], args.budget),
+                quartiles(r95[n], args.budget),
                 f"{res.aubc(n):.4f}",
                 f"{sec['train_s']:.2f} / {sec['infer_s']:.2f} / {sec['select_s']:.2f}",
                 "; ".join(f"{a} / {b} ({src})" for src, a, b in pub) if pub else "",
@@ -207,7 +214,17 @@ def build_report(args, records: list[dict], seconds: float) -> dict:
                     }
                 )
     figure = plot_curves(args, curves, names)
-    notes = [
+    finished = sorted({r["seed"] for r in records})
+    notes = (
+        []
+        if len(finished) >= args.seeds
+        else [
+            f"PARTIAL RUN: {len(finished)} of the {args.seeds} seeds finished for every strategy "
+            f"(seeds {', '.join(map(str, finished))}); the remaining runs continue with "
+            "`--resume` (finished runs are kept in benchmarks/results/*.records.jsonl)."
+        ]
+    )
+    notes += [
         f"Protocol: {proto['initial']} balanced initial labels, batches of {proto['batch']}, "
         f"up to {args.budget} labels, seeds {', '.join(map(str, sorted({r['seed'] for r in records})))}; "
         + (
@@ -410,6 +427,11 @@ def main() -> None:
     records = [
         r for (n, seed), recs in done.items() if n in args.names and seed < args.seeds for r in recs
     ]
+    # Report the seeds every strategy has finished, so that all rows compare the same seeds
+    # (an interrupted run keeps the rest in the records file for --resume).
+    complete = [seed for seed in range(args.seeds) if all((n, seed) in done for n in args.names)]
+    if complete:
+        records = [r for r in records if r["seed"] in complete]
     if not records:
         raise SystemExit("no records to report")
     # Wall time of the runs (also right for --report-only): their round times over the workers.

@@ -196,7 +196,11 @@ def render(docs: list[dict[str, Any]], failures: list[dict[str, Any]] | None = N
         summary.append(
             [
                 f"[{d['title']}](#{d['name']})",
-                "**QUICK**" if d.get("quick") else "full",
+                "**QUICK**"
+                if d.get("quick")
+                else "**PARTIAL** (see notes)"
+                if any(str(n).startswith("PARTIAL") for n in d.get("notes", []))
+                else "full",
                 verdict,
                 _when(d),
                 _commit(d.get("machine", {})),
