@@ -930,6 +930,7 @@ class Session:
         # The labels are repeated to weigh as much as the pseudo-labels: a few hundred true
         # labels must not drown in thousands of guesses (that costs accuracy as labels grow).
         reps = max(1, round(len(yp) / len(y)))
+        # As many steps as the supervised fit (min_epochs would multiply them by the new size).
         result = self._fit_with_oom_retry(
             student,
             torch.cat([X] * reps + [Xp]),
@@ -937,6 +938,7 @@ class Session:
             again,
             cancel,
             fit_seed + 7919,
+            cfg.with_(steps=max(1, first.steps), min_epochs=1),
         )
         seconds = first.seconds + (time.perf_counter() - t0)
         return student, replace(result, seconds=seconds)
@@ -975,9 +977,10 @@ class Session:
         callbacks: list[Callback],
         cancel: threading.Event,
         fit_seed: int,
+        config: TrainConfig | None = None,
     ) -> Any:
         """Fit; on CUDA out-of-memory, halve the batch size and retry once, then a clear error."""
-        config = self.train_config
+        config = config or self.train_config
         for attempt in range(2):
             try:
                 return fit(
