@@ -537,6 +537,8 @@ class Report:
         self.results = Path(results) if results is not None else RESULTS
         self.started = datetime.now(timezone.utc).isoformat(timespec="seconds")
         self._t0 = time.perf_counter()
+        #: Wall seconds to report instead of the time since creation (a report rebuilt later).
+        self.seconds: float | None = None
         self.notes: list[str] = []
         self.tables: list[dict[str, Any]] = []
         self.figures: list[dict[str, str]] = []
@@ -613,7 +615,9 @@ class Report:
             "command": self.command,
             "quick": self.quick,
             "started": self.started,
-            "seconds": round(time.perf_counter() - self._t0, 1),
+            "seconds": round(
+                time.perf_counter() - self._t0 if self.seconds is None else self.seconds, 1
+            ),
             "machine": machine(),
             "notes": self.notes,
             "tables": self.tables,

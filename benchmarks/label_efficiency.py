@@ -37,11 +37,13 @@ import json
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
+from datetime import datetime, timedelta, timezone
 from multiprocessing import get_context
 from pathlib import Path
 
+from _harness import RESULTS, Report
+
 HERE = Path(__file__).resolve().parent
-RESULTS = HERE / "results"
 MNIST_ROOT = HERE.parent.parent / "shared" / "data" / "mnist-test"
 DEFAULT_STRATEGIES = (
     "random,entropy,margin,variation_ratios,bald,batchbald,coreset,badge,typiclust,margin+pseudo"
@@ -131,7 +133,7 @@ def median_or_none(values: list) -> float | None:
     return None if not np.isfinite(m) else m
 
 
-def build_report(args, records: list[dict], seconds: float) -> dict:
+def build_report(args, records: list[dict], seconds: float) -> Report:
     import numpy as np
 
     from dal_widgets.simulation import SimulationResult
@@ -213,7 +215,21 @@ def build_report(args, records: list[dict], seconds: float) -> dict:
                         "met": bool(res.aubc(n) > res.aubc(plain_name)),
                     }
                 )
-    figure = plot_curves(args, curves, names)
+    name = f"label_efficiency{'' if args.dataset == 'mnist' else '_digits'}"
+    report = Report(
+        name + ("_quick" if args.quick else ""),
+        f"Label efficiency on {'MNIST' if args.dataset == 'mnist' else 'digits (embedded default)'}",
+        command=" ".join(
+            ["python", "benchmarks/label_efficiency.py"]
+            + [a for a in sys.argv[1:] if a != "--report-only"]
+        ),
+        quick=args.quick,
+    )
+    # Wall time of the runs, also when the report is rebuilt later from the records.
+    report.seconds = seconds
+    report.started = (datetime.now(timezone.utc) - timedelta(seconds=seconds)).isoformat(
+        timespec="seconds"
+    )
     finished = sorted({r["seed"] for r in records})
     notes = (
         []
@@ -249,71 +265,38 @@ def build_report(args, records: list[dict], seconds: float) -> dict:
         "Published numbers are for a 60,000-sample pool and other models; ours is 8,000 (fewer "
         "redundant near-duplicates for BALD to trip on, but also fewer good picks).",
     ]
-    from datetime import datetime, timedelta, timezone
-
-    started = datetime.now(timezone.utc) - timedelta(seconds=seconds)
-    return {
-        "schema": 1,
-        "started": started.isoformat(timespec="seconds"),
-        "data": {"published": PUBLISHED if args.dataset == "mnist" else {}},
-        "name": f"label_efficiency{'' if args.dataset == 'mnist' else '_digits'}",
-        "title": f"Label efficiency on {'MNIST' if args.dataset == 'mnist' else 'digits (embedded default)'}",
-        "command": " ".join(
-            ["python", "benchmarks/label_efficiency.py"]
-            + [a for a in sys.argv[1:] if a != "--report-only"]
-        ),
-        "machine": machine(),
-        "seconds": round(seconds, 1),
-        "quick": bool(args.quick),
-        "notes": notes,
-        "tables": [
-            {
-                "caption": "Per strategy: labels to reach 90% and 95% (median [quartiles] over seeds), AUBC, "
-                "seconds per round (train / inference / selection), published labels to 90% / 95%",
-                "columns": [
-                    "strategy",
-                    "seeds",
-                    "labels to 90%",
-                    "labels to 95%",
-                    "AUBC",
-                    "s/round train / infer / select",
-                    "published 90% / 95%",
-                ],
-                "rows": summary_rows,
-            },
-            {
-                "caption": "Held-out accuracy by number of labels: mean [q25-q75] over seeds",
-                "columns": ["labels", *names],
-                "rows": curve_rows,
-            },
+    for note in notes:
+        report.note(note)
+    report.table(
+        "Per strategy: labels to reach 90% and 95% (median [quartiles] over seeds), AUBC, "
+        "seconds per round (train / inference / selection), published labels to 90% / 95%",
+        [
+            "strategy",
+            "seeds",
+            "labels to 90%",
+            "labels to 95%",
+            "AUBC",
+            "s/round train / infer / select",
+            "published 90% / 95%",
         ],
-        "figures": [
-            {"path": figure, "caption": "Learning curves (mean, band: quartiles over seeds)"}
-        ],
-        "targets": targets,
-    }
+        summary_rows,
+    )
+    report.table(
+        "Held-out accuracy by number of labels: mean [q25-q75] over seeds",
+        ["labels", *names],
+        curve_rows,
+    )
+    for t in targets:
+        report.target(t["name"], t["value"], t["target"], t["met"])
+    plot_curves(report, args, curves, names)
+    report.data["published"] = PUBLISHED if args.dataset == "mnist" else {}
+    return report
 
 
-def machine() -> dict:
-    try:
-        sys.path.insert(0, str(HERE))
-        from _harness import machine as harness_machine  # the speed suite's description
-
-        return harness_machine()
-    except ImportError:
-        import os
-        import platform
-
-        return {"python": platform.python_version(), "cores": os.cpu_count()}
-
-
-def plot_curves(args, curves: dict, names: list[str]) -> str:
-    import matplotlib
-
-    matplotlib.use("Agg")
+def plot_curves(report: Report, args, curves: dict, names: list[str]) -> None:
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(9, 5.5), dpi=110)
+    fig, ax = report.subplots(figsize=(9, 5.5), dpi=110)
     cmap = plt.get_cmap("tab10")
     bases = list(dict.fromkeys(n.split("+")[0] for n in names))
     for n in names:
@@ -331,12 +314,7 @@ def plot_curves(args, curves: dict, names: list[str]) -> str:
     ax.set_title(f"Label efficiency: {args.dataset}")
     ax.grid(alpha=0.3)
     ax.legend(ncol=2, fontsize=8, loc="lower right")
-    RESULTS.mkdir(exist_ok=True)
-    name = f"label_efficiency_{args.dataset}{'_quick' if args.quick else ''}.png"
-    fig.tight_layout()
-    fig.savefig(RESULTS / name)
-    plt.close(fig)
-    return name
+    report.figure(fig, "curves", "Learning curves (mean, band: quartiles over seeds)")
 
 
 def main() -> None:
@@ -434,27 +412,9 @@ def main() -> None:
         records = [r for r in records if r["seed"] in complete]
     if not records:
         raise SystemExit("no records to report")
-    # Wall time of the runs (also right for --report-only): their round times over the workers.
+    # Wall time of the runs: their round times over the workers.
     report = build_report(args, records, sum(r["seconds"] for r in records) / args.jobs)
-    out = RESULTS / f"{report['name']}{'_quick' if args.quick else ''}.json"
-    out.write_text(json.dumps(report, indent=1, default=float))
-    for table in report["tables"]:
-        print(f"\n{table['caption']}")
-        widths = [
-            max(len(str(c)), *(len(str(r[i])) for r in table["rows"]))
-            for i, c in enumerate(table["columns"])
-        ]
-        print("  ".join(f"{c:>{w}}" for c, w in zip(table["columns"], widths)))
-        for row in table["rows"]:
-            print("  ".join(f"{v!s:>{w}}" for v, w in zip(row, widths)))
-    print("\nTargets:")
-    for t in report["targets"]:
-        print(
-            f"  {'met    ' if t['met'] else 'NOT MET'} {t['name']}: {t['value']} (target {t['target']})"
-        )
-    print(
-        f"\nwrote {out.relative_to(HERE.parent)} and benchmarks/results/{report['figures'][0]['path']}"
-    )
+    report.save()
 
 
 if __name__ == "__main__":
