@@ -44,7 +44,8 @@ Results file (``benchmarks/results/<name>.json``, schema 1)::
 
 ``machine()`` holds: cpu (model, from /proc/cpuinfo), cores, cores_usable (this process's CPU
 affinity), ram_gb, platform, python, numpy, torch, torch_threads, cuda, gpu, date (ISO 8601,
-UTC), commit (git HEAD) and dirty (uncommitted changes to tracked files).
+UTC), commit (git HEAD) and dirty (uncommitted changes to tracked files, leaving out the
+benchmarks' own outputs: ``benchmarks/results/`` and ``BENCHMARKS.md``).
 
 Other scripts (e.g. ``label_efficiency.py``) produce the same file with::
 
@@ -430,7 +431,16 @@ def machine() -> dict[str, Any]:
         "commit": _git("rev-parse", "HEAD"),
         "dirty": None,
     }
-    status = _git("status", "--porcelain", "--untracked-files=no")
+    # The benchmarks' own outputs do not count: a suite run rewrites them as it goes.
+    status = _git(
+        "status",
+        "--porcelain",
+        "--untracked-files=no",
+        "--",
+        ".",
+        ":(exclude)benchmarks/results",
+        ":(exclude)BENCHMARKS.md",
+    )
     info["dirty"] = None if status is None else bool(status)
     try:
         import numpy
