@@ -12,7 +12,10 @@ Model and schedule: the package's default image model (``SmallCNN``, LeNet-sized
 default random-affine augmentation (``TrainConfig.augment="auto"``), fitted from scratch each
 round with batches of 32 for 300 steps but at least 100 epochs (``min_epochs=100``): 300 steps
 up to 96 labels, 800 at 230, 1,000 at 300. In a pilot (random 230 labels, 2 seeds) a flat 300
-steps reached 0.924/0.938, 800 steps 0.950/0.954: small sets need few steps, larger ones more. ``NAME+pseudo`` runs strategy NAME with the
+steps reached 0.924/0.938, 800 steps 0.950/0.954: small sets need few steps, larger ones more.
+``--train-config default`` runs the library's defaults instead (``TrainConfig()``: 500 steps
+of 64 whatever the number of labels), to show what a user gets without tuning; its results go
+to ``label_efficiency_defaults.json``. ``NAME+pseudo`` runs strategy NAME with the
 semi-supervised option ``TrainConfig(pseudo_labels=0.95)`` (self-training on confident pool
 predictions).
 
@@ -28,6 +31,7 @@ full run is long on a CPU; it is not part of the test suite.
     python benchmarks/label_efficiency.py --quick                       # smoke run, ~1 min
     python benchmarks/label_efficiency.py --jobs 2 --resume             # the full MNIST run
     python benchmarks/label_efficiency.py --dataset digits --jobs 2 --resume
+    python benchmarks/label_efficiency.py --train-config default --strategies random,margin --seeds 3 --jobs 2
 """
 
 from __future__ import annotations
@@ -71,10 +75,10 @@ def load_dataset(name: str, root: str):
     return dal.datasets.digits()
 
 
-def train_config(name: str, pseudo: bool):
+def train_config(name: str, pseudo: bool, which: str = "tuned"):
     from dal_widgets.training import TrainConfig
 
-    if name == "mnist":
+    if name == "mnist" and which == "tuned":
         config = TrainConfig(steps=300, batch_size=32, min_epochs=100)
     else:
         config = TrainConfig()
@@ -100,7 +104,7 @@ def run_task(task: dict) -> list[dict]:
         budget=task["budget"],
         seeds=[task["seed"]],
         device="cpu",
-        train_config=train_config(task["dataset"], variant == "pseudo"),
+        train_config=train_config(task["dataset"], variant == "pseudo", task["train_config"]),
     )
     return [dict(r, strategy=task["strategy"]) for r in res.to_records()]
 
@@ -215,10 +219,10 @@ def build_report(args, records: list[dict], seconds: float) -> Report:
                         "met": bool(res.aubc(n) > res.aubc(plain_name)),
                     }
                 )
-    name = f"label_efficiency{'' if args.dataset == 'mnist' else '_digits'}"
     report = Report(
-        name + ("_quick" if args.quick else ""),
-        f"Label efficiency on {'MNIST' if args.dataset == 'mnist' else 'digits (embedded default)'}",
+        report_name(args),
+        f"Label efficiency on {'MNIST' if args.dataset == 'mnist' else 'digits (embedded default)'}"
+        + (" with the library's default TrainConfig()" if defaults_only(args) else ""),
         command=" ".join(
             ["python", "benchmarks/label_efficiency.py"]
             + [a for a in sys.argv[1:] if a != "--report-only"]
@@ -253,8 +257,12 @@ def build_report(args, records: list[dict], seconds: float) -> Report:
         + (
             "SmallCNN with random-affine augmentation, batches of 32, 300 steps but at least 100 "
             "epochs per fit (300 steps up to 96 labels, 1,000 at 300), from scratch each round."
+            if args.dataset == "mnist" and not defaults_only(args)
+            else "SmallCNN with random-affine augmentation and the library's default schedule "
+            "(TrainConfig(): 500 steps of 64 per fit, whatever the number of labels), from "
+            "scratch each round."
             if args.dataset == "mnist"
-            else "MLP (256-128, dropout 0.3), 500 steps of 64 per fit."
+            else "MLP (256-128, dropout 0.3), 500 steps of 64 per fit (the defaults)."
         )
         + " MC dropout: T=20 consistent masks. '+pseudo': TrainConfig(pseudo_labels=0.95), "
         "up to 200 pseudo-labels per class, labels repeated to weigh as much as the pseudo-labels.",
@@ -293,6 +301,21 @@ def build_report(args, records: list[dict], seconds: float) -> Report:
     return report
 
 
+def defaults_only(args) -> bool:
+    """MNIST run with the library's TrainConfig() instead of the tuned schedule."""
+    return args.dataset == "mnist" and args.train_config == "default"
+
+
+def report_name(args) -> str:
+    """Results file stem: label_efficiency, label_efficiency_digits, label_efficiency_defaults."""
+    name = "label_efficiency"
+    if args.dataset != "mnist":
+        name += f"_{args.dataset}"
+    if defaults_only(args):
+        name += "_defaults"
+    return name + ("_quick" if args.quick else "")
+
+
 def plot_curves(report: Report, args, curves: dict, names: list[str]) -> None:
     import matplotlib.pyplot as plt
 
@@ -311,7 +334,10 @@ def plot_curves(report: Report, args, curves: dict, names: list[str]) -> None:
     ax.set_ylim(max(0.0, low - 0.02), 1.0)
     ax.set_xlabel("labels")
     ax.set_ylabel("held-out accuracy")
-    ax.set_title(f"Label efficiency: {args.dataset}")
+    ax.set_title(
+        f"Label efficiency: {args.dataset}"
+        + (", library default TrainConfig()" if defaults_only(args) else "")
+    )
     ax.grid(alpha=0.3)
     ax.legend(ncol=2, fontsize=8, loc="lower right")
     report.figure(fig, "curves", "Learning curves (mean, band: quartiles over seeds)")
@@ -339,6 +365,13 @@ def main() -> None:
     parser.add_argument(
         "--report-only", action="store_true", help="rebuild the report from the records"
     )
+    parser.add_argument(
+        "--train-config",
+        choices=("tuned", "default"),
+        default="tuned",
+        help="MNIST schedule: tuned (300 steps of 32, at least 100 epochs) or the library's "
+        "TrainConfig() (500 steps of 64); digits always uses the defaults",
+    )
     parser.add_argument("--quick", action="store_true", help="random and margin, 1 seed, 60 labels")
     args = parser.parse_args()
 
@@ -348,8 +381,10 @@ def main() -> None:
     args.seeds = args.seeds or proto["seeds"]
     args.budget = args.budget or proto["budget"]
     args.names = [s.strip() for s in args.strategies.split(",") if s.strip()]
-    tag = f"{args.dataset}{'_quick' if args.quick else ''}"
-    records_path = RESULTS / f"label_efficiency_{tag}.records.jsonl"
+    # Records beside the results: label_efficiency_mnist.records.jsonl (the tuned MNIST run),
+    # label_efficiency_digits..., label_efficiency_mnist_defaults..., each also with _quick.
+    tag = args.dataset + ("_defaults" if defaults_only(args) else "")
+    records_path = RESULTS / f"label_efficiency_{tag}{'_quick' if args.quick else ''}.records.jsonl"
     RESULTS.mkdir(exist_ok=True)
 
     import dal_widgets as dal
@@ -374,6 +409,7 @@ def main() -> None:
             "batch": proto["batch"],
             "budget": args.budget,
             "threads": 1 if args.jobs > 1 else 2,
+            "train_config": args.train_config,
         }
         for seed in range(args.seeds)
         for n in args.names

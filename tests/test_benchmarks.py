@@ -1,0 +1,153 @@
+"""The benchmark harness and BENCHMARKS.md rendering (benchmarks/_harness.py, run_all.py).
+
+These run no benchmark: they build reports from made-up figures and check what the rendered
+BENCHMARKS.md says about them (order, QUICK / PARTIAL marks, missed targets, escaping).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+@pytest.fixture(scope="module")
+def bench():
+    sys.path.insert(0, str(BENCH))
+    try:
+        import _harness
+        import label_efficiency
+        import run_all
+
+        yield _harness, run_all, label_efficiency
+    finally:
+        sys.path.remove(str(BENCH))
+
+
+def _report(harness, tmp_path, name, *, quick=False, met=True, notes=()):
+    report = harness.Report(
+        name, f"Title of {name}", command=f"python {name}.py", quick=quick, results=tmp_path
+    )
+    report.table("figures", ["case", "ms"], [["a | b", 1.5], ["c", None]])
+    report.target(f"{name} speed", 1.5, "< 2 ms", met)
+    for n in notes:
+        report.note(n)
+    report.save()
+    return report
+
+
+def test_render_orders_variants_after_their_script_and_marks_runs(bench, tmp_path, capsys):
+    harness, run_all, _ = bench
+    _report(harness, tmp_path, "widgets")
+    _report(harness, tmp_path, "label_efficiency_digits")
+    _report(harness, tmp_path, "strategies", met=False)
+    _report(harness, tmp_path, "label_efficiency", notes=["PARTIAL RUN: 3 of the 5 seeds"])
+    _report(harness, tmp_path, "training", quick=True)
+    _report(harness, tmp_path, "zzz_other")
+    capsys.readouterr()
+
+    docs = run_all.load_results(tmp_path)
+    assert [d["name"] for d in docs] == [
+        "label_efficiency",
+        "label_efficiency_digits",
+        "strategies",
+        "training",
+        "widgets",
+        "zzz_other",
+    ]
+    text = run_all.render(docs)
+    summary = text.split("## Summary")[1].split('<a id="label_efficiency">')[0]
+    rows = {
+        line.split("](#")[1].split(")")[0]: line for line in summary.splitlines() if "](#" in line
+    }
+    assert "**PARTIAL** (see notes)" in rows["label_efficiency"]
+    assert "| full |" in rows["label_efficiency_digits"]
+    assert "**QUICK**" in rows["training"]
+    assert "0/1 met (NOT met: strategies speed)" in rows["strategies"]
+    assert "1/1 met" in rows["widgets"]
+    assert "QUICK RUN RESULTS: `training`" in text
+    assert "No results yet for: `projection`, `map_browser`." in text
+    # A cell's pipe is escaped, so the table keeps its columns.
+    assert "| a \\| b | 1.5 |" in text
+    assert "**NOT met**" in text
+    # The same files render the same text.
+    assert run_all.render(run_all.load_results(tmp_path)) == text
+
+
+def test_load_results_skips_files_that_are_not_reports(bench, tmp_path, capsys):
+    harness, run_all, _ = bench
+    _report(harness, tmp_path, "widgets")
+    (tmp_path / "broken.json").write_text("{not json")
+    (tmp_path / "other.json").write_text(json.dumps({"something": "else"}))
+    docs = run_all.load_results(tmp_path)
+    assert [d["name"] for d in docs] == ["widgets"]
+    assert "skipping" in capsys.readouterr().err
+
+
+def test_report_rejects_a_row_of_the_wrong_width(bench, tmp_path):
+    harness, _, _ = bench
+    report = harness.Report("x", "X", command="x", results=tmp_path)
+    with pytest.raises(ValueError, match="2 cells for 3 columns"):
+        report.table("t", ["a", "b", "c"], [[1, 2]])
+
+
+def test_label_efficiency_quartiles_count_seeds_that_never_reach(bench):
+    _, _, le = bench
+    assert le.quartiles([60, 70, 80, 90, 100], 300) == "80 [70-90]"
+    # Two of five seeds never reached: the median is the third value, the upper quartile is
+    # "more than the budget", and the row says how many never did.
+    assert le.quartiles([60, 70, 80, None, None], 300) == "80 [70->300], 2 of 5 seeds never"
+    assert le.median_or_none([60, None, None]) is None
+    assert le.median_or_none([60, 80, None]) == 80
+
+
+def test_label_efficiency_names_its_results_by_dataset_and_schedule(bench):
+    _, _, le = bench
+
+    class Args:
+        dataset, train_config, quick = "mnist", "tuned", False
+
+    args = Args()
+    assert le.report_name(args) == "label_efficiency"
+    args.train_config = "default"
+    assert le.report_name(args) == "label_efficiency_defaults"
+    args.quick = True
+    assert le.report_name(args) == "label_efficiency_defaults_quick"
+    args.dataset, args.quick = "digits", False
+    assert le.report_name(args) == "label_efficiency_digits"  # digits has one schedule
+    config = le.train_config("mnist", pseudo=False, which="tuned")
+    assert (config.steps, config.batch_size, config.min_epochs) == (300, 32, 100)
+    from dal_widgets.training import TrainConfig
+
+    assert le.train_config("mnist", pseudo=False, which="default") == TrainConfig()
+    assert le.train_config("mnist", pseudo=True, which="default").pseudo_labels == 0.95
+
+
+def test_machine_counts_code_changes_as_dirty_but_not_benchmark_outputs(
+    bench, tmp_path, monkeypatch
+):
+    harness, _, _ = bench
+    import subprocess
+
+    def git(*args):
+        subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True)
+
+    (tmp_path / "benchmarks" / "results").mkdir(parents=True)
+    (tmp_path / "benchmarks" / "results" / "widgets.json").write_text("{}")
+    (tmp_path / "BENCHMARKS.md").write_text("# Benchmarks\n")
+    (tmp_path / "code.py").write_text("x = 1\n")
+    git("init", "-q")
+    git("add", "-A")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init")
+    monkeypatch.setattr(harness, "REPO", tmp_path)
+    assert harness.machine()["dirty"] is False
+    # A suite run rewrites its own outputs as it goes: still the committed code.
+    (tmp_path / "benchmarks" / "results" / "widgets.json").write_text('{"a": 1}')
+    (tmp_path / "BENCHMARKS.md").write_text("# Benchmarks, again\n")
+    assert harness.machine()["dirty"] is False
+    (tmp_path / "code.py").write_text("x = 2\n")
+    assert harness.machine()["dirty"] is True
