@@ -67,6 +67,28 @@ def test_callbacks_see_every_hook_and_can_stop():
     assert res.steps == 6 and not res.cancelled
 
 
+def test_an_epoch_is_cut_into_batches_of_equal_size():
+    # 130 labels at batch_size 32: five batches of 26 per epoch, not 32, 32, 32, 32 and 2
+    # (a 2-sample step is noisy and weighs as much as a full one).
+    sizes = []
+
+    class Sizes(Callback):
+        def on_batch_end(self, state):
+            sizes.append(state.samples_seen - sum(sizes))
+
+    X, y = toy(130)
+    res = fit(MLP(4, 2), X, y, config=TrainConfig(steps=10, batch_size=32), callbacks=[Sizes()])
+    assert res.steps == 10 and sizes == [26] * 10
+    sizes.clear()
+    X, y = toy(100)  # 4 batches: 25 each
+    fit(MLP(4, 2), X, y, config=TrainConfig(steps=4, batch_size=32), callbacks=[Sizes()])
+    assert sizes == [25] * 4
+    sizes.clear()
+    X, y = toy(7)  # fewer labels than a batch: one batch of all
+    fit(MLP(4, 2), X, y, config=TrainConfig(steps=3, batch_size=32), callbacks=[Sizes()])
+    assert sizes == [7] * 3
+
+
 def test_stop_event_cancels():
     X, y = toy()
     ev = threading.Event()

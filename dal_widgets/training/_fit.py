@@ -45,6 +45,8 @@ class TrainConfig:
     min_epochs, max_epochs : int
         Bounds on passes over the labeled set.
     batch_size : int
+        The largest batch: each epoch is cut into ``ceil(labels / batch_size)`` batches of
+        equal size (130 labels at 32 give five batches of 26), so no epoch ends on a tiny batch.
     lr, weight_decay : float
         Adam's learning rate and L2 weight decay.
     inference_batch_size : int
@@ -365,8 +367,9 @@ def fit(
             for cb in callbacks:
                 cb.on_epoch_begin(state)
             order = torch.randperm(n, generator=gen).to(X.device)
-            for start in range(0, n, batch):
-                idx = order[start : start + batch]
+            # per_epoch batches of equal size (+-1): 130 labels in batches of 32 give five of
+            # 26, not four of 32 and one of 2 whose noisy step would weigh as much as the rest.
+            for idx in torch.tensor_split(order, per_epoch):
                 optimizer.zero_grad(set_to_none=True)
                 with torch.autocast(
                     X.device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None
