@@ -15,7 +15,9 @@ up to 96 labels, 800 at 230, 1,000 at 300. In a pilot (random 230 labels, 2 seed
 steps reached 0.924/0.938, 800 steps 0.950/0.954: small sets need few steps, larger ones more.
 ``--train-config default`` runs the library's defaults instead (``TrainConfig()``: 500 steps
 of 64 whatever the number of labels), to show what a user gets without tuning; its results go
-to ``label_efficiency_defaults.json``. ``NAME+pseudo`` runs strategy NAME with the
+to ``label_efficiency_defaults.json``. That pilot predates equal-size batches (an epoch used to
+end on a remainder batch of a few samples); with them, the defaults did better than this
+schedule for random and margin (2026-12-01, 5 seeds), so the next full run should use them. ``NAME+pseudo`` runs strategy NAME with the
 semi-supervised option ``TrainConfig(pseudo_labels=0.95)`` (self-training on confident pool
 predictions).
 
