@@ -17,8 +17,8 @@ steps reached 0.924/0.938, 800 steps 0.950/0.954: small sets need few steps, lar
 of 64 whatever the number of labels), to show what a user gets without tuning; its results go
 to ``label_efficiency_defaults.json``. That pilot predates equal-size batches (an epoch used to
 end on a remainder batch of a few samples); with them, the defaults did better than this
-schedule for random and margin (2026-12-01, 5 seeds), so the next full run should use them. ``NAME+pseudo`` runs strategy NAME with the
-semi-supervised option ``TrainConfig(pseudo_labels=0.95)`` (self-training on confident pool
+schedule for random and margin (2026-12-01, 5 seeds), so the next full run should use them.
+``NAME+pseudo`` runs strategy NAME with the semi-supervised option ``TrainConfig(pseudo_labels=0.95)`` (self-training on confident pool
 predictions).
 
 Published reference points (60k pool): Gal et al. 2017, labels to 90% / 95%: Var-Ratios
@@ -33,7 +33,7 @@ full run is long on a CPU; it is not part of the test suite.
     python benchmarks/label_efficiency.py --quick                       # smoke run, ~1 min
     python benchmarks/label_efficiency.py --jobs 2 --resume             # the full MNIST run
     python benchmarks/label_efficiency.py --dataset digits --jobs 2 --resume
-    python benchmarks/label_efficiency.py --train-config default --strategies random,margin --seeds 3 --jobs 2
+    python benchmarks/label_efficiency.py --train-config default --strategies random,margin --jobs 2
 """
 
 from __future__ import annotations
@@ -256,16 +256,7 @@ def build_report(args, records: list[dict], seconds: float) -> Report:
             else "scikit-learn digits, pool 1,438 / held-out 359 (the package default split)."
         ),
         "Model: the default "
-        + (
-            "SmallCNN with random-affine augmentation, batches of 32, 300 steps but at least 100 "
-            "epochs per fit (300 steps up to 96 labels, 1,000 at 300), from scratch each round."
-            if args.dataset == "mnist" and not defaults_only(args)
-            else "SmallCNN with random-affine augmentation and the library's default schedule "
-            "(TrainConfig(): 500 steps of 64 per fit, whatever the number of labels), from "
-            "scratch each round."
-            if args.dataset == "mnist"
-            else "MLP (256-128, dropout 0.3), 500 steps of 64 per fit (the defaults)."
-        )
+        + model_note(args)
         + " MC dropout: T=20 consistent masks. '+pseudo': TrainConfig(pseudo_labels=0.95), "
         "up to 200 pseudo-labels per class, labels repeated to weigh as much as the pseudo-labels.",
         "Labels to reach: per seed, the first labeled-set size whose held-out accuracy reaches "
@@ -301,6 +292,22 @@ def build_report(args, records: list[dict], seconds: float) -> Report:
     plot_curves(report, args, curves, names)
     report.data["published"] = PUBLISHED if args.dataset == "mnist" else {}
     return report
+
+
+def model_note(args) -> str:
+    """The model and schedule a run used, for the report's notes."""
+    if args.dataset != "mnist":
+        return "MLP (256-128, dropout 0.3), 500 steps of 64 per fit (the defaults)."
+    if defaults_only(args):
+        return (
+            "SmallCNN with random-affine augmentation and the library's default schedule "
+            "(TrainConfig(): 500 steps of 64 per fit, whatever the number of labels), from "
+            "scratch each round."
+        )
+    return (
+        "SmallCNN with random-affine augmentation, batches of 32, 300 steps but at least 100 "
+        "epochs per fit (300 steps up to 96 labels, 1,000 at 300), from scratch each round."
+    )
 
 
 def defaults_only(args) -> bool:
@@ -383,10 +390,7 @@ def main() -> None:
     args.seeds = args.seeds or proto["seeds"]
     args.budget = args.budget or proto["budget"]
     args.names = [s.strip() for s in args.strategies.split(",") if s.strip()]
-    # Records beside the results: label_efficiency_mnist.records.jsonl (the tuned MNIST run),
-    # label_efficiency_digits..., label_efficiency_mnist_defaults..., each also with _quick.
-    tag = args.dataset + ("_defaults" if defaults_only(args) else "")
-    records_path = RESULTS / f"label_efficiency_{tag}{'_quick' if args.quick else ''}.records.jsonl"
+    records_path = RESULTS / f"{report_name(args)}.records.jsonl"  # beside <name>.json
     RESULTS.mkdir(exist_ok=True)
 
     import dal_widgets as dal

@@ -330,8 +330,7 @@ def fit(
     n = int(X.shape[0])
     if n == 0:
         raise ValueError("fit needs at least one labeled sample. Got 0.")
-    batch = min(config.batch_size, n)
-    per_epoch = math.ceil(n / batch)
+    per_epoch = math.ceil(n / min(config.batch_size, n))
     epochs = int(np.clip(math.ceil(config.steps / per_epoch), config.min_epochs, config.max_epochs))
     state = FitState(model=model, epochs=epochs, steps=epochs * per_epoch)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
