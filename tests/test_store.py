@@ -407,3 +407,542 @@ def test_multi_label_store_round_trips_sets(path, tmp_path):
     with pytest.raises(StoreMismatchError, match="multi-label"):
         open_store(path)  # a single-label session cannot open it
     assert open_store(path, multi_label=True).labels[1] == ("cat", "eel")
+
+
+# ---------------------------------------------------------------- one writer, whatever the path
+def _try_writer_in_child(path):
+    code = textwrap.dedent(f"""
+        from dal_widgets.store import LabelStore, StoreError, StoreLockedError
+        try:
+            s = LabelStore({str(path)!r}, fingerprint="fp1", classes={CLASSES!r})
+        except StoreLockedError as e:
+            print("LOCKED", e)
+        except StoreError as e:
+            print("REFUSED", e)
+        else:
+            s.label([99], ["eel"])
+            print("WROTE")
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
+@pytest.mark.parametrize("link", ["symlink", "hardlink"])
+def test_second_process_through_a_link_is_refused(tmp_path, path, link):
+    s = open_store(path)
+    s.label([1], ["cat"])
+    other = tmp_path / "elsewhere" / "alias.db"
+    other.parent.mkdir()
+    if link == "symlink":
+        other.symlink_to(path)
+    else:
+        other.hardlink_to(path)
+    out = _try_writer_in_child(other)
+    assert out.startswith("LOCKED"), out
+    assert s.labels == {1: "cat"}
+    s.label([2], ["dog"])  # still ours
+    s.close()
+    out = _try_writer_in_child(other)  # released on close
+    if link == "symlink":
+        assert out.startswith("WROTE"), out
+    else:  # a second name of the file would get a write-ahead log of its own
+        assert out.startswith("REFUSED") and "2 hard links" in out, out
+
+
+def test_closing_another_connection_keeps_the_write_lock(path):
+    # Closing any descriptor of a file drops the process's POSIX locks on it: the write lock
+    # must not be one of those.
+    s = open_store(path)
+    s.label([1], ["cat"])
+    reader = open_store(path, read_only=True)
+    reader.close()
+    conn = sqlite3.connect(path)
+    conn.execute("SELECT count(*) FROM state").fetchone()
+    conn.close()
+    assert _try_writer_in_child(path).startswith("LOCKED")
+    s.close()
+
+
+def test_hard_linked_store_is_refused_and_the_open_one_kept(tmp_path, path):
+    first = open_store(path)
+    first.label([1], ["cat"])
+    alias = tmp_path / "alias.db"
+    alias.hardlink_to(path)
+    for name in (alias, path):
+        with pytest.raises(StoreError, match="2 hard links"):
+            open_store(name)
+        with pytest.raises(StoreError, match="2 hard links"):
+            open_store(name, read_only=True)
+    assert not first.closed
+    first.label([2], ["dog"])
+    first.close()
+    alias.unlink()
+    assert open_store(path).labels == {1: "cat", 2: "dog"}
+
+
+def test_reopening_through_a_symlink_in_same_process_takes_over(tmp_path, path):
+    first = open_store(path)
+    first.label([1], ["cat"])
+    alias = tmp_path / "alias.db"
+    alias.symlink_to(path)
+    second = open_store(alias)
+    assert first.closed and second.labels == {1: "cat"}
+    second.label([2], ["dog"])
+    assert sorted(p.name for p in tmp_path.iterdir() if "wal" in p.name) == ["labels.db-wal"]
+
+
+def test_store_keeps_no_side_files(tmp_path, path):
+    s = open_store(path)
+    s.label([1], ["cat"])
+    assert not (tmp_path / "labels.db.lock").exists()
+    s.close()
+    # A closed store is one self-contained file: no lock file, no -wal, no -shm.
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["labels.db"]
+    assert open_store(path, read_only=True).labels == {1: "cat"}
+
+
+# ---------------------------------------------------------------- read-only where we cannot write
+def _sigkilled_writer(path, ids, hold_reader=True):
+    """A child labels ids one action each (a reader holding an old snapshot keeps the labels in
+    -wal), prints after each returned label and is SIGKILLed."""
+    code = textwrap.dedent(f"""
+        import os, signal, sqlite3
+        from dal_widgets.store import LabelStore
+        s = LabelStore({str(path)!r}, fingerprint="fp1", classes={CLASSES!r})
+        if {hold_reader!r}:
+            r = sqlite3.connect({str(path)!r}, isolation_level=None)
+            r.execute("BEGIN")
+            r.execute("SELECT count(*) FROM state").fetchone()
+        for i in {list(ids)!r}:
+            s.label([i], ["dog"])
+        print("done", flush=True)
+        os.kill(os.getpid(), signal.SIGKILL)
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == -signal.SIGKILL and out.stdout.strip() == "done", out.stderr
+
+
+def _old_style_wal_store(path):
+    """A store closed cleanly while still in WAL mode (as stores were before 0.x)."""
+    s = open_store(path)
+    s.label([1, 2], ["cat", "dog"])
+    s.close()
+    conn = sqlite3.connect(path)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.close()
+
+
+@pytest.mark.parametrize("case", ["clean", "wal-clean", "killed", "killed-no-shm"])
+def test_read_only_in_a_folder_we_cannot_write(tmp_path, path, monkeypatch, case):
+    import dal_widgets.store as store_mod
+
+    expected = {1: "cat", 2: "dog"}
+    if case == "clean":
+        s = open_store(path)
+        s.label([1, 2], ["cat", "dog"])
+        s.close()
+    elif case == "wal-clean":
+        _old_style_wal_store(path)
+    else:
+        _sigkilled_writer(path, [1, 2, 3])
+        expected = {1: "dog", 2: "dog", 3: "dog"}
+        assert (tmp_path / "labels.db-wal").stat().st_size > 0
+        if case == "killed-no-shm":
+            (tmp_path / "labels.db-shm").unlink()
+    before = sorted(p.name for p in tmp_path.iterdir())
+    monkeypatch.setattr(store_mod, "_folder_writable", lambda folder: False)
+    ro = open_store(path, read_only=True)
+    assert ro.labels == expected and len(ro.records()) == len(expected)
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing written there
+    ro.close()
+
+
+def test_read_only_in_unwritable_folder_while_a_writer_labels(tmp_path, path, monkeypatch):
+    import dal_widgets.store as store_mod
+
+    code = textwrap.dedent(f"""
+        import sys
+        from dal_widgets.store import LabelStore
+        s = LabelStore({path!r}, fingerprint="fp1", classes={CLASSES!r})
+        s.label([1], ["cat"])
+        print("ready", flush=True)
+        sys.stdin.readline()
+    """)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert proc.stdout.readline().strip() == "ready"
+        monkeypatch.setattr(store_mod, "_folder_writable", lambda folder: False)
+        # The live writer keeps -wal and -shm, which SQLite can read in place.
+        assert open_store(path, read_only=True).labels == {1: "cat"}
+    finally:
+        proc.communicate("\n", timeout=30)
+
+
+def _run_as_nobody(code):
+    import os
+    import pwd
+    import shutil
+
+    if os.geteuid() != 0 or shutil.which("setpriv") is None:
+        pytest.skip("needs root and setpriv to run a child as another user")
+    try:
+        nobody = pwd.getpwnam("nobody")
+    except KeyError:
+        pytest.skip("no 'nobody' user")
+    drop = [f"--reuid={nobody.pw_uid}", f"--regid={nobody.pw_gid}", "--clear-groups"]
+    out = subprocess.run(
+        ["setpriv", *drop, sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd="/",
+    )
+    if "Permission denied" in out.stderr and "Traceback" not in out.stderr:
+        pytest.skip(f"user nobody cannot run this Python: {out.stderr.strip()}")
+    return out
+
+
+@pytest.mark.parametrize("case", ["clean", "wal-clean", "killed"])
+def test_read_only_as_another_user_in_their_folder(case):
+    """The real thing: a colleague (another user) reads a store in a folder they cannot write."""
+    import os
+    import shutil
+    import tempfile
+
+    folder = tempfile.mkdtemp(prefix="dal-ro-")
+    try:
+        os.chmod(folder, 0o755)
+        path = os.path.join(folder, "labels.db")
+        expected = {1: "cat", 2: "dog"}
+        if case == "clean":
+            s = open_store(path)
+            s.label([1, 2], ["cat", "dog"])
+            s.close()
+        elif case == "wal-clean":
+            _old_style_wal_store(path)
+        else:
+            _sigkilled_writer(path, [1, 2, 3])
+            expected = {1: "dog", 2: "dog", 3: "dog"}
+        for name in os.listdir(folder):
+            os.chmod(os.path.join(folder, name), 0o644)
+        code = textwrap.dedent(f"""
+            from dal_widgets.store import LabelStore
+            ro = LabelStore({path!r}, fingerprint="fp1", classes={CLASSES!r}, read_only=True)
+            print(sorted(ro.labels.items()))
+            print(sorted(LabelStore.open({path!r}).labels.items()))
+        """)
+        out = _run_as_nobody(code)
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.split("\n")[:2] == [str(sorted(expected.items()))] * 2, out.stderr
+    finally:
+        shutil.rmtree(folder)
+
+
+def test_sigkilled_writer_wal_is_seen_by_readers(path):
+    _sigkilled_writer(path, range(20))
+    assert open_store(path, read_only=True).labels == dict.fromkeys(range(20), "dog")
+    again = open_store(path)
+    assert again.labels == dict.fromkeys(range(20), "dog")
+
+
+# ---------------------------------------------------------------- copies and backups
+def test_plain_copy_of_the_db_alone_has_every_returned_label(tmp_path, path):
+    s = open_store(path)
+    copies = tmp_path / "copies"
+    copies.mkdir()
+    for i in range(5):
+        s.label([i], ["cat"])
+        # what `cp labels.db` gives mid-session: the main file only, without -wal
+        (copies / f"copy{i}.db").write_bytes((tmp_path / "labels.db").read_bytes())
+    for i in range(5):
+        assert open_store(copies / f"copy{i}.db", read_only=True).labels == dict.fromkeys(
+            range(i + 1), "cat"
+        )
+
+
+def test_backup_while_another_thread_labels(tmp_path, path):
+    import threading
+
+    s = open_store(path)
+    n = 300
+    errors = []
+
+    def label():
+        try:
+            for i in range(n):
+                s.label([i], ["dog"])
+        except Exception as exc:  # noqa: BLE001 (reported below)
+            errors.append(exc)
+
+    worker = threading.Thread(target=label)
+    worker.start()
+    sizes = []
+    k = 0
+    while worker.is_alive() or k == 0:
+        out = s.backup(tmp_path / f"b{k}.db")
+        labels = open_store(out, read_only=True).labels
+        # a consistent snapshot: the first len(labels) actions, nothing torn
+        assert labels == dict.fromkeys(range(len(labels)), "dog")
+        sizes.append(len(labels))
+        k += 1
+    worker.join()
+    assert not errors
+    final = s.backup(tmp_path / "final.db")
+    assert final == tmp_path / "final.db"
+    assert open_store(final, read_only=True).labels == dict.fromkeys(range(n), "dog")
+    assert sizes == sorted(sizes)
+    conn = sqlite3.connect(final)
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "delete"  # one self-contained file
+    conn.close()
+    assert not list(tmp_path.glob(".*.tmp*"))  # no temporary files left
+
+
+def test_backup_errors_name_the_path(tmp_path, path):
+    s = open_store(path)
+    s.label([1], ["cat"])
+    missing = tmp_path / "missing" / "b.db"
+    with pytest.raises(StoreError, match=str(missing)):
+        s.backup(missing)
+    with pytest.raises(StoreError, match="folder"):
+        s.backup(tmp_path)
+    with pytest.raises(ValueError, match="'path'.*own file"):
+        s.backup(path)
+    with pytest.raises(TypeError, match="'path' parameter of LabelStore.backup"):
+        s.backup(3)
+    memory = open_store(":memory:")
+    memory.label([5], ["eel"])
+    assert open_store(memory.backup(tmp_path / "m.db"), read_only=True).labels == {5: "eel"}
+    s.close()
+    with pytest.raises(StoreClosedError):
+        s.backup(tmp_path / "late.db")
+
+
+# ---------------------------------------------------------------- damaged stores
+@pytest.mark.parametrize(
+    ("sql", "match"),
+    [
+        ("UPDATE meta SET value = 'abc' WHERE key = 'schema_version'", "'schema_version'"),
+        ("UPDATE meta SET value = '[cat' WHERE key = 'classes'", "'classes'"),
+        ("UPDATE meta SET value = '{\"a\": 1}' WHERE key = 'classes'", "'classes'"),
+        ("UPDATE meta SET value = '[\"cat\", 3]' WHERE key = 'classes'", "'classes'"),
+        ("DELETE FROM meta WHERE key = 'round'", "'round'"),
+        ("UPDATE meta SET value = 'two' WHERE key = 'round'", "'round'"),
+        ("UPDATE meta SET value = 'yes' WHERE key = 'multi_label'", "'multi_label'"),
+        ("UPDATE state SET value = 'wolf' WHERE field = 'label'", "'wolf'"),
+    ],
+)
+@pytest.mark.parametrize("read_only", [False, True])
+def test_damaged_store_rows_raise_store_error(path, sql, match, read_only):
+    s = open_store(path)
+    s.label([1], ["cat"])
+    s.close()
+    conn = sqlite3.connect(path)
+    conn.execute(sql)
+    conn.commit()
+    conn.close()
+    with pytest.raises(StoreError, match=match) as info:
+        open_store(path, read_only=read_only)
+    assert path in str(info.value) and "damaged" in str(info.value)
+    # a failed open leaves the file free for the next one
+    with pytest.raises(StoreError, match=match):
+        LabelStore.open(path, read_only=read_only)
+
+
+@pytest.mark.parametrize("value", ["[cat", '"cat"', '["wolf"]', "[1]"])
+def test_damaged_multi_label_value_raises_store_error(path, value):
+    s = open_store(path, multi_label=True)
+    s.label([1], [["cat"]])
+    s.close()
+    conn = sqlite3.connect(path)
+    conn.execute("UPDATE state SET value = ? WHERE field = 'label'", (value,))
+    conn.commit()
+    conn.close()
+    with pytest.raises(StoreError, match="damaged.*sample 1"):
+        open_store(path, multi_label=True)
+
+
+# ---------------------------------------------------------------- parameter types
+@pytest.mark.parametrize("bad", [123, b"x.db", None, 1.5, ["x.db"]])
+def test_store_path_type_is_checked(tmp_path, monkeypatch, bad):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(TypeError, match="'store' parameter of LabelStore must be a str or"):
+        open_store(bad)
+    with pytest.raises(TypeError, match="'store' parameter of LabelStore.open"):
+        LabelStore.open(bad)
+    assert list(tmp_path.iterdir()) == []  # no file named '123' or "b'x.db'"
+
+
+# ---------------------------------------------------------------- export leftovers
+def test_export_removes_stale_temporary_files(tmp_path, path):
+    import os
+
+    s = open_store(path)
+    s.label([1], ["cat"])
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        stale = [
+            tmp_path / f".out.csv.{dead.pid}.tmp",  # an export killed by an older version
+            tmp_path / f".out.csv.{dead.pid}.0a1b2c3d.tmp",  # a killed export
+            tmp_path / f".out.csv.{os.getpid()}.0a1b2c3e.tmp",  # an interrupted one of ours
+            tmp_path / f".out.csv.{live.pid}.0a1b2c3f.tmp",  # pid reused long after
+        ]
+        keep = [
+            tmp_path / f".out.csv.{live.pid}.0a1b2c40.tmp",  # another process exporting now
+            tmp_path / f".other.csv.{dead.pid}.tmp",  # another target
+            tmp_path / ".out.csv.notes.tmp",  # not ours
+        ]
+        for p in stale + keep:
+            p.write_text("partial")
+        old = time.time() - 2 * 3600
+        os.utime(stale[-1], (old, old))
+        s.export(tmp_path / "out.csv")
+        assert [p.name for p in stale if p.exists()] == []
+        assert all(p.exists() for p in keep)
+        assert (tmp_path / "out.csv").read_text().startswith("sample_id")
+    finally:
+        live.kill()
+        live.wait()
+
+
+def test_interrupted_export_leaves_no_temporary_file(tmp_path, path, monkeypatch):
+    import os
+
+    s = open_store(path)
+    s.label([1], ["cat"])
+
+    def interrupted(fd):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(os, "fsync", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        s.export(tmp_path / "out.csv")
+    monkeypatch.undo()
+    assert sorted(p.name for p in tmp_path.iterdir() if "out" in p.name) == []
+
+
+# ---------------------------------------------------------------- close callbacks
+def test_close_callbacks_run_once_outside_the_lock(path):
+    import threading
+
+    first = open_store(path)
+    first.label([1], ["cat"])
+    calls = []
+
+    def record(reason):
+        # Another thread can use the store's lock while callbacks run.
+        t = threading.Thread(target=lambda: calls.append(("labels", first.labels)))
+        t.start()
+        t.join(timeout=5)
+        calls.append(("reason", reason))
+
+    def broken(reason):
+        raise RuntimeError("callback failed")
+
+    first.add_close_callback(broken)
+    first.add_close_callback(record)
+    unsubscribe = first.add_close_callback(lambda reason: calls.append(("unsubscribed", reason)))
+    unsubscribe()
+    second = open_store(path)  # takes the store over: callbacks of the first run
+    assert first.closed
+    assert calls[0] == ("labels", {1: "cat"})
+    assert calls[1][0] == "reason" and "opened again" in calls[1][1]
+    assert len(first.close_callback_errors) == 1
+    assert "callback failed" in first.close_callback_errors[0]
+    first.close()  # once only
+    assert len(calls) == 2
+    # added after closing: called at once with the reason
+    late = []
+    first.add_close_callback(late.append)
+    assert late and "opened again" in late[0]
+    got = []
+    second.add_close_callback(got.append)
+    second.close()
+    second.close()
+    assert got == ["close() was called"]
+    with pytest.raises(TypeError, match="'callback' parameter of LabelStore.add_close_callback"):
+        second.add_close_callback("not callable")
+
+
+# ---------------------------------------------------------------- LabelStore.open
+def test_open_reads_the_identity_from_the_file(tmp_path, path):
+    s = LabelStore(path, fingerprint="fpX", classes=CLASSES, dataset_name="toy", multi_label=True)
+    s.label([1], [["cat", "eel"]])
+    s.add_class("fox")
+    s.close()
+    ro = LabelStore.open(path)
+    assert ro.read_only and ro.multi_label and ro.classes == [*CLASSES, "fox"]
+    assert ro.fingerprint == "fpX" and ro.dataset_name == "toy"
+    assert ro.labels == {1: ("cat", "eel")}
+    assert ro.export(tmp_path / "x.jsonl").exists()
+    with pytest.raises(StoreError, match="read_only=True"):
+        ro.label([2], [["cat"]])
+    ro.close()
+    rw = LabelStore.open(path, read_only=False, annotator="me")
+    rw.label([2], [["fox"]])
+    rw.close()
+    assert LabelStore.open(path).labels == {1: ("cat", "eel"), 2: ("fox",)}
+    with pytest.raises(StoreError, match="does not exist"):
+        LabelStore.open(tmp_path / "nothing.db")
+    other = tmp_path / "other.db"
+    sqlite3.connect(other).execute("CREATE TABLE t(x)").connection.commit()
+    with pytest.raises(StoreError, match="not a dal_widgets label store"):
+        LabelStore.open(other)
+    junk = tmp_path / "junk.db"
+    junk.write_bytes(b"not sqlite" * 200)
+    with pytest.raises(StoreError, match=str(junk)):
+        LabelStore.open(junk)
+
+
+def test_garbage_collected_writer_releases_the_lock(path):
+    import gc
+
+    s = open_store(path)
+    s.label([1], ["cat"])
+    del s
+    gc.collect()
+    assert _try_writer_in_child(path).startswith("WROTE")
+    assert open_store(path).labels == {1: "cat", 99: "eel"}
+
+
+def test_takeover_stops_a_labeling_thread_through_its_close_callback(tmp_path, path):
+    import threading
+
+    first = open_store(path)
+    stop = threading.Event()
+    outcome = []
+    saved = []
+
+    def keep_labeling():
+        i = 0
+        while not stop.is_set():
+            try:
+                first.label([i], ["cat"])
+            except StoreClosedError:
+                outcome.append("closed")
+                return
+            saved.append(i)
+            i += 1
+
+    worker = threading.Thread(target=keep_labeling)
+
+    def on_close(reason):
+        stop.set()
+        worker.join(timeout=10)  # the thread's store calls must not wait for us
+        # a callback may open stores (no module lock is held while it runs)
+        other = open_store(tmp_path / "other.db")
+        other.close()
+        outcome.append("stopped")
+
+    first.add_close_callback(on_close)
+    worker.start()
+    time.sleep(0.2)
+    second = open_store(path)
+    assert not worker.is_alive() and outcome[-1] == "stopped"
+    assert first.closed and not first.close_callback_errors
+    # every label the thread was told was saved is in the new store
+    assert saved and set(saved) <= set(second.labels)
