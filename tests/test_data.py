@@ -256,3 +256,102 @@ def test_multi_label_datasets():
         np.zeros((40, 2)), y=[["a"], ["b"], ["a", "b"], []] * 10, holdout=0.25
     )
     assert split.y_eval.shape == (10, 2) and len(split) == 30
+
+
+@pytest.mark.parametrize("ids", [[2**70], [-(2**70)], [2**63, -1], [np.uint64(2**64 - 1)]])
+def test_positions_ids_beyond_int64_are_unknown_ids(ids):
+    ds = dal.datasets.from_arrays(np.zeros((3, 2)), classes=["a"], ids=[-1, 0, 5])
+    with pytest.raises(KeyError, match="'ids'.*unknown sample id"):
+        ds.positions(ids)
+
+
+def test_positions_uint64_ids_do_not_wrap_around():
+    ds = dal.datasets.from_arrays(np.zeros((3, 2)), classes=["a"], ids=[-1, 0, 5])
+    huge = np.array([2**63, 2**64 - 1], dtype=np.uint64)  # 2**64 - 1 is -1 when cast to int64
+    with pytest.raises(KeyError, match="'ids'.*unknown sample id"):
+        ds.positions(huge)
+    with pytest.raises(KeyError, match="'ids'.*unknown sample id"):
+        ds.positions(np.array([5, 2**64 - 1], dtype=np.uint64))
+    np.testing.assert_array_equal(ds.positions(np.array([5, 0], dtype=np.uint64)), [2, 1])
+    with pytest.raises(KeyError, match="'ids'.*unknown sample id"):
+        ds.render(2**70)
+
+
+@pytest.mark.parametrize("ids", [[2**70, 1], np.array([2**63, 1], dtype=np.uint64)])
+def test_ids_beyond_int64_are_rejected_when_building(ids):
+    with pytest.raises(ValueError, match="'ids'.*int64"):
+        dal.datasets.from_arrays(np.zeros((2, 2)), classes=["a"], ids=ids)
+
+
+@pytest.mark.parametrize(("value", "exc"), [(0, ValueError), (-5, ValueError), (2.5, TypeError)])
+def test_texts_n_components_is_checked(value, exc):
+    with pytest.raises(exc, match=r"'n_components' parameter of datasets.texts.*\[1, inf\]"):
+        dal.datasets.texts(["a b", "c d", "e f"], classes=["x"], n_components=value)
+
+
+def test_texts_n_components_one_gives_one_dimension():
+    docs = ["the cat sat", "a dog ran", "dogs and cats", "a cat ran"] * 3
+    assert dal.datasets.texts(docs, classes=["x"], n_components=1).X.shape == (12, 1)
+
+
+def _bomb_folder(root):
+    _make_folder(root)  # six 20 x 24 images
+    Image.fromarray(np.zeros((100, 100, 3), dtype=np.uint8)).save(root / "dog" / "huge.png")
+
+
+def test_image_folder_skips_decompression_bombs(tmp_path, monkeypatch):
+    _bomb_folder(tmp_path)
+    # 10,000 pixels > 2 x 1,000: Pillow raises DecompressionBombError (the 480-pixel ones load).
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1_000)
+    with pytest.warns(DalWarning, match=r"skipped 1 unreadable image file\(s\): dog/huge.png"):
+        ds = dal.datasets.image_folder(tmp_path, size=8)
+    assert len(ds) == 6 and "dog/huge.png" not in ds.ids.tolist()
+    with pytest.raises(ValueError, match="could not read image .*huge.png"):
+        dal.datasets.image_folder(tmp_path, size=8, on_error="raise")
+
+
+def test_image_folder_reads_big_jpegs_in_draft_mode(tmp_path, monkeypatch):
+    from PIL import JpegImagePlugin
+
+    (tmp_path / "a").mkdir()
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (800, 640, 3), dtype=np.uint8)).save(
+        tmp_path / "a" / "big.jpg"
+    )
+    decoded = []
+    original = JpegImagePlugin.JpegImageFile.load
+
+    def load(self):
+        decoded.append(self.size)  # the size actually decoded (after draft)
+        return original(self)
+
+    monkeypatch.setattr(JpegImagePlugin.JpegImageFile, "load", load)
+    ds = dal.datasets.image_folder(tmp_path, size=16)
+    assert ds.X.shape == (1, 3, 16, 16)
+    assert decoded and max(decoded[0]) <= 800 // 8  # 1/8 scale: a fraction of the memory
+    decoded.clear()
+    png = Image.open(io.BytesIO(ds.render("a/big.jpg")))
+    assert png.size == (102, 128) and decoded and max(decoded[0]) <= 800 // 4
+
+
+def test_render_caches_thumbnails(tmp_path, monkeypatch):
+    _make_folder(tmp_path)
+    ds = dal.datasets.image_folder(tmp_path, size=8)
+    opened = []
+    original = Image.open
+
+    def counting_open(fp, *args, **kwargs):
+        opened.append(str(fp))
+        return original(fp, *args, **kwargs)
+
+    monkeypatch.setattr(Image, "open", counting_open)
+    first = ds.render("cat/0.png")
+    assert ds.render("cat/0.png") == first and len(opened) == 1  # decoded once
+    ds.render("cat/0.png", size=32)  # another size is another thumbnail
+    assert len(opened) == 2
+    for i in range(3):
+        ds.render(f"dog/{i}.png")
+    assert len(opened) == 5
+    import pickle  # the cache (and its lock) does not travel with a pickled dataset
+
+    assert pickle.loads(pickle.dumps(ds)).render("cat/0.png") == first

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import io
+import threading
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -14,6 +16,10 @@ from dal_widgets._checks import param_error, short_repr
 __all__ = ["KINDS", "Dataset"]
 
 KINDS = ("image", "tabular", "text")
+
+_INT64_MIN, _INT64_MAX = int(np.iinfo(np.int64).min), int(np.iinfo(np.int64).max)
+#: Rendered image thumbnails kept per dataset (a 128-pixel PNG is a few tens of KB).
+_THUMBNAIL_CACHE = 256
 
 
 def _as_ids(ids: Any, n: int, where: str) -> np.ndarray:
@@ -27,7 +33,13 @@ def _as_ids(ids: Any, n: int, where: str) -> np.ndarray:
             f"Got {len(values)} instead."
         )
     if all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in values):
-        arr = np.asarray(values, dtype=np.int64)
+        try:
+            arr = np.asarray(values, dtype=np.int64)
+        except OverflowError:
+            big = [v for v in values if not _INT64_MIN <= int(v) <= _INT64_MAX][:3]
+            raise param_error(
+                "ids", where, "ints in the int64 range [-2**63, 2**63 - 1]", big, ValueError
+            ) from None
     elif all(isinstance(v, str) for v in values):
         arr = np.asarray(values, dtype=object)
     else:
@@ -44,6 +56,24 @@ def _as_ids(ids: Any, n: int, where: str) -> np.ndarray:
         raise ValueError(
             f"The 'ids' parameter of {where} must hold unique ids. Got duplicates: {dup}."
         )
+    return arr
+
+
+def _query_array(values: list[Any]) -> np.ndarray:
+    """Ids to look up as an array, without numpy's guesses for huge ints.
+
+    ``np.asarray([2**63, -1])`` is float64 and ``np.asarray([2**70])`` fails or is object:
+    ints that do not share an integer dtype are kept as Python ints (an object array).
+    """
+    try:
+        arr = np.asarray(values)
+    except (OverflowError, TypeError, ValueError):
+        arr = None
+    if arr is None or arr.dtype.kind == "f":
+        if all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in values):
+            return np.fromiter((int(v) for v in values), dtype=object, count=len(values))
+        if arr is None:  # e.g. ragged nested lists: reported as ids of the wrong type
+            return np.fromiter(values, dtype=object, count=len(values))
     return arr
 
 
@@ -111,8 +141,21 @@ class Dataset:
         self._sorter: np.ndarray | None = None
         self._sorted_ids: np.ndarray | None = None
         self._fingerprint: str | None = None
+        self._thumbs: OrderedDict[tuple[int, int | None], bytes] = OrderedDict()
+        self._thumbs_lock = threading.Lock()
 
     # ------------------------------------------------------------------ basic protocol
+    def __getstate__(self) -> dict[str, Any]:
+        # The thumbnail cache and its lock stay behind (a lock cannot be pickled or copied).
+        state = self.__dict__.copy()
+        del state["_thumbs"], state["_thumbs_lock"]
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._thumbs = OrderedDict()
+        self._thumbs_lock = threading.Lock()
+
     def __len__(self) -> int:
         return int(self.X.shape[0])
 
@@ -148,29 +191,30 @@ class Dataset:
         KeyError
             If any id is not in the dataset (the first few are named).
         """
-        query = np.asarray(list(ids) if not isinstance(ids, np.ndarray) else ids)
+        query = ids if isinstance(ids, np.ndarray) else _query_array(list(ids))
         if query.ndim != 1:
             query = query.reshape(-1)
         if query.size == 0:
             return np.zeros(0, dtype=np.int64)
         if self._sorter is None:
-            keys = self._key_array(self.ids)
+            keys, _ = self._key_array(self.ids)
             self._sorter = np.argsort(keys, kind="stable")
             self._sorted_ids = keys[self._sorter]
         assert self._sorted_ids is not None
         try:
-            keys = self._key_array(query)
+            keys, valid = self._key_array(query)
         except (TypeError, ValueError):
             raise KeyError(
-                f"{where}: sample ids must be {self._id_type()}. Got {short_repr(query)}."
+                f"The 'ids' parameter of {where} must hold sample ids, which are "
+                f"{self._id_type()}. Got {short_repr(query)}."
             ) from None
         idx = np.searchsorted(self._sorted_ids, keys)
         idx = np.clip(idx, 0, len(self._sorted_ids) - 1)
-        found = self._sorted_ids[idx] == keys
+        found = valid & (self._sorted_ids[idx] == keys)
         if not found.all():
             missing = query[~found][:5].tolist()
             raise KeyError(
-                f"{where}: unknown sample id(s) {missing}"
+                f"The 'ids' parameter of {where} holds unknown sample id(s) {missing}"
                 f"{' and more' if (~found).sum() > 5 else ''}. Ids are {self._id_type()} "
                 f"taken from dataset.ids (e.g. {self.ids[:3].tolist()})."
             )
@@ -179,21 +223,34 @@ class Dataset:
     def _id_type(self) -> str:
         return "strs" if self.ids.dtype == object else "ints"
 
-    def _key_array(self, values: np.ndarray) -> np.ndarray:
+    def _key_array(self, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Comparable keys for ids, and a mask of the ids that can be in the dataset at all.
+
+        Int ids outside int64 (``2**70``, a uint64 ``2**64 - 1``) get the mask False rather
+        than an OverflowError, or a silent wrap-around onto a negative id.
+        """
+        everywhere = np.ones(values.shape, dtype=bool)
         if self.ids.dtype == object:
             if values.dtype.kind not in "OU" or not all(
                 isinstance(v, str) for v in values.tolist()
             ):
                 raise TypeError("string ids expected")
-            return values.astype(str)
-        if values.dtype.kind not in "iu":
-            if values.dtype == object and all(
-                isinstance(v, (int, np.integer)) and not isinstance(v, bool)
-                for v in values.tolist()
-            ):
-                return values.astype(np.int64)
-            raise TypeError("int ids expected")
-        return values.astype(np.int64)
+            return values.astype(str), everywhere
+        if values.dtype.kind == "i":
+            return values.astype(np.int64), everywhere
+        if values.dtype.kind == "u":
+            valid = values <= np.uint64(_INT64_MAX)
+            return np.where(valid, values, 0).astype(np.int64), valid
+        if values.dtype == object and all(
+            isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in values.tolist()
+        ):
+            # As Python ints they compare exactly at any size; only those in range convert.
+            ints = np.fromiter((int(v) for v in values.tolist()), dtype=object, count=values.size)
+            valid = ((ints >= _INT64_MIN) & (ints <= _INT64_MAX)).astype(bool)
+            keys = np.zeros(values.shape, dtype=np.int64)
+            keys[valid] = ints[valid].astype(np.int64)
+            return keys, valid
+        raise TypeError("int ids expected")
 
     def python_id(self, sample_id: Any) -> int | str:
         """An id as a plain Python int or str (numpy scalars are not JSON or SQLite friendly)."""
@@ -207,7 +264,7 @@ class Dataset:
             h = hashlib.sha256()
             h.update(f"{self.kind}|{len(self)}|".encode())
             h.update(
-                self._key_array(self.ids).tobytes()
+                self._key_array(self.ids)[0].tobytes()
                 if self.ids.dtype != object
                 else "\x00".join(self.ids.tolist()).encode()
             )
@@ -227,11 +284,36 @@ class Dataset:
         """What the widgets show for one sample.
 
         Returns PNG bytes for images (nearest-neighbour upscaling for tiny images so pixels stay
-        crisp), the raw text for texts (not escaped: escaping is the view's job) and a
+        crisp; the newest 256 thumbnails are kept, so a repeated call does not decode the file
+        again), the raw text for texts (not escaped: escaping is the view's job) and a
         ``{column: value}`` dict for tabular rows.
         """
         pos = int(self.positions([sample_id], where="Dataset.render")[0])
-        return _RENDERERS[self.kind](self, pos, size)
+        if self.kind != "image":
+            return _RENDERERS[self.kind](self, pos, size)
+        # Decoding an original file is the slow part (0.8 s for 144 megapixels) and views ask
+        # for the same thumbnail again and again: keep the newest few (least recently used out).
+        key = (pos, size)
+        with self._thumbs_lock:
+            png = self._thumbs.get(key)
+            if png is not None:
+                self._thumbs.move_to_end(key)
+                return png
+        png = _render_image(self, pos, size)
+        with self._thumbs_lock:
+            self._thumbs[key] = png
+            while len(self._thumbs) > _THUMBNAIL_CACHE:
+                self._thumbs.popitem(last=False)
+        return png
+
+
+def _thumbnail_size(width: int, height: int, size: int | None) -> tuple[tuple[int, int], float]:
+    """The thumbnail's (width, height) and its scale: ``size`` on the long side, by default
+    the original clamped to [64, 128] pixels."""
+    side = max(width, height)
+    target = size if size is not None else max(64, min(side, 128))
+    scale = target / side
+    return (max(1, round(width * scale)), max(1, round(height * scale))), scale
 
 
 def _render_image(ds: Dataset, pos: int, size: int | None) -> bytes:
@@ -241,8 +323,12 @@ def _render_image(ds: Dataset, pos: int, size: int | None) -> bytes:
     if ds.paths is not None:
         try:
             with Image.open(ds.paths[pos]) as handle:
+                new, scale = _thumbnail_size(*handle.size, size)
+                # JPEG decodes at a reduced scale (still >= the thumbnail) in draft mode: a
+                # huge photo costs little memory and time.
+                handle.draft(None, new)
                 img = handle.convert("RGB")
-        except OSError:
+        except (OSError, ValueError, Image.DecompressionBombError):
             img = None  # the file moved or broke since loading: fall back to the array
     if img is None:
         arr = np.asarray(ds.X[pos], dtype=np.float32)
@@ -254,10 +340,7 @@ def _render_image(ds: Dataset, pos: int, size: int | None) -> bytes:
             img = Image.fromarray(pixels[0], mode="L")
         else:
             img = Image.fromarray(np.moveaxis(pixels[:3], 0, -1), mode="RGB")
-    side = max(img.size)
-    target = size if size is not None else max(64, min(side, 128))
-    scale = target / side
-    new = (max(1, round(img.size[0] * scale)), max(1, round(img.size[1] * scale)))
+        new, scale = _thumbnail_size(*img.size, size)
     resample = Image.Resampling.NEAREST if scale >= 2 else Image.Resampling.BILINEAR
     img = img.resize(new, resample)
     buf = io.BytesIO()

@@ -493,6 +493,7 @@ def from_arrays(
                 f"The 'holdout' parameter of {where} must have samples shaped like X {data.shape[1:]}. "
                 f"Got {X_eval.shape[1:]} instead."
             )
+        y_eval: np.ndarray | None
         if multi:
             _, y_eval = _multi_label_targets(holdout[1], classes_t, len(X_eval), where)
         else:
@@ -526,8 +527,9 @@ def image_folder(
     holdout : float, int or None
         A stratified held-out fraction or count.
     on_error : {"warn", "raise"}
-        Unreadable image files: ``"warn"`` skips them with one warning that lists them;
-        ``"raise"`` fails on the first with its path.
+        Unreadable image files (including those over Pillow's ``Image.MAX_IMAGE_PIXELS``
+        limit against decompression bombs): ``"warn"`` skips them with one warning that lists
+        them; ``"raise"`` fails on the first with its path.
     """
     from PIL import Image, UnidentifiedImageError
 
@@ -561,10 +563,19 @@ def image_folder(
     for f, ci in files:  # one file at a time is unavoidable: decoding is per file
         try:
             with Image.open(f) as im:
-                im.load()
                 modes.add(im.mode)
+                # JPEG decodes at 1/2, 1/4 or 1/8 scale in draft mode (still >= size): a
+                # 144-megapixel photo then costs a few MiB instead of ~700 while loading.
+                im.draft(None, (size, size))
+                im.load()
                 images.append(im.convert("RGB").resize((size, size), Image.Resampling.BILINEAR))
-        except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as exc:
+        except (
+            OSError,
+            UnidentifiedImageError,
+            ValueError,
+            SyntaxError,
+            Image.DecompressionBombError,  # over Pillow's pixel limit: unreadable like the rest
+        ) as exc:
             if on_error == "raise":
                 raise ValueError(f"{where} could not read image {str(f)!r}: {exc}") from None
             bad.append(str(f.relative_to(root)))
@@ -616,7 +627,7 @@ def _default_text_features(docs: list[str], n_components: int, seed: int) -> np.
     except ValueError:  # every document is empty or stop words only
         return np.zeros((len(docs), 1), dtype=np.float32)
     k = min(n_components, sparse.shape[1] - 1, len(docs) - 1)
-    if k < 2:
+    if k < min(2, n_components):  # too few words or documents for an SVD: keep the TF-IDF
         return np.asarray(sparse.todense(), dtype=np.float32)
     dense = TruncatedSVD(n_components=k, random_state=seed).fit_transform(sparse)
     norms = np.linalg.norm(dense, axis=1, keepdims=True)
@@ -646,6 +657,8 @@ def texts(
     featurizer : callable, optional
         ``featurizer(list_of_str) -> (N, F)`` array. The default (no download) is TF-IDF on word
         uni- and bigrams reduced to ``n_components`` dimensions by truncated SVD, L2-normalized.
+    n_components : int
+        At least 1; fewer dimensions come out when there are fewer distinct words or documents.
     """
     where = "datasets.texts"
     if isinstance(texts, (str, bytes)) or not isinstance(texts, Sequence):
@@ -667,6 +680,7 @@ def texts(
         raise param_error("texts", where, "a non-empty list of str", texts)
     if isinstance(holdout, tuple):
         raise param_error("holdout", where, "None, a fraction or a count (for texts)", holdout)
+    n_components = check_int(n_components, "n_components", where, lo=1)
     if featurizer is None:
         X = _default_text_features(docs, n_components, seed)
     else:
