@@ -353,6 +353,31 @@ def test_identical_ensemble_members_are_a_clear_error():
         strategies.select("consensus_kl", 2, member_probs=members)
 
 
+_SAME = np.repeat(softmax(np.random.default_rng(0).normal(size=(30, 1, 4))), 6, axis=1)
+
+
+@pytest.mark.parametrize(
+    "name, arrays, causes, not_cause",
+    [
+        # Constant model outputs (e.g. unscaled features) are not a dropout problem.
+        ("margin", {"probs": np.full((30, 2), 0.5)}, ["unscaled", "too few", "dead"], "dropout"),
+        ("entropy", {"probs": np.full((30, 3), 1 / 3)}, ["unscaled", "too few"], "dropout"),
+        ("bald", {"mc_probs": _SAME}, ["no dropout", "too weak"], None),
+        ("consensus_kl", {"member_probs": _SAME}, ["members", "seed"], "dropout"),
+        ("learning_loss", {"loss_pred": np.ones(30)}, ["loss-prediction head"], "dropout"),
+        ("dfal", {"adv_dist": np.ones(30)}, ["DeepFool", "unscaled"], "dropout"),
+    ],
+)
+def test_degenerate_scores_name_the_likely_causes_of_the_arrays_used(
+    name, arrays, causes, not_cause
+):
+    with pytest.raises(strategies.DegenerateScoresError, match="same score") as info:
+        strategies.select(name, 3, rng=0, **arrays)
+    text = str(info.value)
+    assert all(c in text for c in causes), text
+    assert not_cause is None or not_cause not in text, text
+
+
 # --------------------------------------------------------------------------- BatchBALD
 
 

@@ -1,24 +1,38 @@
 from __future__ import annotations
 
+import copy
+import errno
+import json
+import os
+import subprocess
+import sys
 import threading
+import time
 
 import numpy as np
 import pytest
 import torch
 from torch import nn
 
+from dal_widgets import strategies
 from dal_widgets.training import (
     MLP,
     Callback,
+    CheckpointError,
+    CheckpointMismatchError,
+    CheckpointWriteError,
     EarlyStopping,
     SmallCNN,
+    Standardize,
     TrainConfig,
     classifier_layer,
     default_model,
     fit,
     has_dropout,
+    load_checkpoint,
     predict,
     resolve_device,
+    save_checkpoint,
 )
 
 
@@ -326,3 +340,349 @@ def test_deepfool_distance_tracks_the_distance_to_the_boundary():
     assert np.corrcoef(np.abs(X[:, 0]), d)[0, 1] > 0.8
     near = np.argsort(d)[:10]  # the smallest distances belong to points near the boundary
     assert np.abs(X[near, 0]).mean() < np.abs(X[:, 0]).mean() / 3
+
+
+# ------------------------------------------------------------------------------ checkpoints
+def _same_weights(a: nn.Module, b: nn.Module) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_a_checkpoint_is_one_file_and_a_json_target_is_refused(tmp_path):
+    # Defect: export_model("model.json") wrote the config over the weights, and m.pt and
+    # m.pth shared m.json. The config now travels inside the one torch file.
+    torch.manual_seed(0)
+    a, b = MLP(2, 2), MLP(2, 2)
+    save_checkpoint(tmp_path / "m.pt", a, {"n_labels": 1})
+    save_checkpoint(tmp_path / "m.pth", b, {"n_labels": 2})
+    assert sorted(os.listdir(tmp_path)) == ["m.pt", "m.pth"]
+    fresh = MLP(2, 2)
+    assert load_checkpoint(tmp_path / "m.pt", fresh)["n_labels"] == 1 and _same_weights(fresh, a)
+    assert load_checkpoint(tmp_path / "m.pth", fresh)["n_labels"] == 2 and _same_weights(fresh, b)
+    torch.load(tmp_path / "m.pt", weights_only=True)  # tensors and plain data only
+    with pytest.raises(
+        ValueError, match=r"'path' parameter of save_checkpoint.*\.pt.*model\.json'"
+    ):
+        save_checkpoint(tmp_path / "model.json", a, {})
+    assert sorted(os.listdir(tmp_path)) == ["m.pt", "m.pth"]
+
+
+def test_old_two_file_checkpoints_still_load(tmp_path):
+    # Written as versions before the one-file format did: a state dict and a .json beside it.
+    old = MLP(4, 2).eval()
+    torch.save(old.state_dict(), tmp_path / "m.pt")
+    (tmp_path / "m.json").write_text(json.dumps({"n_labels": 5, "classes": ["a", "b"]}))
+    X, _ = unscaled_table()
+    new = default_model((4,), 2, "tabular", inputs=X).eval()  # standardizes; the old one did not
+    config = load_checkpoint(tmp_path / "m.pt", new, classes=["a", "b"])
+    assert config["n_labels"] == 5
+    x = torch.randn(8, 4)
+    with torch.no_grad():  # the checkpoint knows no statistics: its Standardize is an identity
+        torch.testing.assert_close(new(x), old(x))
+    (tmp_path / "m.json").unlink()
+    assert load_checkpoint(tmp_path / "m.pt", MLP(4, 2)) == {}
+
+
+_CHILD_EXPORTING = """
+import sys, torch
+from dal_widgets.training import MLP, save_checkpoint
+torch.manual_seed(0)
+model = MLP(64, 10, hidden=(512, 256))
+print("ready", flush=True)
+i = 0
+while True:
+    save_checkpoint(sys.argv[1], model, {"n_labels": i, "classes": ["a", "b"]})
+    i += 1
+"""
+
+
+@pytest.mark.slow
+def test_killed_exports_leave_a_whole_checkpoint_or_none(tmp_path):
+    # SIGKILL at random moments of an export loop: the target must load completely (weights
+    # and config) or not exist, never be half written; killed exports' tmp files are cleaned
+    # by the next export.
+    target = tmp_path / "m.pt"
+    torch.manual_seed(0)
+    reference = MLP(64, 10, hidden=(512, 256))
+    rng = np.random.default_rng(0)
+    loaded = 0
+    for _ in range(20):
+        child = subprocess.Popen(
+            [sys.executable, "-c", _CHILD_EXPORTING, str(target)], stdout=subprocess.PIPE, text=True
+        )
+        try:
+            assert child.stdout.readline().strip() == "ready"
+            time.sleep(rng.uniform(0.0, 0.3))
+        finally:
+            child.kill()
+            child.wait()
+            child.stdout.close()
+        if target.exists():
+            fresh = MLP(64, 10, hidden=(512, 256))
+            config = load_checkpoint(target, fresh)
+            assert config["classes"] == ["a", "b"] and config["n_labels"] >= 0
+            assert _same_weights(fresh, reference)
+            loaded += 1
+    assert loaded >= 5  # most kills land after a first export, so the check means something
+    save_checkpoint(target, reference, {"n_labels": 0})
+    assert os.listdir(tmp_path) == ["m.pt"]
+
+
+def test_export_into_a_missing_folder_or_onto_a_folder_is_a_clear_error(tmp_path):
+    missing = tmp_path / "nope" / "m.pt"
+    with pytest.raises(
+        ValueError, match=r"'path' parameter of save_checkpoint.*nope' does not exist"
+    ):
+        save_checkpoint(missing, MLP(2, 2), {})
+    (tmp_path / "folder").mkdir()
+    with pytest.raises(ValueError, match=r"'path' parameter of save_checkpoint.*a file.*folder"):
+        save_checkpoint(tmp_path / "folder", MLP(2, 2), {})
+    assert [p.name for p in tmp_path.rglob("*")] == ["folder"]  # no tmp files left
+
+
+_CHILD_FILE_SIZE_LIMIT = """
+import json, resource, signal, sys
+from dal_widgets.training import MLP, save_checkpoint
+save_checkpoint(sys.argv[1], MLP(2, 2), {"n_labels": 1})  # about 140 kB: fits
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit then fails with EFBIG
+resource.setrlimit(resource.RLIMIT_FSIZE, (200_000, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+try:
+    save_checkpoint(sys.argv[1], MLP(256, 10), {"n_labels": 2})  # about 400 kB: does not fit
+except BaseException as exc:
+    print(json.dumps({"mro": [c.__name__ for c in type(exc).__mro__], "msg": str(exc),
+                      "errno": getattr(exc, "errno", None)}))
+"""
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="needs POSIX resource limits")
+def test_a_failed_write_is_a_clear_error_and_keeps_the_last_checkpoint(tmp_path):
+    # A real OS write failure without root: a file-size limit (EFBIG) stands in for a full disk.
+    target = tmp_path / "m.pt"
+    out = subprocess.run(
+        [sys.executable, "-c", _CHILD_FILE_SIZE_LIMIT, str(target)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    err = json.loads(out.stdout)
+    assert {"CheckpointWriteError", "ValueError", "OSError"} <= set(err["mro"]), err
+    assert err["errno"] == errno.EFBIG and str(target) in err["msg"], err
+    assert "File too large" in err["msg"] and "unchanged" in err["msg"], err
+    assert load_checkpoint(target, MLP(2, 2))["n_labels"] == 1
+    assert os.listdir(tmp_path) == ["m.pt"]
+
+
+@pytest.fixture
+def tiny_tmpfs(tmp_path):
+    """A 256 kB tmpfs (needs root and mount; skipped elsewhere)."""
+    where = tmp_path / "tiny"
+    where.mkdir()
+    if not hasattr(os, "geteuid") or os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(where)], capture_output=True
+    )
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs: {done.stderr.decode().strip()}")
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", str(where)], check=True)
+
+
+def test_export_on_a_full_disk_is_a_clear_error_and_leaves_nothing(tiny_tmpfs):
+    target = tiny_tmpfs / "m.pt"
+    save_checkpoint(target, MLP(2, 2), {"n_labels": 1})
+    with pytest.raises(CheckpointWriteError, match="No space left on device") as info:
+        save_checkpoint(target, MLP(256, 10), {"n_labels": 2})
+    assert isinstance(info.value, ValueError) and isinstance(info.value, OSError)
+    assert info.value.errno == errno.ENOSPC and str(target) in str(info.value)
+    assert load_checkpoint(target, MLP(2, 2))["n_labels"] == 1
+    assert os.listdir(tiny_tmpfs) == ["m.pt"]
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="Windows goes by the tmp file's age")
+def test_the_next_export_cleans_stale_tmp_files_of_its_target(tmp_path):
+    done = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
+    dead = int(done.stdout)  # a process that has exited
+    stale = [".m.pt.tmp", f".m.pt.{dead}.tmp", f".m.pt.{dead}.0a1b2c3d.tmp"]
+    running = f".m.pt.{os.getppid()}.0a1b2c3d.tmp"  # another live process's export in flight
+    others = [".m.ckpt.tmp", ".other.pt.tmp", "m.pt.notes"]  # other targets' files
+    for name in [*stale, running, *others]:
+        (tmp_path / name).write_bytes(b"half")
+    save_checkpoint(tmp_path / "m.pt", MLP(2, 2), {})
+    assert sorted(os.listdir(tmp_path)) == sorted(["m.pt", running, *others])
+
+
+@pytest.mark.parametrize(
+    "text, problem",
+    [
+        ("[]", "must be a JSON object"),
+        ('{"n_labels": 3, "classes": ["a"', "not valid JSON"),
+        ("", "not valid JSON"),
+        ('{"n_labels": "abc"}', r"'n_labels' must be an int >= 0. Got 'abc'"),
+        ('{"n_labels": true}', r"'n_labels' must be an int >= 0. Got True"),
+        ('{"classes": "ab"}', r"'classes' must be a list of str"),
+        ('{"input_shape": [2, -1]}', r"'input_shape' must be a list of ints >= 0"),
+        ('{"dataset_fingerprint": 7}', r"'dataset_fingerprint' must be a str"),
+    ],
+)
+def test_bad_checkpoint_configs_are_clear_errors_that_name_the_file(tmp_path, text, problem):
+    model = MLP(2, 2)
+    old = tmp_path / "old.pt"  # the two-file format: the config is the .json beside
+    torch.save(model.state_dict(), old)
+    (tmp_path / "old.json").write_text(text)
+    with pytest.raises(CheckpointError, match=problem) as info:
+        load_checkpoint(old, MLP(2, 2))
+    assert str(tmp_path / "old.json") in str(info.value)
+    new = tmp_path / "new.pt"  # the one-file format, with the same config inside
+    save_checkpoint(new, model, {})
+    payload = torch.load(new, weights_only=True)
+    payload["config_json"] = text
+    torch.save(payload, new)
+    with pytest.raises(CheckpointError, match=problem) as info:
+        load_checkpoint(new, MLP(2, 2))
+    assert str(new) in str(info.value)
+
+
+def test_save_checkpoint_refuses_a_config_it_could_not_load_back(tmp_path):
+    with pytest.raises(ValueError, match=r"'config' parameter of save_checkpoint.*'n_labels'"):
+        save_checkpoint(tmp_path / "m.pt", MLP(2, 2), {"n_labels": "three"})
+    with pytest.raises(TypeError, match=r"'config' parameter of save_checkpoint.*dict"):
+        save_checkpoint(tmp_path / "m.pt", MLP(2, 2), [1, 2])
+    assert os.listdir(tmp_path) == []
+    save_checkpoint(tmp_path / "m.pt", MLP(2, 2), {"n_labels": np.int64(3), "x": np.arange(2)})
+    assert load_checkpoint(tmp_path / "m.pt", MLP(2, 2)) == {"n_labels": 3, "x": [0, 1]}
+
+
+def test_a_missing_or_foreign_checkpoint_file_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"'path'.*does not exist") as info:
+        load_checkpoint(tmp_path / "none.pt", MLP(2, 2))
+    assert isinstance(info.value, ValueError)
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match=r"junk\.pt.*not a checkpoint"):
+        load_checkpoint(tmp_path / "junk.pt", MLP(2, 2))
+    torch.save([torch.zeros(2)], tmp_path / "list.pt")
+    with pytest.raises(CheckpointError, match=r"list\.pt.*list"):
+        load_checkpoint(tmp_path / "list.pt", MLP(2, 2))
+
+
+def test_a_checkpoint_that_does_not_fit_the_model_names_the_keys(tmp_path):
+    save_checkpoint(tmp_path / "m.pt", MLP(2, 3), {})
+    with pytest.raises(
+        CheckpointError, match=r"m\.pt.*does not fit.*classifier\.weight.*\(3, 128\)"
+    ):
+        load_checkpoint(tmp_path / "m.pt", MLP(2, 2))
+    with pytest.raises(CheckpointError, match=r"m\.pt.*does not fit.*missing.*loss_head"):
+        load_checkpoint(tmp_path / "m.pt", MLP(2, 3, loss_head=True))
+
+
+def test_load_checkpoint_refuses_a_checkpoint_of_another_dataset(tmp_path):
+    torch.manual_seed(0)
+    model, path = MLP(2, 2), tmp_path / "m.pt"
+    config = {"classes": ["cat", "dog"], "dataset": "pets", "dataset_fingerprint": "f1"}
+    save_checkpoint(path, model, config)
+    fresh = MLP(2, 2)
+    before = copy.deepcopy(fresh.state_dict())
+    with pytest.raises(
+        CheckpointMismatchError,
+        match=r"classes \['cat', 'dog'\].*\['ant', 'bee'\].*allow_other_dataset=True",
+    ):
+        load_checkpoint(path, fresh, classes=["ant", "bee"], fingerprint="f1")
+    with pytest.raises(
+        CheckpointMismatchError, match=r"'pets' \(fingerprint f1\).*'bugs' \(fingerprint f2\)"
+    ) as info:
+        load_checkpoint(path, fresh, classes=("cat", "dog"), fingerprint="f2", dataset_name="bugs")
+    assert "allow_other_dataset=True" in str(info.value) and isinstance(info.value, ValueError)
+    assert all(torch.equal(before[k], v) for k, v in fresh.state_dict().items())  # untouched
+    load_checkpoint(path, fresh, classes=["ant", "bee"], fingerprint="f2", allow_other_dataset=True)
+    assert _same_weights(fresh, model)
+    assert load_checkpoint(path, MLP(2, 2), classes=("cat", "dog"), fingerprint="f1") == config
+
+
+# ------------------------------------------------------------------------- standardization
+def unscaled_table(n=400, seed=0):
+    """A Unix-timestamp column, a column near 1e15, a constant column and a normal one."""
+    rng = np.random.default_rng(seed)
+    stamp = 1.7e9 + rng.uniform(0, 3.2e7, n)  # a year of timestamps
+    huge = 1e15 * rng.uniform(1, 2, n)  # byte counts, ids, ...
+    X = np.column_stack([stamp, huge, np.full(n, 5.0), rng.normal(size=n)]).astype(np.float32)
+    y = ((stamp - 1.7e9) / 3.2e7 + (huge / 1e15 - 1) > 1).astype(np.int64)
+    return X, y
+
+
+def test_default_model_standardizes_unscaled_tabular_features():
+    # Defect: raw timestamps and 1e15 values saturated the default MLP, its outputs were
+    # constant, and margin sampling stopped with DegenerateScoresError.
+    X, y = unscaled_table()
+    torch.manual_seed(0)
+    model = default_model((4,), 2, "tabular", inputs=X)
+    fit(
+        model,
+        torch.as_tensor(X[:300]),
+        torch.as_tensor(y[:300]),
+        config=TrainConfig(steps=300, batch_size=64),
+    )
+    probs = predict(model, X[300:], {"probs"})["probs"]
+    assert np.isfinite(probs).all() and probs[:, 1].std() > 0.1
+    assert (probs.argmax(1) == y[300:]).mean() > 0.85
+    assert len(strategies.select("margin", 5, probs=probs, rng=0)) == 5
+
+
+def test_standardize_statistics_are_float64_chunked_and_floor_constant_columns():
+    X, _ = unscaled_table(1000)
+    wide = X.astype(np.float64)
+    s = Standardize.from_inputs(X, chunk_rows=7)  # 143 chunks, the last one short
+    np.testing.assert_allclose(s.mean.numpy(), wide.mean(0), rtol=1e-6)
+    std = wide.std(0)
+    std[2] = 1.0  # a constant column is centred, not divided by zero
+    np.testing.assert_allclose(s.std.numpy(), std, rtol=1e-5)
+    assert s.mean.dtype == s.std.dtype == torch.float32
+    z = s(torch.as_tensor(X)).numpy()
+    np.testing.assert_allclose(z.mean(0), 0, atol=1e-3)
+    np.testing.assert_allclose(z.std(0), [1, 1, 0, 1], atol=1e-3)
+    ints = np.array([[2**62], [2**62 + 2**40], [2**61]], dtype=np.int64)  # x**2 overflows int64
+    t = Standardize.from_inputs(torch.as_tensor(ints))
+    assert np.isfinite(t.std.numpy()).all() and float(t.std[0]) > 1e18
+
+
+def test_default_model_checks_its_inputs():
+    with pytest.raises(
+        ValueError, match=r"'input_shape' parameter of default_model.*feature.*\(0,\)"
+    ):
+        default_model((0,), 2, "tabular")
+    with pytest.raises(
+        ValueError, match=r"'inputs' parameter of default_model.*\(N, 4\).*\(5, 3\)"
+    ):
+        default_model((4,), 2, "tabular", inputs=np.zeros((5, 3), np.float32))
+    with pytest.raises(ValueError, match=r"'inputs' parameter of default_model.*finite"):
+        default_model((1,), 2, "tabular", inputs=np.array([[np.nan]], np.float32))
+    X = np.random.default_rng(0).random((20, 1, 8, 8), dtype=np.float32)
+    assert getattr(default_model((1, 8, 8), 3, "image", inputs=X), "standardize", None) is None
+
+
+def test_standardize_statistics_travel_in_the_checkpoint(tmp_path):
+    X, _ = unscaled_table()
+    model = default_model((4,), 2, "tabular", inputs=X).eval()
+    save_checkpoint(tmp_path / "m.pt", model, {})
+    other = default_model((4,), 2, "tabular", inputs=X[:10] * 3).eval()
+    load_checkpoint(tmp_path / "m.pt", other)
+    assert _same_weights(other, model) and "standardize.mean" in other.state_dict()
+    prefix, rest = model.mc_split()  # the standardization runs once per chunk, before dropout
+    x = torch.as_tensor(X[:16])
+    with torch.no_grad():
+        torch.testing.assert_close(rest(prefix(x)), model(x))
+
+
+@pytest.mark.gpu
+def test_a_standardized_model_trains_and_checkpoints_on_cuda(tmp_path):
+    X, y = unscaled_table()
+    model = default_model((4,), 2, "tabular", inputs=X).cuda()
+    fit(model, torch.as_tensor(X).cuda(), torch.as_tensor(y).cuda(), config=TrainConfig(steps=100))
+    save_checkpoint(tmp_path / "m.pt", model, {})
+    other = default_model((4,), 2, "tabular", inputs=X[:10]).cuda()
+    load_checkpoint(tmp_path / "m.pt", other)
+    assert other.standardize.mean.is_cuda and _same_weights(other.cpu(), model.cpu())

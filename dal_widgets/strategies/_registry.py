@@ -62,9 +62,59 @@ _PROB_ARRAYS = ("probs", "mc_probs", "member_probs")
 class DegenerateScoresError(ValueError):
     """All candidate scores are equal: the ranking carries no information.
 
-    The classic cause is an MC-dropout strategy run on a network without dropout, where every
-    pass gives the same probabilities and BALD is zero everywhere.
+    The message names the likely causes for the arrays the strategy reads
+    (:func:`degenerate_hint`): constant model outputs for probabilities (unscaled features,
+    too few steps, a dead network), missing or too weak dropout for MC-dropout passes, and so
+    on.
     """
+
+
+#: What can make every score equal (see degenerate_hint).
+_CAUSES: dict[str, str] = {
+    "dropout": "no dropout layers in the model, or dropout too weak (p near 0) to change "
+    "the predictions",
+    "copies": "ensemble members that are copies (the same weights or the same seed)",
+    "head": "a loss-prediction head that was not trained (TrainConfig(loss_head=True))",
+    "constant": "constant model outputs, from unscaled input features (a column of Unix "
+    "timestamps or 1e15-sized counts swamps the others and saturates the network: "
+    "standardize the features, as the default model does), too few training steps or "
+    "labels, or a dead network (every ReLU off, e.g. after too high a learning rate)",
+    "features": "input features that are the same for every sample",
+}
+
+#: Per array: what the user sees when it makes every score equal, and its likely causes.
+_SYMPTOMS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "probs": ("every candidate gets the same probabilities", ("constant",)),
+    "label_probs": ("every candidate gets the same label probabilities", ("constant",)),
+    "mc_probs": ("the MC-dropout passes agree on every candidate", ("dropout", "constant")),
+    "member_probs": ("the ensemble members agree on every candidate", ("copies", "constant")),
+    "embeddings": ("every candidate has the same penultimate embedding", ("constant",)),
+    "features": ("every candidate has the same input features", ("features",)),
+    "loss_pred": (
+        "the loss-prediction head predicts the same loss for every candidate",
+        ("head", "constant"),
+    ),
+    "adv_dist": (
+        "every candidate is at the same DeepFool distance from the boundary",
+        ("constant",),
+    ),
+}
+
+
+def degenerate_hint(arrays: Any) -> str:
+    """Why every score can be equal, for a strategy that reads ``arrays`` (names from ARRAYS).
+
+    For the messages of :class:`DegenerateScoresError`, here and in batch strategies.
+    """
+    used = [a for a in ARRAYS if a in set(arrays)]
+    if not used:
+        return "Check the model's outputs."
+    causes = dict.fromkeys(c for a in used for c in _SYMPTOMS[a][1])  # ordered, unique
+    return (
+        f"It reads {' and '.join(map(repr, used))}: "
+        f"{', or '.join(_SYMPTOMS[a][0] for a in used)}. "
+        f"Likely causes: {'; or '.join(_CAUSES[c] for c in causes)}."
+    )
 
 
 @dataclass(frozen=True)
@@ -517,8 +567,8 @@ def select(
         if n < candidates.size and values.max() == values.min():
             raise DegenerateScoresError(
                 f"Strategy {name!r} gave the same score ({values[0]:.6g}) to all "
-                f"{candidates.size} candidates, so its ranking means nothing. For MC-dropout "
-                "strategies, check that the model has dropout layers."
+                f"{candidates.size} candidates, so its ranking means nothing. "
+                + degenerate_hint(strategy.needs | strategy.optional)
             )
         picks = candidates[_top_n(values, n, generator)]
     else:
