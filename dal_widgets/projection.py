@@ -18,8 +18,12 @@ the new embeddings), two mechanisms keep the map continuous and cheap:
 AlignedUMAP was not chosen: it refits every round over all rounds' data, the opposite of cheap.
 
 umap-learn is imported lazily; its numba cache goes to a folder that survives kernel restarts
-(``~/.cache/dal_widgets/numba`` unless ``NUMBA_CACHE_DIR`` is set), so only the first kernel
-ever pays the compilation.
+(``$XDG_CACHE_HOME/dal_widgets/numba``, by default ``~/.cache/dal_widgets/numba``, unless
+``NUMBA_CACHE_DIR`` is set), so only the first kernel ever pays the compilation.
+
+Maps are cached on disk beside a file store (``<store>.dal/maps/``), keyed by the dataset's
+fingerprint and, for embedding maps, by :attr:`ModelVersion.key` (a hash of the model's
+weights): version numbers restart at 1 in every kernel, so they cannot name a map on disk.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -49,8 +53,18 @@ class Projection:
     coords: np.ndarray  # (N, 2) float32
     method: str  # "pca" or "umap"
     source: str  # "features" or "embeddings"
-    model_version: int | None
+    model_version: int | None  # the session's counter, for display ("model v3")
     seconds: float
+    #: What identifies the model across kernels (``ModelVersion.key``); None for raw features.
+    model_key: str | None = None
+
+
+class _Want(NamedTuple):
+    """Which map is wanted: its source and, for embeddings, the model (counter and key)."""
+
+    source: str
+    version: int | None
+    key: str | None
 
 
 def _subsample(n: int, size: int, seed: int) -> np.ndarray:
@@ -94,11 +108,19 @@ def pca_2d(X: np.ndarray, *, sample: int = 10_000, seed: int = 0) -> np.ndarray:
     return coords
 
 
+def _cache_home() -> Path:
+    """``$XDG_CACHE_HOME``, or ``~/.cache`` when it is unset, empty or relative (as the XDG
+    Base Directory spec says: an empty value counts as unset, a relative one is invalid)."""
+    xdg = os.environ.get("XDG_CACHE_HOME", "")
+    return Path(xdg) if xdg and os.path.isabs(xdg) else Path.home() / ".cache"
+
+
 def _numba_cache() -> None:
     if "NUMBA_CACHE_DIR" not in os.environ:
-        path = (
-            Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "dal_widgets" / "numba"
-        )
+        try:
+            path = _cache_home() / "dal_widgets" / "numba"
+        except RuntimeError:  # no home directory to be found: numba keeps its own default
+            return
         try:
             path.mkdir(parents=True, exist_ok=True)
             os.environ["NUMBA_CACHE_DIR"] = str(path)
@@ -215,9 +237,12 @@ class Projector:
     :meth:`current` is never empty after construction: a PCA map is computed at once (well under
     a second at 10,000 points). :meth:`refresh` asks for the newest map; UMAP runs in a daemon
     thread and replaces the PCA when ready. Callbacks registered with :meth:`on_change` run on
-    that thread. Results are cached by (source, model version, method) in memory and, when the
-    session's store is a file, in ``<store>.maps/`` so a restarted kernel shows the last map
-    immediately.
+    that thread. Results are cached by (source, model, method) in memory and, when the
+    session's store is a file, in ``<store>.dal/maps/`` so a restarted kernel shows the last map
+    immediately. The model is named by :attr:`ModelVersion.key` (a hash of its weights), never
+    by its version number, which restarts at 1 in every kernel. A cache file that cannot be read
+    (torn by a power cut, or not a map) counts as a miss: the map is computed again and the
+    file replaced (written to a temporary file, fsynced, renamed).
 
     Parameters
     ----------
@@ -256,18 +281,18 @@ class Projector:
         self.method = check_choice(method, "method", where, ["umap", "pca"])
         self.sample = check_int(sample, "sample", where, lo=10)
         self.seed = check_int(seed, "seed", where, lo=0)
-        store_path = getattr(session.store, "path", ":memory:")
-        if cache_dir is None and store_path != ":memory:":
-            cache_dir = str(store_path) + ".maps"
+        if cache_dir is None:
+            side = session.store.side_dir
+            cache_dir = None if side is None else side / "maps"
         self.cache_dir = None if cache_dir is None else Path(cache_dir)
         self.status = "idle"
         self.error: str | None = None
-        self._cache: dict[tuple[str, int | None, str], Projection] = {}
+        self._cache: dict[tuple[str, str | None, str], Projection] = {}
         self._current: Projection | None = None
         self._callbacks: list[Callable[[Projection], None]] = []
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
-        self._want: tuple[str, int | None] | None = None
+        self._want: _Want | None = None
         self._current = self._first_paint()
 
     # ------------------------------------------------------------------ public
@@ -308,63 +333,94 @@ class Projector:
             return "features"
         return "embeddings"
 
-    def _key_now(self) -> tuple[str, int | None]:
+    def _key_now(self) -> _Want:
         source = self._source_now()
-        version = (
-            self.session.model_version.version
-            if source == "embeddings" and self.session.model_version
-            else None
-        )
-        return source, version
+        mv = self.session.model_version
+        if source != "embeddings" or mv is None:
+            return _Want(source, None, None)
+        return _Want(source, mv.version, mv.key or None)
 
     def _features(self, source: str) -> np.ndarray:
         if source == "features":
             return self.session.dataset.features
         return self.session.compute_arrays({"embeddings"})["embeddings"]
 
-    def _cache_file(self, key: tuple[str, int | None, str]) -> Path | None:
+    @staticmethod
+    def _memory_key(want: _Want, method: str) -> tuple[str, str | None, str]:
+        # Within one kernel the version number also names a model (a model without a key,
+        # which a session never makes today, is still cached in memory, never on disk).
+        if want.source == "embeddings" and want.key is None:
+            return want.source, f"process-v{want.version}", method
+        return want.source, want.key, method
+
+    def _cache_file(self, want: _Want, method: str) -> Path | None:
         if self.cache_dir is None:
             return None
-        source, version, method = key
         fp = self.session.dataset.fingerprint
-        return (
-            self.cache_dir / f"{fp}-{source}-v{version if version is not None else 0}-{method}.npy"
-        )
+        if want.source == "features":
+            return self.cache_dir / f"{fp}-features-{method}.npy"
+        if want.key is None:
+            return None
+        return self.cache_dir / f"{fp}-{want.source}-{want.key}-{method}.npy"
 
-    def _load(self, key: tuple[str, int | None, str]) -> Projection | None:
+    def _read(self, path: Path) -> np.ndarray | None:
+        """The coordinates in a cache file, or None for anything but a finite (N, 2) float map."""
+        try:
+            data = np.load(path, allow_pickle=False)  # never unpickle files from disk
+        except Exception:  # noqa: BLE001 (any unreadable cache is a miss: EOFError when torn, ...)
+            return None
+        if not isinstance(data, np.ndarray):  # an .npz archive
+            if hasattr(data, "close"):
+                data.close()
+            return None
+        if (
+            data.dtype.kind != "f"  # strings, objects, structured records, complex, ints
+            or data.shape != (len(self.session.dataset), 2)
+            or not np.isfinite(data).all()
+        ):
+            return None
+        return data.astype(np.float32)
+
+    def _load(self, want: _Want, method: str) -> Projection | None:
+        key = self._memory_key(want, method)
         if key in self._cache:
             return self._cache[key]
-        path = self._cache_file(key)
+        path = self._cache_file(want, method)
         if path is None or not path.is_file():
             return None
-        try:
-            coords = np.load(path, allow_pickle=False)  # never unpickle files from disk
-        except (OSError, ValueError):
+        coords = self._read(path)
+        if coords is None:
             return None
-        if coords.shape != (len(self.session.dataset), 2):
-            return None
-        proj = Projection(coords.astype(np.float32), key[2], key[0], key[1], 0.0)
+        proj = Projection(coords, method, want.source, want.version, 0.0, want.key)
         self._cache[key] = proj
         return proj
 
     def _save(self, proj: Projection) -> None:
-        key = (proj.source, proj.model_version, proj.method)
-        self._cache[key] = proj
-        path = self._cache_file(key)
+        want = _Want(proj.source, proj.model_version, proj.model_key)
+        self._cache[self._memory_key(want, proj.method)] = proj
+        path = self._cache_file(want, proj.method)
         if path is None:
             return
+        # Atomic and durable: a power cut leaves the old file or the new one, never a torn one.
+        tmp = path.with_name(f"{path.name}.{os.getpid()}-{threading.get_ident()}.tmp")
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(".tmp.npy")
-            np.save(tmp, proj.coords, allow_pickle=False)
+            with open(tmp, "wb") as fh:
+                np.save(fh, proj.coords, allow_pickle=False)
+                fh.flush()
+                os.fsync(fh.fileno())
             os.replace(tmp, path)
         except OSError:
-            pass  # the cache is an optimization; an unwritable folder only costs recomputation
+            # The cache is an optimization; an unwritable folder only costs recomputation.
+            try:
+                tmp.unlink(missing_ok=True)
+            except OSError:
+                pass
 
     def _first_paint(self) -> Projection:
-        source, version = self._key_now()
+        want = self._key_now()
         for method in ("umap", "pca"):
-            cached = self._load((source, version, method))
+            cached = self._load(want, method)
             if cached is not None and (method == "pca" or self.method == "umap"):
                 self.status = f"{method} (cached)"
                 return cached
@@ -390,16 +446,15 @@ class Projector:
                 want, self._want = self._want, None
             if want is None:
                 return
-            source, version = want
             try:
-                self._compute(source, version)
+                self._compute(want)
             except Exception:  # noqa: BLE001 (shown in the views, never printed)
                 self.error = traceback.format_exc()
                 self.status = "error"
 
-    def _compute(self, source: str, version: int | None) -> None:
-        key = (source, version, self.method)
-        cached = self._load(key)
+    def _compute(self, want: _Want) -> None:
+        source, version = want.source, want.version
+        cached = self._load(want, self.method)
         if cached is not None:
             self.status = f"{self.method} (cached)"
             if cached is not self._current:  # the first paint may already be this map
@@ -439,7 +494,7 @@ class Projector:
                     self._last_refit = version
         if previous is not None:
             coords = align(coords, previous)
-        proj = Projection(coords, self.method, source, version, time.perf_counter() - t0)
+        proj = Projection(coords, self.method, source, version, time.perf_counter() - t0, want.key)
         self._save(proj)
         self.status = self.method
         self.error = None

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 import threading
 import time
 import traceback
+import weakref
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -20,18 +22,19 @@ import torch
 from torch import nn
 
 from dal_widgets import strategies as _strategies
-from dal_widgets._checks import check_choice, check_int, param_error, short_repr
+from dal_widgets._checks import check_choice, check_int, check_real, param_error, short_repr
 from dal_widgets.data import Dataset
-from dal_widgets.store import LabelStore
+from dal_widgets.store import LabelStore, StoreClosedError, StoreError
 from dal_widgets.training import (
     INFERABLE,
-    Callback,
-    EarlyStopping,
-    FitState,
+    MODEL_ARRAYS,
+    ModelVersion,
+    PoolArrays,
+    Standardize,
     TrainConfig,
-    classifier_layer,
+    Trainer,
+    TrainingSet,
     default_model,
-    fit,
     predict,
     resolve_device,
 )
@@ -50,135 +53,8 @@ EVENTS = {
     "train_failed": "error (str, with traceback)",
     "evaluated": "result (dict)",
     "class_added": "name",
+    "map_changed": "projection (Projection)",
 }
-
-
-@dataclass(frozen=True)
-class ModelVersion:
-    """A finished fit: version k, trained on ``n_labels`` labels."""
-
-    version: int
-    n_labels: int
-    seconds: float
-    steps: int
-    loss: float
-    finished: float  # time.time() when it finished
-
-
-class _Progress(Callback):
-    """Publishes fit progress into the session (state that views observe), at most 10 times a second."""
-
-    def __init__(self, session: Session) -> None:
-        self.session = session
-        self.last = 0.0
-
-    def _publish(self, state: FitState, force: bool = False) -> None:
-        now = time.perf_counter()
-        if not force and now - self.last < 0.1:
-            return
-        self.last = now
-        progress = {
-            "state": "training",
-            "epoch": state.epoch + 1,
-            "epochs": state.epochs,
-            "step": state.step,
-            "steps": state.steps,
-            "loss": state.loss,
-            "samples_per_second": state.samples_per_second,
-            "eta": state.eta,
-            **state.metrics,
-        }
-        self.session.progress = progress
-        self.session._emit("train_progress", progress=progress)
-
-    def on_batch_end(self, state: FitState) -> None:
-        self._publish(state)
-
-    def on_fit_end(self, state: FitState) -> None:
-        self._publish(state, force=True)
-
-
-class _Worker:
-    """One daemon thread per session that runs fits.
-
-    Policy for a ``train()`` request while a fit runs: the running fit finishes, then one more
-    fit runs on the labels as they are then (requests made meanwhile coalesce into that one).
-    So the newest model is never more than one fit behind, and no work is thrown away.
-    """
-
-    def __init__(self, session: Session) -> None:
-        self.session = session
-        self.cond = threading.Condition()
-        self.pending = False
-        self.busy = False
-        self.closed = False
-        self.cancel = threading.Event()
-        self.thread: threading.Thread | None = None
-
-    def request(self) -> None:
-        with self.cond:
-            if self.closed:
-                raise RuntimeError("This session is closed; make a new Session to train.")
-            if (
-                self.busy
-                and not self.pending
-                and self.session._fitting_epoch == self.session._label_epoch
-            ):
-                return  # the running fit already has exactly these labels
-            self.pending = True
-            self.cancel.clear()
-            if self.thread is None or not self.thread.is_alive():
-                self.thread = threading.Thread(
-                    target=self._loop, name="dal-widgets-trainer", daemon=True
-                )
-                self.thread.start()
-            self.cond.notify_all()
-
-    def _loop(self) -> None:
-        while True:
-            with self.cond:
-                while not self.pending and not self.closed:
-                    self.cond.wait()
-                if self.closed:
-                    return
-                self.pending = False
-                self.busy = True
-            try:
-                self.session._fit_once(self.cancel)
-            except BaseException:  # noqa: BLE001 (captured for the views, never printed)
-                self.session._record_failure(traceback.format_exc())
-            finally:
-                with self.cond:
-                    self.busy = False
-                    self.cond.notify_all()
-
-    def wait(self, timeout: float | None) -> bool:
-        deadline = None if timeout is None else time.monotonic() + timeout
-        with self.cond:
-            while self.pending or self.busy:
-                left = None if deadline is None else deadline - time.monotonic()
-                if left is not None and left <= 0:
-                    return False
-                self.cond.wait(left)
-        return True
-
-    def stop(self) -> None:
-        with self.cond:
-            self.pending = False
-            self.cancel.set()
-            self.cond.notify_all()
-
-    def close(self) -> None:
-        self.stop()
-        with self.cond:
-            self.closed = True
-            self.cond.notify_all()
-        if self.thread is not None and self.thread is not threading.current_thread():
-            self.thread.join(timeout=5.0)
-
-    @property
-    def running(self) -> bool:
-        return self.busy or self.pending
 
 
 class Session:
@@ -210,6 +86,9 @@ class Session:
         The strategy used while no model exists yet, when the chosen one needs model outputs.
     annotator : str, optional
         Recorded with every label (default: the OS user name).
+    read_only : bool
+        Open an existing store only to look (labels, history, export), never to write: for a
+        store another process is labeling in. Labeling, querying and training then raise.
     """
 
     def __init__(
@@ -225,6 +104,7 @@ class Session:
         cold_start: str = "random",
         retrain: str | int = "batch",
         annotator: str | None = None,
+        read_only: bool = False,
     ) -> None:
         where = "Session"
         if not isinstance(dataset, Dataset):
@@ -246,9 +126,12 @@ class Session:
                 f"dataset is multi-label. Set pseudo_labels=0 (got {self.train_config.pseudo_labels})."
             )
         self._model_spec = self._check_model(model, where)
+        self._pool_stats: Standardize | None = None
+        if not isinstance(read_only, bool):
+            raise param_error("read_only", where, "True or False", read_only, TypeError)
         if isinstance(store, LabelStore):
             self.store = store
-        else:
+        elif store is None or isinstance(store, (str, os.PathLike)):
             self.store = LabelStore(
                 ":memory:" if store is None else store,
                 fingerprint=dataset.fingerprint,
@@ -256,30 +139,62 @@ class Session:
                 dataset_name=dataset.name,
                 annotator=annotator,
                 multi_label=dataset.multi_label,
+                read_only=read_only,
+            )
+        else:
+            raise param_error(
+                "store",
+                where,
+                "a file path (str or os.PathLike), ':memory:', None or a LabelStore",
+                store,
+                TypeError,
             )
         self.multi_label = dataset.multi_label
-        #: Pseudo-labels used by the newest fit (``TrainConfig.pseudo_labels``).
-        self.pseudo_label_count = 0
+        #: The newest model's arrays over the pool, computed once per model version.
+        self.arrays = PoolArrays(
+            dataset.X,
+            multi_label=dataset.multi_label,
+            config=self.train_config,
+            device=self.device,
+            seed=self.seed,
+        )
         self._observers: dict[str, list[Callable[..., Any]]] = {}
         self.observer_errors: list[str] = []
-        self._model: nn.Module | None = None
-        self._members: list[nn.Module] = []  # the ensemble of the newest fit (model first)
-        self.model_version: ModelVersion | None = None
-        self.progress: dict[str, Any] = {"state": "idle"}
-        self.train_error: str | None = None
         self.last_query: dict[str, Any] | None = None
-        self._fit_lock = threading.Lock()
         self._query_lock = threading.Lock()
-        self._worker = _Worker(self)
+        self._trainer = Trainer(
+            data=self._training_data,
+            new_model=self._new_model,
+            config=self.train_config,
+            device=self.device,
+            seed=self.seed,
+            emit=self._on_trainer_event,
+        )
         self.retrain = retrain  # validated by the property setter
+        #: Evaluate each new model on the held-out split (when the dataset has one), so the
+        #: learning curve grows whether or not a view is open.
+        self.evaluate_after_fit = True
+        #: The newest :meth:`evaluate` result (None before the first).
+        self.evaluation: dict[str, Any] | None = None
+        self._maps: dict[str, Any] = {}
         self._new_since_request = 0
         self._label_epoch = 0  # bumped by every change of the labeled set
-        self._fitting_epoch = -1
         self._why: dict[Any, dict[str, Any]] = {}
         # Query batches not finished yet (for retrain="batch"); the last one survives a restart.
         self._open_batches: list[set[Any]] = []
         if self.pending:
             self._open_batches.append(set(self.pending))
+        # When the store closes (close(), or a new Session on the same file takes it over),
+        # this session stops its worker and lets go of its model and pool-sized arrays. The
+        # store holds only a weak reference, so it never keeps the session alive.
+        ref = weakref.ref(self)
+
+        def release(reason: str) -> None:
+            session = ref()
+            if session is not None:
+                session._release()
+
+        self.store.add_close_callback(release)
 
     # ------------------------------------------------------------------ configuration
     @property
@@ -323,7 +238,7 @@ class Session:
             due = self._new_since_request >= self._retrain
         if due:
             self._new_since_request = 0
-            self._worker.request()
+            self._trainer.request(self._label_epoch)
 
     @property
     def classes(self) -> list[str]:
@@ -347,6 +262,14 @@ class Session:
             TypeError,
         )
 
+    def _stats(self) -> Standardize | None:
+        """The pool's per-feature statistics for the default tabular model, computed once."""
+        if self.dataset.kind != "tabular":
+            return None
+        if self._pool_stats is None:
+            self._pool_stats = Standardize.from_inputs(self.dataset.X)
+        return self._pool_stats
+
     def _new_model(self) -> nn.Module:
         shape = tuple(self.dataset.X.shape[1:])
         n_classes = len(self.classes)
@@ -354,7 +277,9 @@ class Session:
             head = (
                 self.train_config.loss_head or "loss_pred" in _strategies.get(self.strategy).needs
             )
-            return default_model(shape, n_classes, self.dataset.kind, loss_head=head)
+            return default_model(
+                shape, n_classes, self.dataset.kind, loss_head=head, standardize=self._stats()
+            )
         if isinstance(self._model_spec, nn.Module):
             return copy.deepcopy(self._model_spec)
         model = self._model_spec(shape, n_classes)
@@ -412,18 +337,21 @@ class Session:
     def _ids_arg(self, ids: Any, where: str) -> list[Any]:
         if isinstance(ids, (str, int, np.integer)) and not isinstance(ids, bool):
             ids = [ids]
-        if ids is None or isinstance(ids, (bool, float, dict)):
-            raise param_error(
-                "ids", where, "a sample id or a sequence of sample ids", ids, TypeError
-            )
+        expected = "a sample id or a 1-D sequence of sample ids"
+        if (
+            ids is None
+            or isinstance(ids, (bool, float, dict))
+            or (isinstance(ids, np.ndarray) and ids.ndim != 1)
+        ):
+            raise param_error("ids", where, expected, ids, TypeError)
         try:
             ids_list = list(ids)
         except TypeError:
-            raise param_error(
-                "ids", where, "a sample id or a sequence of sample ids", ids, TypeError
-            ) from None
+            raise param_error("ids", where, expected, ids, TypeError) from None
         if not ids_list:
             raise param_error("ids", where, "at least one sample id", ids)
+        if any(isinstance(i, (list, tuple, set, np.ndarray)) for i in ids_list):
+            raise param_error("ids", where, expected, ids, TypeError)
         self.dataset.positions(ids_list, where=where)  # KeyError naming unknown ids
         return [self.dataset.python_id(i) for i in ids_list]
 
@@ -531,6 +459,7 @@ class Session:
             Recorded with the labels ("suggestion" = a model suggestion the person accepted).
         """
         where = "Session.label"
+        self._check_writable(where)
         ids_list = self._ids_arg(ids, where)
         names = self._label_names(labels, len(ids_list), where)
         self.store.label(ids_list, names, source=source)
@@ -568,7 +497,7 @@ class Session:
 
     # ------------------------------------------------------------------ querying
     def _needs_model(self, strategy: _strategies.Strategy) -> bool:
-        return bool(strategy.needs & (INFERABLE | {"member_probs"}))
+        return bool(strategy.needs & MODEL_ARRAYS)
 
     def compute_arrays(self, needs: Iterable[str]) -> dict[str, np.ndarray]:
         """The arrays strategies ask for, over the whole pool, in one chunked pass on the device."""
@@ -576,12 +505,11 @@ class Session:
         arrays: dict[str, np.ndarray] = {}
         if "features" in needs:
             arrays["features"] = self.dataset.features
-        model_needs = needs & INFERABLE
-        missing = needs - INFERABLE - {"features", "member_probs"}
+        missing = needs - MODEL_ARRAYS - {"features"}
         if missing:
             raise ValueError(
                 f"Session cannot compute {sorted(missing)} for strategy {self.strategy!r}: "
-                f"it computes {sorted(INFERABLE | {'features', 'member_probs'})}."
+                f"it computes {sorted(MODEL_ARRAYS | {'features'})}."
             )
         if self.multi_label and needs & {"probs", "mc_probs", "member_probs"}:
             raise ValueError(
@@ -594,9 +522,11 @@ class Session:
                 f"Strategy {self.strategy!r} is for multi-label data (per-class probabilities), and this "
                 "dataset is single-label."
             )
-        if model_needs or "member_probs" in needs:
-            model, members = self._model, self._members
-            if model is None:
+        if needs & MODEL_ARRAYS:
+            trainer = self._trainer
+            # one consistent snapshot: the version and its models are replaced together
+            model, members, version = trainer.model, trainer.members, trainer.version
+            if model is None or version is None:
                 raise RuntimeError("No trained model yet: call train() (and wait()) first.")
             if "member_probs" in needs and len(members) < 2:
                 raise ValueError(
@@ -604,29 +534,8 @@ class Session:
                     f"trained {len(members)} model. Set TrainConfig(ensemble_size=5) (each fit then "
                     "trains 5 members) and train again."
                 )
-            if model_needs:
-                arrays.update(self._predict(model, model_needs))
-            if "member_probs" in needs:
-                arrays["member_probs"] = np.stack(
-                    [self._predict(m, {"probs"})["probs"] for m in members], axis=1
-                )
+            arrays.update(self.arrays.get(needs & MODEL_ARRAYS, model, members, version))
         return arrays
-
-    def _predict(
-        self, model: nn.Module, needs: set[str], X: np.ndarray | None = None
-    ) -> dict[str, np.ndarray]:
-        cfg = self.train_config
-        return predict(
-            model,
-            self.dataset.X if X is None else X,
-            needs,
-            device=self.device,
-            batch_size=cfg.inference_batch_size,
-            mc_samples=cfg.mc_samples,
-            seed=self.seed + self.round,
-            precision=cfg.precision,
-            deepfool_iters=cfg.deepfool_iters,
-        )
 
     def query(self, n: int, *, exclude: Any = None) -> list[Any]:
         """Pick the next ``n`` samples to label with the session's strategy.
@@ -642,12 +551,19 @@ class Session:
             Sample ids, best first where the strategy ranks.
         """
         where = "Session.query"
+        self._check_writable(where)
+        if exclude is not None:
+            if isinstance(exclude, (str, bytes, int, np.integer)) or not isinstance(
+                exclude, Iterable
+            ):
+                raise param_error(
+                    "exclude", where, "a sequence of sample ids (or None)", exclude, TypeError
+                )
+            exclude = list(exclude)  # once: a generator must not be consumed by a check
         with self._query_lock:
             mask = self._labeled_mask()
-            if exclude is not None:
-                excluded = self._ids_arg(exclude, where) if len(list(exclude)) else []
-                if excluded:
-                    mask[self.dataset.positions(excluded)] = True
+            if exclude:
+                mask[self.dataset.positions(self._ids_arg(exclude, where))] = True
             available = int((~mask).sum())
             if available == 0:
                 raise ValueError(
@@ -662,14 +578,14 @@ class Session:
         optional = {
             o
             for o in strategy.optional
-            if o == "features" or (o in INFERABLE and self._model is not None)
+            if o == "features" or (o in INFERABLE and self.model is not None)
         }
         return set(strategy.needs) | optional
 
     def _query_locked(self, n: int, mask: np.ndarray) -> list[Any]:
         strategy = _strategies.get(self.strategy)
         used = strategy
-        if self._model is None and self._needs_model(strategy):
+        if self.model is None and self._needs_model(strategy):
             used = _strategies.get(self.cold_start)
         rnd = self.round + 1
         rng = np.random.default_rng([self.seed, rnd])
@@ -752,7 +668,7 @@ class Session:
         ``rank`` among the ``candidates`` (1 = picked first).
         """
         ids_list = self._ids_arg(ids, "Session.explain")
-        probs = self.predict_proba(ids_list) if self._model is not None else None
+        probs = self.predict_proba(ids_list) if self.model is not None else None
         classes = self.classes
         out = []
         for i, sid in enumerate(ids_list):
@@ -799,11 +715,12 @@ class Session:
         more fit on the newest labels after it (requests coalesce). Use :meth:`wait` to block,
         :meth:`stop` to cancel; errors land in ``train_error`` and the ``train_failed`` event.
         """
+        self._check_writable("Session.train")
         if not self.store.labels:
             raise ValueError(
                 "Session.train needs at least one label. Got 0: label some samples first."
             )
-        self._worker.request()
+        self._trainer.request(self._label_epoch)
         if block:
             self.wait()
             if self.train_error is not None:
@@ -811,21 +728,79 @@ class Session:
 
     def wait(self, timeout: float | None = None) -> bool:
         """Block until no fit is running or queued; False if ``timeout`` seconds passed first."""
-        return self._worker.wait(timeout)
+        if timeout is not None:
+            timeout = check_real(timeout, "timeout", "Session.wait", lo=0)
+        return self._trainer.wait(timeout)
 
     def stop(self) -> None:
         """Cancel the running fit (it is discarded) and any queued one."""
-        self._worker.stop()
+        self._trainer.cancel()
 
     @property
     def training(self) -> bool:
         """Whether a fit is running or queued."""
-        return self._worker.running
+        return self._trainer.running
 
     @property
     def model(self) -> nn.Module | None:
         """The newest finished model (None before the first fit)."""
-        return self._model
+        return self._trainer.model
+
+    @property
+    def model_version(self) -> ModelVersion | None:
+        """The newest finished model's version (None before the first fit)."""
+        return self._trainer.version
+
+    @property
+    def progress(self) -> dict[str, Any]:
+        """The running fit's progress, or ``{"state": "idle" | "cancelled" | "error", ...}``."""
+        return self._trainer.progress
+
+    @property
+    def train_error(self) -> str | None:
+        """The traceback of the newest failed fit (None once a fit succeeds)."""
+        return self._trainer.error
+
+    @property
+    def pseudo_label_count(self) -> int:
+        """Pseudo-labels used by the newest fit (``TrainConfig.pseudo_labels``)."""
+        return self._trainer.pseudo_label_count
+
+    def _on_trainer_event(self, event: str, **payload: Any) -> None:
+        """The trainer's events (on its thread): record a new model in the round, then tell
+        the observers."""
+        if event == "trained":
+            version = payload["version"]
+            self.store.update_round(
+                train_s=version.seconds, n_labels=version.n_labels, model_version=version.version
+            )
+        self._emit(event, **payload)
+        if event == "trained" and self.evaluate_after_fit and self.dataset.has_holdout:
+            self.evaluate()
+
+    def map(self, method: str = "umap", **options: Any) -> Any:
+        """The session's map service for ``method`` ("umap" or "pca"): one per method, made on
+        first use (``options`` go to :class:`~dal_widgets.projection.Projector` then).
+
+        It refreshes itself after each fit (UMAP in its own thread) and each new map is
+        announced as the ``map_changed`` event; views draw ``projector.current()``.
+        """
+        from dal_widgets.projection import Projector
+
+        check_choice(method, "method", "Session.map", ["umap", "pca"])
+        projector = self._maps.get(method)
+        if projector is None:
+            projector = Projector(self, method=method, **options)
+            projector.on_change(lambda proj: self._emit("map_changed", projection=proj))
+            self.on("trained", lambda **_kw: projector.refresh())
+            self._maps[method] = projector
+            projector.refresh()
+        elif options:
+            raise ValueError(
+                f"Session.map: the {method!r} map exists already; its options are fixed when it "
+                f"is made. Got {sorted(options)} again."
+            )
+        return projector
 
     @property
     def staleness(self) -> int:
@@ -833,7 +808,9 @@ class Session:
         seen = 0 if self.model_version is None else self.model_version.n_labels
         return max(0, len(self.store) - seen)
 
-    def _training_data(self) -> tuple[torch.Tensor, torch.Tensor, int]:
+    def _training_data(self) -> TrainingSet:
+        """The labeled set as the trainer takes it (called on its thread when a fit starts)."""
+        token = self._label_epoch
         labels = self.store.labels
         ids = list(labels)
         pos = self.dataset.positions(ids)
@@ -846,181 +823,21 @@ class Session:
         else:
             y = np.array([classes[labels[ids[i]]] for i in order], dtype=np.int64)
         X = torch.as_tensor(self.dataset.X[pos[order]]).to(self.device)
-        return X, torch.as_tensor(y).to(self.device), len(ids)
 
-    def _fit_once(self, cancel: threading.Event) -> None:
-        with self._fit_lock:
-            self._fitting_epoch = self._label_epoch
-            X, y, n_labels = self._training_data()
-            next_version = 1 if self.model_version is None else self.model_version.version + 1
-            self.train_error = None
-            self._emit("train_started", version=next_version, n_labels=n_labels)
-            fit_seed = int(np.random.SeedSequence([self.seed, n_labels]).generate_state(1)[0])
-            model = self._initial_model(fit_seed)
-            X, y, callbacks = self._validation_split(X, y, fit_seed)
-            result = self._fit_with_oom_retry(model, X, y, callbacks, cancel, fit_seed)
-            if self.train_config.pseudo_labels > 0 and not result.cancelled:
-                model, result = self._refit_with_pseudo_labels(
-                    model, X, y, callbacks, cancel, fit_seed, result
-                )
-            members = [model]
-            for m in range(
-                1, self.train_config.ensemble_size
-            ):  # committee: other seeds, fresh weights
-                if result.cancelled:
-                    break
-                with torch.random.fork_rng(devices=[]):
-                    torch.manual_seed(fit_seed + m)
-                    member = self._new_model().to(self.device)
-                self._fit_with_oom_retry(member, X, y, [_Progress(self)], cancel, fit_seed + m)
-                members.append(member)
-                result = result if not cancel.is_set() else replace(result, cancelled=True)
-            if result.cancelled:
-                self.progress = {"state": "cancelled"}
-                self._emit("train_progress", progress=self.progress)
-                return
-            version = ModelVersion(
-                next_version, n_labels, result.seconds, result.steps, result.loss, time.time()
-            )
-            self._model, self._members, self.model_version = model, members, version
-            self.store.update_round(
-                train_s=result.seconds, n_labels=n_labels, model_version=next_version
-            )
-            self.progress = {"state": "idle", "version": next_version, "loss": result.loss}
-            self._emit("trained", version=version)
+        def unlabeled() -> np.ndarray:
+            return self.dataset.X[np.setdiff1d(np.arange(len(self.dataset)), pos)]
 
-    def _refit_with_pseudo_labels(
-        self,
-        model: nn.Module,
-        X: torch.Tensor,
-        y: torch.Tensor,
-        callbacks: list[Callback],
-        cancel: threading.Event,
-        fit_seed: int,
-        first: Any,
-    ) -> tuple[nn.Module, Any]:
-        """Self-training (``TrainConfig.pseudo_labels``): confident predictions on the unlabeled
-        pool become labels for a second, fresh fit. Returns the new model and a result whose
-        ``seconds`` cover both fits and the pool pass."""
-        cfg = self.train_config
-        t0 = time.perf_counter()
-        unlabeled = np.setdiff1d(
-            np.arange(len(self.dataset)), self.dataset.positions(list(self.store.labels))
-        )
-        probs = self._predict(model, {"probs"}, self.dataset.X[unlabeled])["probs"]
-        conf, cls = probs.max(1), probs.argmax(1)
-        keep = np.flatnonzero(conf >= cfg.pseudo_labels)
-        # The most confident pseudo_per_class of each class: sort by class, then by confidence.
-        keep = keep[np.lexsort((-conf[keep], cls[keep]))]
-        first_of_class = np.searchsorted(cls[keep], cls[keep], side="left")
-        keep = keep[np.arange(keep.size) - first_of_class < cfg.pseudo_per_class]
-        self.pseudo_label_count = int(keep.size)
-        if keep.size == 0:
-            return model, first
-        Xp = torch.as_tensor(self.dataset.X[unlabeled[keep]]).to(self.device)
-        yp = torch.as_tensor(cls[keep].astype(np.int64)).to(self.device)
-        again: list[Callback] = [_Progress(self)] + [
-            EarlyStopping(cb.X_val, cb.y_val, patience=cb.patience)
-            for cb in callbacks
-            if isinstance(cb, EarlyStopping)
-        ]
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(fit_seed + 7919)
-            student = self._new_model().to(self.device)
-        # The labels are repeated to weigh as much as the pseudo-labels: a few hundred true
-        # labels must not drown in thousands of guesses (that costs accuracy as labels grow).
-        reps = max(1, round(len(yp) / len(y)))
-        # As many steps as the supervised fit (min_epochs would multiply them by the new size).
-        result = self._fit_with_oom_retry(
-            student,
-            torch.cat([X] * reps + [Xp]),
-            torch.cat([y] * reps + [yp]),
-            again,
-            cancel,
-            fit_seed + 7919,
-            cfg.with_(steps=max(1, first.steps), min_epochs=1),
-        )
-        seconds = first.seconds + (time.perf_counter() - t0)
-        return student, replace(result, seconds=seconds)
+        return TrainingSet(X, torch.as_tensor(y).to(self.device), len(classes), token, unlabeled)
 
-    def _initial_model(self, fit_seed: int) -> nn.Module:
-        """Fresh weights (seeded), or the newest model's with ``warm_start`` and unchanged classes."""
-        newest = self._model
-        if self.train_config.warm_start and newest is not None:
-            layer = classifier_layer(newest)
-            if getattr(layer, "out_features", None) == len(self.classes):
-                return copy.deepcopy(newest).to(self.device)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(fit_seed)
-            return self._new_model().to(self.device)
-
-    def _validation_split(
-        self, X: torch.Tensor, y: torch.Tensor, fit_seed: int
-    ) -> tuple[torch.Tensor, torch.Tensor, list[Callback]]:
-        """With ``early_stopping``, hold out a seeded slice of the labels for the callback."""
-        callbacks: list[Callback] = [_Progress(self)]
-        cfg = self.train_config
-        n = int(X.shape[0])
-        if not cfg.early_stopping or n < 4 * cfg.min_val:
-            return X, y, callbacks
-        n_val = max(cfg.min_val, round(cfg.val_fraction * n))
-        order = torch.randperm(n, generator=torch.Generator().manual_seed(fit_seed)).to(X.device)
-        val, train = order[:n_val], order[n_val:]
-        callbacks.append(EarlyStopping(X[val], y[val], patience=cfg.patience))
-        return X[train], y[train], callbacks
-
-    def _fit_with_oom_retry(
-        self,
-        model: nn.Module,
-        X: torch.Tensor,
-        y: torch.Tensor,
-        callbacks: list[Callback],
-        cancel: threading.Event,
-        fit_seed: int,
-        config: TrainConfig | None = None,
-    ) -> Any:
-        """Fit; on CUDA out-of-memory, halve the batch size and retry once, then a clear error."""
-        config = config or self.train_config
-        for attempt in range(2):
-            try:
-                return fit(
-                    model,
-                    X,
-                    y,
-                    config=config,
-                    callbacks=callbacks,
-                    stop_event=cancel,
-                    seed=fit_seed,
-                )
-            except torch.cuda.OutOfMemoryError:
-                if torch.cuda.is_available():
-                    torch.cuda.empty_cache()
-                if attempt == 1 or config.batch_size == 1:
-                    raise RuntimeError(
-                        f"CUDA ran out of memory with batch size {self.train_config.batch_size} and again "
-                        f"with {config.batch_size}. Lower TrainConfig.batch_size, use a smaller model, "
-                        "or train on device='cpu'."
-                    ) from None
-                config = config.with_(batch_size=max(1, config.batch_size // 2))
-                self.progress = {
-                    "state": "training",
-                    "note": f"out of memory: retrying with batch size {config.batch_size}",
-                }
-        raise AssertionError("unreachable")
-
-    def _record_failure(self, text: str) -> None:
-        self.train_error = text
-        self.progress = {"state": "error"}
-        self._emit("train_failed", error=text)
-
-    def export_model(self, path: Any) -> tuple[str, str]:
-        """Save the newest model: weights (``path``) and a JSON config beside it.
+    def export_model(self, path: Any) -> Path:
+        """Save the newest model to one file: its weights and a JSON config (classes, dataset
+        fingerprint, labels seen, training settings), written atomically.
 
         Load it back with :meth:`load_model` (``torch.load(..., weights_only=True)``).
         """
         from dal_widgets.training import save_checkpoint
 
-        model, version = self._model, self.model_version
+        model, version = self.model, self.model_version
         if model is None or version is None:
             raise RuntimeError("No trained model yet: call train() (and wait()) first.")
         config = {
@@ -1035,19 +852,23 @@ class Session:
         }
         return save_checkpoint(path, model, config)
 
-    def load_model(self, path: Any) -> None:
-        """Load weights saved by :meth:`export_model` into a fresh model; it becomes the newest."""
+    def load_model(self, path: Any, *, allow_other_dataset: bool = False) -> None:
+        """Load a checkpoint saved by :meth:`export_model` into a fresh model; it becomes the
+        newest. One made for another dataset or class list is refused unless
+        ``allow_other_dataset``."""
         from dal_widgets.training import load_checkpoint
 
         model = self._new_model()
-        config = load_checkpoint(path, model)
-        model = model.to(self.device).eval()
-        version = (self.model_version.version + 1) if self.model_version else 1
-        self._model, self._members = model, [model]
-        self.model_version = ModelVersion(
-            version, int(config.get("n_labels", 0)), 0.0, 0, math.nan, time.time()
+        config = load_checkpoint(
+            path,
+            model,
+            classes=self.classes,
+            fingerprint=self.dataset.fingerprint,
+            dataset_name=self.dataset.name,
+            allow_other_dataset=allow_other_dataset,
         )
-        self._emit("trained", version=self.model_version)
+        version = self._trainer.set_model(model, int(config.get("n_labels", 0)))
+        self._emit("trained", version=version)
 
     # ------------------------------------------------------------------ evaluation
     def predict_proba(self, ids: Any = None) -> np.ndarray:
@@ -1055,22 +876,14 @@ class Session:
 
         Softmax rows for single-label data; independent per-class sigmoids for multi-label.
         """
-        if self._model is None:
-            raise RuntimeError("No trained model yet: call train() (and wait()) first.")
-        X = (
-            self.dataset.X
+        rows = (
+            None
             if ids is None
-            else self.dataset.X[self.dataset.positions(self._ids_arg(ids, "Session.predict_proba"))]
+            else self.dataset.positions(self._ids_arg(ids, "Session.predict_proba"))
         )
         key = "label_probs" if self.multi_label else "probs"
-        return predict(
-            self._model,
-            X,
-            [key],
-            device=self.device,
-            batch_size=self.train_config.inference_batch_size,
-            precision=self.train_config.precision,
-        )[key]
+        probs = self.compute_arrays({key})[key]  # the pool's, shared with queries and the map
+        return probs if rows is None else probs[rows]
 
     def evaluate(self) -> dict[str, Any]:
         """Accuracy of the newest model on the dataset's held-out split.
@@ -1086,7 +899,7 @@ class Session:
                 f"Session.evaluate needs a held-out split, and dataset {self.dataset.name!r} has none. "
                 "Load it with holdout=0.2 (a stratified fraction) or holdout=(X_eval, y_eval)."
             )
-        model, version = self._model, self.model_version
+        model, version = self.model, self.model_version
         if model is None or version is None:
             raise RuntimeError("No trained model yet: call train() (and wait()) first.")
         assert self.dataset.X_eval is not None and self.dataset.y_eval is not None
@@ -1118,6 +931,7 @@ class Session:
         self.store.update_round(
             accuracy=acc, eval_model_version=version.version, eval_n_labels=version.n_labels
         )
+        self.evaluation = result
         self._emit("evaluated", result=result)
         return result
 
@@ -1142,9 +956,30 @@ class Session:
         return rows
 
     # ------------------------------------------------------------------ lifecycle
+    def _check_writable(self, where: str) -> None:
+        """Fail at once, before any work, when the store cannot take this session's writes."""
+        if self.store.closed:
+            raise StoreClosedError(
+                f"{where}: this session's label store {self.store.path!r} is closed (close() was "
+                "called, or a newer Session opened the same file). Use the newer Session, or make "
+                "a new one."
+            )
+        if self.store.read_only:
+            raise StoreError(
+                f"{where}: this session opened its label store {self.store.path!r} with "
+                "read_only=True; it can show and export labels, not label, query or train."
+            )
+
+    def _release(self) -> None:
+        """Stop the worker and drop the model and pool-sized arrays (the store is closing)."""
+        self._trainer.close()
+        self.arrays.clear()
+        self.last_query = None
+        self._why = {}
+
     def close(self) -> None:
-        """Stop the training thread and close the store (idempotent)."""
-        self._worker.close()
+        """Stop the training thread, close the store and let go of the model (idempotent)."""
+        self._release()
         self.store.close()
 
     def __enter__(self) -> Session:

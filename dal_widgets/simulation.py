@@ -237,9 +237,9 @@ def simulate(
             cls = rng.integers(0, len(dataset.classes), size=flip.size)
             answers[flip, cls] ^= 1
         elif noise > 0:
-            flip = rng.random(n_pool) < noise
+            flipped = rng.random(n_pool) < noise
             shift = rng.integers(1, len(dataset.classes), size=n_pool)
-            answers[flip] = (targets[flip] + shift[flip]) % len(dataset.classes)
+            answers[flipped] = (targets[flipped] + shift[flipped]) % len(dataset.classes)
         for name in strategies:
             if stop is not None and stop.is_set():
                 return result
@@ -279,8 +279,8 @@ def _run_one(
     rnd = 0
     infer_s = select_s = 0.0
     while True:
-        session.train(block=True)
-        acc = session.evaluate()["accuracy"]
+        session.train(block=True)  # the session evaluates each new model (its policy)
+        acc = session.evaluation["accuracy"]
         record = {
             "strategy": name,
             "seed": seed,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 
 import numpy as np
 import pytest
@@ -88,10 +89,10 @@ def test_controls(app, tmp_path):
         "annotator",
         "timestamp",
     } == set(rows[0])
-    weights, config = app.export_model(tmp_path / "model.pt")
-    state = torch.load(weights, weights_only=True)
-    assert all(isinstance(v, torch.Tensor) for v in state.values())
-    assert '"n_labels": 6' in open(config).read()
+    out = app.export_model(tmp_path / "model.pt")
+    payload = torch.load(out, weights_only=True)
+    assert all(isinstance(v, torch.Tensor) for v in payload["state_dict"].values())
+    assert json.loads(payload["config_json"])["n_labels"] == 6
     assert "model.pt" in app.notice.value
 
 

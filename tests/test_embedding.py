@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 
 import dal_widgets as dal
-from dal_widgets.projection import Projector
 from dal_widgets.training import TrainConfig
 from dal_widgets.widgets.embedding import EmbeddingPlot
 
@@ -21,7 +20,7 @@ def setup():
         ds, store=None, device="cpu", retrain="manual", train_config=TrainConfig(steps=30)
     )
     w = dal.LabelingWidget(s, batch_size=5, prefetch=False)
-    plot = EmbeddingPlot(s, labeler=w, projector=Projector(s, method="pca"))
+    plot = EmbeddingPlot(s, labeler=w, map_method="pca")
     yield ds, s, w, plot
     plot.close()
     s.close()
@@ -108,7 +107,7 @@ def test_inspect_mode_hover_text_is_escaped():
     texts = dal.datasets.texts(["<b>x</b> one", "two"] * 10, y=["<i>a</i>", "b"] * 10)
     s = dal.Session(texts, store=None, device="cpu", retrain="manual")
     s.label(texts.ids[0], "<i>a</i>")
-    plot = EmbeddingPlot(s, projector=Projector(s, method="pca"))
+    plot = EmbeddingPlot(s, map_method="pca")
     plot.mode.value = "Inspect"
     assert plot.figure.layout.hovermode == "closest"
     assert "&lt;i&gt;a&lt;/i&gt;" in plot.figure.data[0].text[0]
@@ -125,7 +124,7 @@ def test_hover_in_inspect_mode_shows_the_sample_beside_the_map():
     s = dal.Session(ds, store=None, device="cpu", retrain="manual", train_config=fast)
     s.label(ds.ids[:30].tolist(), ds.targets[:30])
     s.train(block=True)
-    plot = EmbeddingPlot(s, projector=Projector(s, method="pca"))
+    plot = EmbeddingPlot(s, map_method="pca")
     pool = plot.figure.data[0]
     pool._dispatch_on_hover(Points(point_inds=[7], trace_index=0), None)
     assert plot._shown is None  # Select mode: hover does nothing (and plotly sends none)
@@ -149,12 +148,11 @@ def test_box_selection_in_the_browser_reaches_python(lab):
         [
             "import json, numpy as np\n"
             "import dal_widgets as dal\n"
-            "from dal_widgets.projection import Projector\n"
             "rng = np.random.default_rng(0)\n"
             "X = rng.uniform(0, 10, size=(400, 2))\n"
             "ds = dal.datasets.from_arrays(X, classes=['a', 'b'])\n"
             "s = dal.Session(ds, store=None, device='cpu', retrain='manual')\n"
-            "plot = dal.EmbeddingPlot(s, projector=Projector(s, method='pca'))\n"
+            "plot = dal.EmbeddingPlot(s, map_method='pca')\n"
             "plot.figure.layout.yaxis.scaleanchor = None\n"
             "plot.figure.layout.xaxis.range = [-8, 8]\n"
             "plot.figure.layout.yaxis.range = [-8, 8]\n"
@@ -209,12 +207,11 @@ def _saved_size(tmp_path, rounds):
         cells=[
             new_code_cell(
                 "import numpy as np, dal_widgets as dal\n"
-                "from dal_widgets.projection import Projector\n"
                 "rng = np.random.default_rng(0)\n"
                 "X = (rng.normal(size=(10, 16))[np.arange(100_000) % 10] + rng.normal(size=(100_000, 16))).astype(np.float32)\n"
                 "ds = dal.datasets.from_arrays(X, y=np.arange(100_000) % 10)\n"
                 "s = dal.Session(ds, strategy='random', store=None, device='cpu', retrain='manual')\n"
-                "plot = dal.EmbeddingPlot(s, projector=Projector(s, method='pca'))\n"
+                "plot = dal.EmbeddingPlot(s, map_method='pca')\n"
                 "plot"
             ),
             new_code_cell(
@@ -245,3 +242,59 @@ def test_saved_notebook_with_a_100k_map_does_not_grow_with_rounds(tmp_path, caps
             f"\n100,000-point map, saved notebook: {start / 1e6:.1f} MB after 0 rounds, {after / 1e6:.1f} MB after 20"
         )
     assert after - start < 10e6
+
+
+def test_map_of_multi_label_data_in_every_color_mode():
+    from dal_widgets.widgets.embedding import COLOR_MODES
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(150, 4)).astype(np.float32)
+    Y = np.stack([X[:, 0] > 0, X[:, 1] > 0, X[:, 2] > 0.5], 1).astype(np.uint8)
+    ds = dal.datasets.from_arrays(X, y=Y, classes=["red", "round", "rare"], holdout=0.2)
+    s = dal.Session(
+        ds,
+        strategy="multilabel_entropy",
+        store=None,
+        device="cpu",
+        retrain="manual",
+        train_config=TrainConfig(steps=30),
+    )
+    plot = EmbeddingPlot(s, map_method="pca")
+    one, several, none = ds.ids[:3].tolist()
+    s.label([one, several, none], [["round"], ["red", "rare"], []])
+    # A sample with one class takes that class's color, one with several the "several" color
+    # (value C), one labeled with none of the classes the "none" color (value C + 1).
+    values = colors(plot)
+    assert values[ds.positions([one, several, none])].tolist() == [1, 3, 4]
+    assert (values == -1).sum() == len(ds) - 3
+    assert plot.figure.data[0].marker.cmax == 4
+    assert list(plot.figure.data[4].marker.color) == [1, 3, 4]  # the labeled overlay
+    assert "dark: several classes" in plot.status.value
+    plot.color_by.value = "truth"
+    count = ds.targets.sum(1)
+    expected = np.where(count == 1, ds.targets.argmax(1), np.where(count > 1, 3, 4))
+    np.testing.assert_array_equal(colors(plot), expected)
+    ids = ds.ids[3:60].tolist()
+    s.label(ids, ds.targets[ds.positions(ids)])
+    s.train(block=True)
+    s.query(5)
+    plot.mode.value = "Inspect"  # hover texts with multi-label predictions
+    assert "label red, rare" in plot.figure.data[0].text[ds.positions([several])[0]]
+    for mode in COLOR_MODES:
+        plot.color_by.value = mode
+        assert plot.errors == [], (mode, plot.errors)
+        values = colors(plot)
+        assert values.shape == (len(ds),)
+        if mode in ("labels", "truth", "prediction"):
+            assert set(np.unique(values).tolist()) <= {-1, 0, 1, 2, 3, 4}
+    plot.color_by.value = "prediction"
+    hot = s.predict_proba() >= 0.5
+    count = hot.sum(1)
+    expected = np.where(count == 1, hot.argmax(1), np.where(count > 1, 3, 4))
+    np.testing.assert_array_equal(colors(plot), expected)
+    plot.show_sample(several)
+    assert "red, rare" in plot._last_panel[1].value
+    s.undo()
+    assert plot.errors == []
+    plot.close()
+    s.close()

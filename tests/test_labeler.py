@@ -312,7 +312,6 @@ def test_untrusted_text_and_class_names_stay_inert(lab):
 
 @pytest.mark.slow
 def test_1000_labels_through_the_widget_while_training_and_projecting(tmp_path):
-    from dal_widgets.projection import Projector
     from dal_widgets.widgets.embedding import EmbeddingPlot
 
     ds = dal.datasets.digits()
@@ -324,7 +323,8 @@ def test_1000_labels_through_the_widget_while_training_and_projecting(tmp_path):
         train_config=TrainConfig(steps=150, batch_size=32),
     )
     w = dal.LabelingWidget(s, batch_size=50)
-    plot = EmbeddingPlot(s, labeler=w, projector=Projector(s, method="pca", source="embeddings"))
+    s.map("pca", source="embeddings")  # the session's map service, made with options
+    plot = EmbeddingPlot(s, labeler=w, map_method="pca")
     given = {}
     fits_seen = set()
     seq = 0

@@ -42,8 +42,9 @@ def test_headless_core_never_imports_jupyter():
 
 
 def test_public_api():
-    for name in ("datasets", "strategies", "Session", "simulate"):
+    for name in ("datasets", "strategies", "Session", "simulate", "TrainConfig"):
         assert hasattr(dal, name)
+    assert dal.TrainConfig is dal.training.TrainConfig
     assert set(dal.__all__) <= set(dir(dal))
     for fn in ("digits", "mnist", "from_arrays", "image_folder", "texts"):
         assert callable(getattr(dal.datasets, fn))
@@ -52,6 +53,7 @@ def test_public_api():
 # ---------------------------------------------------------------------------- bad input corpus
 def bad_inputs(tmp_path):
     import numpy as np
+    import torch
     from PIL import Image
 
     from dal_widgets.store import LabelStore
@@ -70,6 +72,19 @@ def bad_inputs(tmp_path):
     notckpt.write_bytes(b"not a checkpoint at all")
     other = dal.datasets.from_arrays(np.zeros((10, 2)), classes=["a", "b"])
     probs = np.full((5, 3), 1 / 3)
+    trained = dal.Session(ds, store=None, device="cpu", retrain="manual")
+    trained.label(ds.ids[:9].tolist(), [0, 1, 2] * 3)
+    trained.train(block=True)
+    ckpt = trained.export_model(tmp_path / "good.pt")
+    bad_config = tmp_path / "old.pt"  # the earlier two-file format, with a broken config
+    torch.save(MLP(3, 3).state_dict(), bad_config)
+    (tmp_path / "old.json").write_text("[]")
+    damaged = tmp_path / "damaged.db"
+    LabelStore(str(damaged), fingerprint=ds.fingerprint, classes=ds.classes).close()
+    import sqlite3
+
+    with sqlite3.connect(damaged) as con:
+        con.execute("UPDATE meta SET value = 'abc' WHERE key = 'round'")
     return [
         ("X with NaN", lambda: dal.datasets.from_arrays(np.array([[np.nan, 1.0]]), y=[0])),
         ("X with inf", lambda: dal.datasets.from_arrays(np.array([[np.inf, 1.0]]), y=[0])),
@@ -142,7 +157,50 @@ def bad_inputs(tmp_path):
         ("simulate unknown strategy", lambda: dal.simulate(ds, ["nope"])),
         ("train with no labels", lambda: dal.Session(ds, store=None).train()),
         ("one class: uncertainty means nothing", lambda: _one_class_query()),
+        # second pass (issue: reliability defects from an outside probe)
+        ("store given as an int", lambda: dal.Session(ds, store=123)),
+        ("store given as bytes", lambda: dal.Session(ds, store=b"x.db")),
+        ("ids as a 2-D array", lambda: s.label(np.array([ds.ids[:2]]), 0)),
+        ("query exclude=5", lambda: s.query(2, exclude=5)),
+        ("wait(timeout='1')", lambda: s.wait(timeout="1")),
+        ("id 2**70", lambda: s.label([2**70], [0])),
+        ("uint64 id >= 2**63", lambda: s.label(np.array([2**63 + 5], dtype=np.uint64), [0])),
+        (
+            "texts n_components=0",
+            lambda: dal.datasets.texts(["a b", "c d"], classes=["x"], n_components=0),
+        ),
+        (
+            "texts n_components=-5",
+            lambda: dal.datasets.texts(["a b", "c d"], classes=["x"], n_components=-5),
+        ),
+        ("train on a closed session", lambda: _closed_session(ds).train(block=True)),
+        ("export_model onto a folder", lambda: trained.export_model(tmp_path)),
+        (
+            "export_model into a missing folder",
+            lambda: trained.export_model(tmp_path / "no" / "m.pt"),
+        ),
+        ("export_model to model.json", lambda: trained.export_model(tmp_path / "model.json")),
+        ("load_model of another dataset", lambda: _other_session().load_model(ckpt)),
+        ("checkpoint config []", lambda: load_checkpoint(bad_config, MLP(3, 3))),
+        (
+            "store with a damaged round row",
+            lambda: LabelStore(str(damaged), fingerprint=ds.fingerprint, classes=ds.classes),
+        ),
     ]
+
+
+def _other_session():
+    animals = dal.datasets.from_arrays(
+        np.random.default_rng(1).normal(size=(60, 3)), classes=["cat", "dog", "eel"]
+    )
+    return dal.Session(animals, store=None, device="cpu")
+
+
+def _closed_session(ds):
+    closed = dal.Session(ds, store=None, device="cpu")
+    closed.label(ds.ids[:3].tolist(), 0)
+    closed.close()
+    return closed
 
 
 def _one_class_query():

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 
@@ -71,10 +73,13 @@ def test_projector_first_paint_cache_and_refresh(tmp_path):
     s.train(block=True)
     p.refresh(block=True)
     assert p.error is None and seen[-1].source == "embeddings" and seen[-1].model_version == 1
-    files = sorted(f.name for f in (tmp_path / "p.db.maps").iterdir())
-    assert any("embeddings-v1-pca" in f for f in files) and any(
-        "features-v0-pca" in f for f in files
-    )
+    assert seen[-1].model_key == s.model_version.key
+    # Maps live in the store's side folder, keyed by what identifies the model (its weights).
+    assert s.store.side_dir == tmp_path / "p.db.dal"
+    files = sorted(f.name for f in (tmp_path / "p.db.dal" / "maps").iterdir())
+    assert any(f"embeddings-{s.model_version.key}-pca" in f for f in files), files
+    assert any("features-pca" in f for f in files), files
+    assert not (tmp_path / "p.db.maps").exists()
     s.close()
     # A new kernel: the cached map of the newest state shows at once.
     s2 = dal.Session(ds, store=str(tmp_path / "p.db"), device="cpu", retrain="manual")
@@ -140,3 +145,117 @@ def test_projector_refreshes_on_anchors_between_refits(tmp_path, monkeypatch):
         assert p.error is None and p.current().model_version == k + 1
     assert sources == ["refit", "refresh", "refresh", "refit", "refresh"]
     s.close()
+
+
+def _file_session(tmp_path, ds, **kw):
+    return dal.Session(
+        ds,
+        store=str(tmp_path / "p.db"),
+        device="cpu",
+        retrain="manual",
+        train_config=TrainConfig(steps=20),
+        **kw,
+    )
+
+
+def test_a_new_kernel_s_model_v1_does_not_get_the_old_kernel_s_v1_map(tmp_path):
+    X, y = blobs()
+    ds = dal.datasets.from_arrays(X, y=y, holdout=0.2)
+    s1 = _file_session(tmp_path, ds)
+    s1.label(ds.ids[:30].tolist(), ds.targets[:30])
+    s1.train(block=True)
+    p1 = Projector(s1, method="pca")
+    p1.refresh(block=True)
+    old, old_key = p1.current(), s1.model_version.key
+    assert p1.error is None and old.source == "embeddings" and old.model_version == 1
+    s1.close()
+    # Another kernel on the same store: versions restart at 1, and its v1 is another model.
+    s2 = _file_session(tmp_path, ds)
+    s2.label(ds.ids[30:60].tolist(), ds.targets[30:60])
+    s2.train(block=True)
+    assert s2.model_version.version == 1 and s2.model_version.key != old_key
+    p2 = Projector(s2, method="pca")
+    assert p2.status != "pca (cached)"  # nothing cached for this model yet
+    p2.refresh(block=True)
+    new = p2.current()
+    assert p2.error is None and p2.status == "pca" and new.model_key == s2.model_version.key
+    assert not np.allclose(new.coords, old.coords, atol=1e-3)
+    maps = list((tmp_path / "p.db.dal" / "maps").glob("*-embeddings-*-pca.npy"))
+    assert len(maps) == 2  # one map per model, none overwritten
+    s2.close()
+
+
+def _npy_bytes(array, **kw):
+    import io
+
+    buf = io.BytesIO()
+    np.save(buf, array, **kw)
+    return buf.getvalue()
+
+
+def _npz_bytes(n):
+    import io
+
+    buf = io.BytesIO()
+    np.savez(buf, coords=np.zeros((n, 2), np.float32))
+    return buf.getvalue()
+
+
+CORRUPT_CACHES = {
+    "empty (power cut)": lambda n: b"",
+    "truncated": lambda n: _npy_bytes(np.zeros((n, 2), np.float32))[:200],
+    "not numpy": lambda n: b"hello, world",
+    "npz": _npz_bytes,
+    "strings": lambda n: _npy_bytes(np.full((n, 2), "x")),
+    "structured": lambda n: _npy_bytes(np.zeros(n, dtype=[("a", "f4"), ("b", "f4")])),
+    "structured (n, 2)": lambda n: _npy_bytes(np.zeros((n, 2), dtype=[("a", "f4")])),
+    "objects": lambda n: _npy_bytes(np.full((n, 2), None, dtype=object), allow_pickle=True),
+    "wrong shape": lambda n: _npy_bytes(np.zeros((n, 3), np.float32)),
+    "too few rows": lambda n: _npy_bytes(np.zeros((n - 1, 2), np.float32)),
+    "NaN": lambda n: _npy_bytes(np.full((n, 2), np.nan, np.float32)),
+    "infinite": lambda n: _npy_bytes(np.full((n, 2), np.inf, np.float64)),
+    "complex": lambda n: _npy_bytes(np.zeros((n, 2), np.complex64)),
+}
+
+
+@pytest.mark.parametrize("corruption", list(CORRUPT_CACHES))
+def test_a_corrupt_map_cache_is_a_miss_and_is_rewritten(tmp_path, monkeypatch, corruption):
+    X, y = blobs(60)
+    ds = dal.datasets.from_arrays(X, y=y)
+    s = _file_session(tmp_path, ds)
+    first = Projector(s, method="pca").current()
+    (path,) = (tmp_path / "p.db.dal" / "maps").glob("*-features-pca.npy")
+    path.write_bytes(CORRUPT_CACHES[corruption](len(ds)))
+    synced = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: synced.append(fd) or real_fsync(fd))
+    p = Projector(s, method="pca")  # what dal.App(session) does first
+    assert p.status == "pca" and p.error is None  # recomputed, not "(cached)"
+    np.testing.assert_allclose(p.current().coords, first.coords, atol=1e-5)
+    # The bad file was replaced by a good one, written durably (tmp file, fsync, rename).
+    assert synced
+    np.testing.assert_allclose(np.load(path), first.coords, atol=1e-5)
+    assert [f.name for f in path.parent.iterdir()] == [path.name]  # no tmp file left behind
+    assert Projector(s, method="pca").status == "pca (cached)"
+    s.close()
+
+
+@pytest.mark.parametrize("xdg", ["", "relative/cache", "ABS"])
+def test_numba_cache_ignores_empty_or_relative_xdg_cache_home(tmp_path, monkeypatch, xdg):
+    from dal_widgets import projection
+
+    home, cwd = tmp_path / "home", tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("NUMBA_CACHE_DIR", "restored-after-the-test")
+    monkeypatch.delenv("NUMBA_CACHE_DIR")
+    if xdg == "ABS":
+        xdg = str(tmp_path / "xdg")
+    monkeypatch.setenv("XDG_CACHE_HOME", xdg)
+    projection._numba_cache()
+    # The XDG spec: an empty or relative XDG_CACHE_HOME is ignored (~/.cache is used).
+    base = tmp_path / "xdg" if xdg.startswith("/") else home / ".cache"
+    assert os.environ["NUMBA_CACHE_DIR"] == str(base / "dal_widgets" / "numba")
+    assert (base / "dal_widgets" / "numba").is_dir()
+    assert list(cwd.iterdir()) == []  # nothing written in the current folder

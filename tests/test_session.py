@@ -401,9 +401,9 @@ def test_warm_start_continues_from_the_newest_model(ds):
 
 
 def test_cuda_out_of_memory_halves_the_batch_once_then_fails_clearly(ds, monkeypatch):
-    import dal_widgets.session as session_module
+    import dal_widgets.training._trainer as trainer_module  # the trainer's one fit call
 
-    real_fit = session_module.fit
+    real_fit = trainer_module.fit
     batches = []
 
     def flaky_fit(*args, config, **kwargs):
@@ -412,7 +412,7 @@ def test_cuda_out_of_memory_halves_the_batch_once_then_fails_clearly(ds, monkeyp
             raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
         return real_fit(*args, config=config, **kwargs)
 
-    monkeypatch.setattr(session_module, "fit", flaky_fit)
+    monkeypatch.setattr(trainer_module, "fit", flaky_fit)
     s = dal.Session(ds, store=None, device="cpu", train_config=FAST, retrain="manual")
     ids = ds.ids[:30].tolist()
     s.label(ids, oracle(ds, ids))
@@ -423,7 +423,7 @@ def test_cuda_out_of_memory_halves_the_batch_once_then_fails_clearly(ds, monkeyp
         batches.append(config.batch_size)
         raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
 
-    monkeypatch.setattr(session_module, "fit", always_oom)
+    monkeypatch.setattr(trainer_module, "fit", always_oom)
     s.train()
     s.wait(30)
     assert "ran out of memory with batch size 32 and again with 16" in s.train_error
@@ -495,3 +495,214 @@ def test_every_model_based_strategy_runs_inside_a_session(ds, strategy):
     assert len(set(picks)) == 6 and not set(picks) & set(ids)
     assert s.store.queries()[-1]["strategy"] == strategy
     s.close()
+
+
+# ---------------------------------------------------------------------------- lifecycle
+_EXIT_WHILE_TRAINING = textwrap.dedent("""
+    import os, sqlite3, sys, tempfile
+    import dal_widgets as dal
+    from dal_widgets.training import TrainConfig
+    p = os.path.join(tempfile.mkdtemp(), "x.db")
+    ds = dal.datasets.digits()
+    s = dal.Session(ds, strategy="random", store=p, seed=0, device="cpu",
+                    train_config=TrainConfig(steps=100_000, batch_size=8))
+    ids = s.query(3)
+    s.label(ids, [ds.targets[ds.positions(ids)][i] for i in range(3)])  # the batch: a fit starts
+    con = sqlite3.connect(p)
+    for t in [r[0] for r in con.execute("select name from sqlite_master where type='table'")]:
+        x = [r[1] for r in con.execute(f"pragma table_info({t})")]
+    print("done", s.training, flush=True)
+""")
+
+
+@pytest.mark.slow
+def test_a_script_that_ends_while_the_worker_trains_exits_cleanly():
+    """The worker is stopped and joined at interpreter exit: no abort (it was exit code 134,
+    "terminate called without an active exception", 4 times in 10)."""
+    for _ in range(4):
+        proc = subprocess.run(
+            [sys.executable, "-c", _EXIT_WHILE_TRAINING],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert "done True" in proc.stdout, proc.stderr[-2000:]
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        assert "terminate called" not in proc.stderr
+
+
+def _trainer_threads():
+    return [t for t in threading.enumerate() if t.name == "dal-widgets-trainer" and t.is_alive()]
+
+
+def test_a_takeover_stops_and_releases_the_old_session(ds, tmp_path):
+    """Re-running ``s = Session(ds, store=path)`` in a notebook: the old session's worker stops
+    and its model and pool-sized arrays are let go (they leaked: 32 threads after 30 re-runs)."""
+    path = str(tmp_path / "re.db")
+    before = len(_trainer_threads())
+    s = None
+    for _ in range(6):
+        s = dal.Session(ds, store=path, device="cpu", train_config=FAST, retrain="manual")
+        if not s.labels:
+            s.label(ds.ids[:9].tolist(), oracle(ds, ds.ids[:9]))
+        s.train(block=True)
+        s.query(3)
+        assert s.model is not None and s.last_query is not None
+    old = s
+    new = dal.Session(ds, store=path, device="cpu", train_config=FAST)
+    assert old.model is None and old.last_query is None and not old.training
+    assert len(_trainer_threads()) <= before  # every earlier worker has ended
+    with pytest.raises(dal.store.StoreClosedError, match="newer Session"):
+        old.train(block=True)
+    assert len(new.labels) == 9 and old.store.closed
+    new.close()
+
+
+def test_a_closed_session_fails_at_once_without_fitting(ds, tmp_path):
+    s = dal.Session(ds, store=str(tmp_path / "c.db"), device="cpu", train_config=FAST)
+    s.label(ds.ids[:6].tolist(), oracle(ds, ds.ids[:6]))
+    started = []
+    s.on("train_started", lambda **kw: started.append(kw))
+    s.store.close()
+    for call in (lambda: s.train(block=True), lambda: s.train(), lambda: s.query(2)):
+        with pytest.raises(dal.store.StoreClosedError, match="is closed"):
+            call()
+    s.close()
+    with pytest.raises(dal.store.StoreClosedError):
+        s.train()
+    assert started == []  # no fit ran before the error
+
+
+def test_read_only_session_shows_but_never_writes(ds, tmp_path):
+    path = str(tmp_path / "ro.db")
+    writer = dal.Session(ds, store=path, device="cpu")
+    writer.label(ds.ids[:4].tolist(), oracle(ds, ds.ids[:4]))
+    reader = dal.Session(ds, store=path, device="cpu", read_only=True)
+    assert reader.labels == writer.labels and reader.store.read_only
+    for call in (
+        lambda: reader.label(ds.ids[5], "a"),
+        lambda: reader.query(2),
+        lambda: reader.train(),
+    ):
+        with pytest.raises(dal.store.StoreError, match="read_only=True"):
+            call()
+    writer.label(ds.ids[4], "a")  # the writer is not disturbed
+    reader.close()
+    writer.close()
+
+
+def _generator_of(ids):
+    yield from ids
+
+
+@pytest.mark.parametrize(
+    ("call", "exc", "match"),
+    [
+        (lambda s, ds: s.label(np.array([ds.ids[:2]]), "a"), TypeError, "'ids'.*1-D"),
+        (lambda s, ds: s.label([[ds.ids[0]]], "a"), TypeError, "'ids'.*1-D"),
+        (lambda s, ds: s.query(2, exclude=5), TypeError, "'exclude'"),
+        (lambda s, ds: s.query(2, exclude="abc"), TypeError, "'exclude'"),
+        (lambda s, ds: s.wait(timeout="1"), TypeError, "'timeout'"),
+        (lambda s, ds: s.wait(timeout=-1), ValueError, "'timeout'"),
+        (lambda s, ds: s.label([2**70], "a"), KeyError, "'ids'|unknown sample id"),
+    ],
+)
+def test_type_errors_name_the_parameter(session, ds, call, exc, match):
+    with pytest.raises(exc, match=match):
+        call(session, ds)
+
+
+def test_exclude_may_be_a_generator(session, ds):
+    first = ds.ids[:100].tolist()
+    picks = session.query(5, exclude=_generator_of(first))
+    assert not set(picks) & set(first)
+
+
+@pytest.mark.parametrize("store", [123, b"x.db", 1.5, ["x.db"]])
+def test_store_must_be_a_path(ds, tmp_path, monkeypatch, store):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(TypeError, match="'store' parameter of Session"):
+        dal.Session(ds, store=store)
+    assert list(tmp_path.iterdir()) == []  # no file named 123 or b'x.db'
+
+
+def test_one_pool_inference_per_model_version(ds, tmp_path, monkeypatch):
+    """A query, a map refresh, an explain, predictions and an evaluate share one pool pass."""
+    import dal_widgets.session as session_module
+    import dal_widgets.training._arrays as arrays_module
+    from dal_widgets.projection import Projector
+
+    pool_calls = []
+
+    def counting(real):
+        def wrapped(model, X, *args, **kwargs):
+            if len(X) == len(ds):
+                pool_calls.append(sorted(args[0] if args else kwargs.get("needs", ())))
+            return real(model, X, *args, **kwargs)
+
+        return wrapped
+
+    monkeypatch.setattr(arrays_module, "predict", counting(arrays_module.predict))
+    monkeypatch.setattr(session_module, "predict", counting(session_module.predict))
+    s = dal.Session(
+        ds,
+        strategy="margin",
+        store=str(tmp_path / "a.db"),
+        device="cpu",
+        train_config=FAST,
+        retrain="manual",
+    )
+    s.label(ds.ids[:12].tolist(), oracle(ds, ds.ids[:12]))
+    s.train(block=True)
+    ids = s.query(5)
+    Projector(s, method="pca").refresh(block=True)  # the map of the model's embeddings
+    s.explain(ids)
+    s.predict_proba()
+    s.evaluate()
+    assert len(pool_calls) == 1 and s.arrays.passes == 1
+    assert pool_calls[0] == ["embeddings", "probs"]  # one forward pass gives both
+    s.label(ids, oracle(ds, ids))
+    s.train(block=True)  # a new version: one more pass, no more
+    s.query(5)
+    s.explain(ids)
+    assert len(pool_calls) == 2
+    s.close()
+
+
+def test_margin_runs_on_unscaled_tabular_data_through_the_session(tmp_path):
+    """Timestamps (~1.7e9) and 1e15-sized values: the default model standardizes them, so
+    margin sampling gets varied scores (it stopped with DegenerateScoresError)."""
+    rng = np.random.default_rng(0)
+    stamp = 1.7e9 + rng.uniform(0, 3.2e7, 300)
+    huge = 1e15 * rng.uniform(1, 2, 300)
+    X = np.column_stack([stamp, huge, np.full(300, 5.0)]).astype(np.float32)
+    y = ((stamp - 1.7e9) / 3.2e7 + (huge / 1e15 - 1) > 1).astype(np.int64)
+    ds = dal.datasets.from_arrays(X, y=y, kind="tabular", holdout=0.2)
+    s = dal.Session(ds, strategy="margin", store=None, device="cpu", retrain="manual")
+    ids = ds.ids[:40].tolist()
+    s.label(ids, ds.targets[ds.positions(ids)].tolist())
+    s.train(block=True)
+    assert len(set(s.query(5))) == 5
+    assert np.ptp(s.predict_proba()[:, 0]) > 0.1 and s.evaluation["accuracy"] > 0.7
+    path = s.export_model(tmp_path / "m.pt")
+    again = dal.Session(ds, store=None, device="cpu")
+    again.load_model(path)  # the standardization travels with the weights
+    np.testing.assert_allclose(again.predict_proba(), s.predict_proba(), atol=1e-5)
+
+
+def test_load_model_refuses_a_checkpoint_of_another_dataset(ds, tmp_path):
+    from dal_widgets.training import CheckpointMismatchError
+
+    s = dal.Session(ds, store=None, device="cpu", train_config=FAST, retrain="manual")
+    s.label(ds.ids[:9].tolist(), oracle(ds, ds.ids[:9]))
+    s.train(block=True)
+    path = s.export_model(tmp_path / "m.pt")
+    animals = dal.datasets.from_arrays(
+        ds.X, y=np.array(["cat", "dog", "eel"])[ds.positions(ds.ids) % 3], name="animals"
+    )
+    other = dal.Session(animals, store=None, device="cpu")
+    with pytest.raises(CheckpointMismatchError, match="allow_other_dataset=True"):
+        other.load_model(path)
+    assert other.model is None
+    other.load_model(path, allow_other_dataset=True)  # the explicit override
+    assert other.model is not None

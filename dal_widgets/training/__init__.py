@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dal_widgets.training._arrays import MODEL_ARRAYS, PoolArrays
 from dal_widgets.training._device import resolve_device
 from dal_widgets.training._fit import (
     Callback,
@@ -26,10 +27,12 @@ from dal_widgets.training._models import (
     load_checkpoint,
     save_checkpoint,
 )
+from dal_widgets.training._trainer import ModelVersion, Trainer, TrainingSet, weights_key
 
 __all__ = [
     "INFERABLE",
     "MLP",
+    "MODEL_ARRAYS",
     "Callback",
     "CheckpointError",
     "CheckpointMismatchError",
@@ -37,9 +40,13 @@ __all__ = [
     "EarlyStopping",
     "FitResult",
     "FitState",
+    "ModelVersion",
+    "PoolArrays",
     "SmallCNN",
     "Standardize",
     "TrainConfig",
+    "Trainer",
+    "TrainingSet",
     "affine_augment",
     "classifier_layer",
     "default_model",
@@ -49,4 +56,5 @@ __all__ = [
     "predict",
     "resolve_device",
     "save_checkpoint",
+    "weights_key",
 ]

@@ -25,8 +25,8 @@ class App:
 
     Linked: labeling a sample colors it on the map and the sample under the labeler's cursor
     is marked there; a box or lasso selection on the map fills the labeler ("Label these").
-    Each finished fit is evaluated on the held-out split (when the dataset has one) and added
-    to the learning curve.
+    The session evaluates each finished fit on the held-out split (when the dataset has one);
+    the learning curve draws its history.
 
     Parameters
     ----------
@@ -60,7 +60,6 @@ class App:
         import ipywidgets as W
 
         from dal_widgets import strategies
-        from dal_widgets.projection import Projector
         from dal_widgets.session import Session
         from dal_widgets.widgets.chart import LineChart
         from dal_widgets.widgets.embedding import EmbeddingPlot
@@ -80,7 +79,7 @@ class App:
         self.map = EmbeddingPlot(
             session,
             labeler=self.labeler,
-            projector=Projector(session, method=map_method),
+            map_method=map_method,
             height=420,
         )
         self.map.detail_box.layout.display = "none"  # the labeler shows the samples in the App
@@ -172,6 +171,7 @@ class App:
                 "train_progress", lambda progress: self._safe(lambda: self._on_progress(progress))
             ),
             session.on("trained", lambda **kw: self._safe(self._on_trained)),
+            session.on("evaluated", lambda **kw: self._safe(self._update_curve)),
             session.on("train_failed", lambda error: self._safe(lambda: self._on_failed(error))),
             session.on("labeled", lambda **kw: self._safe(self._update_status)),
             session.on("undone", lambda **kw: self._safe(self._update_status)),
@@ -235,12 +235,13 @@ class App:
         self.notice.value = html.escape(f"Labels written to {out}")
         return out
 
-    def export_model(self, path: Any = None) -> tuple[str, str]:
-        """Save the newest model and its JSON config (default: ``<export_dir>/model.pt``)."""
+    def export_model(self, path: Any = None) -> Path:
+        """Save the newest model, weights and config in one file (default:
+        ``<export_dir>/model.pt``)."""
         target = Path(path) if path is not None else self.export_dir / "model.pt"
-        files = self.session.export_model(target)
-        self.notice.value = html.escape(f"Model written to {files[0]} (+ {Path(files[1]).name})")
-        return files
+        out = self.session.export_model(target)
+        self.notice.value = html.escape(f"Model written to {out}")
+        return out
 
     # ------------------------------------------------------------------ session events
     def _describe_strategy(self) -> None:
@@ -272,9 +273,6 @@ class App:
         self._update_status()
 
     def _on_trained(self) -> None:
-        if self.session.dataset.has_holdout:
-            self.session.evaluate()
-        self._update_curve()
         self._update_status()
         self.error_box.value = ""
 

@@ -9,6 +9,12 @@ selection can overwrite it before it reaches Python (see shared/BROWSER_TESTING.
 * **Inspect**: hover tooltips (id, label, prediction); the hovered (or clicked) sample is shown
   beside the map: a thumbnail for images, the text, or the row. (Plotly's tooltips cannot hold
   images, so the thumbnail sits in a panel next to the plot.)
+
+Multi-label data (a set of classes per sample) is colored by its set: a sample with exactly one
+class takes that class's color, one with several classes a dark "several" color and one labeled
+with none of the classes a mid grey (unlabeled samples stay light grey). This holds for given
+labels, true labels and predictions (the classes predicted with probability >= 0.5). Coloring
+a set by its first class would hide exactly the samples where classes overlap.
 """
 
 from __future__ import annotations
@@ -35,16 +41,48 @@ COLOR_MODES = {
 }
 
 _GREY = "#d0d0d0"
+_SEVERAL = "#2b2b2b"  # multi-label: a sample with several classes
+_NO_CLASS = "#8c8c8c"  # multi-label: labeled with none of the classes
 
 
-def _categorical_scale(n_classes: int) -> list[list[Any]]:
-    """A stepped colorscale: value -1 is grey (none), 0..C-1 the class colors."""
+def _categorical_scale(n_classes: int, multi_label: bool = False) -> list[list[Any]]:
+    """A stepped colorscale: value -1 is grey (unlabeled), 0..C-1 the class colors and, for
+    multi-label data, C "several classes" and C + 1 "none of the classes"."""
     colors = [_GREY] + [_PALETTE[i % len(_PALETTE)] for i in range(n_classes)]
+    if multi_label:
+        colors += [_SEVERAL, _NO_CLASS]
     steps = len(colors)
     scale: list[list[Any]] = []
     for i, c in enumerate(colors):
         scale += [[i / steps, c], [(i + 1) / steps, c]]
     return scale
+
+
+def _categorical_marker(n_classes: int, multi_label: bool) -> dict[str, Any]:
+    return {
+        "colorscale": _categorical_scale(n_classes, multi_label),
+        "cmin": -1,
+        "cmax": n_classes - 1 + (2 if multi_label else 0),
+        "showscale": False,
+    }
+
+
+def _set_values(hot: np.ndarray) -> np.ndarray:
+    """Color values of (N, C) class sets: the class when there is one, C for several, C + 1
+    for none."""
+    hot = np.asarray(hot, dtype=bool)
+    n_classes = hot.shape[1]
+    count = hot.sum(1)
+    return np.where(
+        count == 1, hot.argmax(1), np.where(count > 1, n_classes, n_classes + 1)
+    ).astype(np.float32)
+
+
+def _label_text(label: Any) -> str:
+    """A stored label for people: a class name, or a set of them (multi-label)."""
+    if isinstance(label, (tuple, list)):
+        return ", ".join(map(str, label)) if label else "none of the classes"
+    return str(label)
 
 
 class EmbeddingPlot:
@@ -57,8 +95,9 @@ class EmbeddingPlot:
     session : Session
     labeler : LabelingWidget, optional
         Where "Label these" sends a selection.
-    projector : Projector, optional
-        Made from the session when not given (UMAP of embeddings once a model exists).
+    map_method : {"umap", "pca"}
+        Which of the session's map services to draw (:meth:`Session.map`: UMAP of the
+        model's embeddings once a model exists, PCA first).
     color_by : str
         One of :data:`COLOR_MODES`.
     candidates : int
@@ -70,7 +109,7 @@ class EmbeddingPlot:
         session: Any,
         *,
         labeler: Any = None,
-        projector: Any = None,
+        map_method: str = "umap",
         color_by: str = "labels",
         candidates: int = 50,
         height: int = 460,
@@ -78,7 +117,6 @@ class EmbeddingPlot:
         import ipywidgets as W
         import plotly.graph_objects as go
 
-        from dal_widgets.projection import Projector
         from dal_widgets.session import Session
 
         where = "EmbeddingPlot"
@@ -88,7 +126,8 @@ class EmbeddingPlot:
         self.labeler = labeler
         self.candidates = check_int(candidates, "candidates", where, lo=0)
         check_choice(color_by, "color_by", where, COLOR_MODES)
-        self.projector = projector if projector is not None else Projector(session)
+        #: The session's map service this view draws (refreshed by the session after fits).
+        self.projector = session.map(map_method)
         self.selected_ids: list[Any] = []
         self._current_id: Any = None
         self.errors: list[str] = []
@@ -96,6 +135,7 @@ class EmbeddingPlot:
         self._replay: int | None = None  # None = live, else the round shown
         ds = session.dataset
         coords = self.projector.current().coords
+        start = _categorical_marker(len(session.classes), session.multi_label)
 
         self.figure = go.FigureWidget(
             data=[
@@ -107,9 +147,9 @@ class EmbeddingPlot:
                     marker={
                         "size": 5,
                         "color": np.full(len(ds), -1.0),
-                        "cmin": -1,
-                        "colorscale": _categorical_scale(len(session.classes)),
-                        "cmax": len(session.classes) - 1,
+                        "cmin": start["cmin"],
+                        "colorscale": start["colorscale"],
+                        "cmax": start["cmax"],
                         "line": {"width": 0},
                     },
                     hoverinfo="text",
@@ -240,10 +280,11 @@ class EmbeddingPlot:
             session.on(event, lambda **_kw: self._safe(self.redraw))
             for event in ("labeled", "undone", "marked", "queried", "class_added")
         ]
-        self._unsubscribe.append(session.on("trained", lambda **_kw: self._safe(self._on_trained)))
-        self.projector.on_change(lambda proj: self._safe(lambda: self._on_projection(proj)))
+        self._unsubscribe.append(session.on("trained", lambda **_kw: self._safe(self.redraw)))
+        self._unsubscribe.append(
+            session.on("map_changed", lambda projection: self._safe(self._on_map(projection)))
+        )
         self.redraw()
-        self.projector.refresh()
 
     # ------------------------------------------------------------------ display
     def _repr_mimebundle_(self, **kwargs: Any) -> Any:
@@ -260,7 +301,10 @@ class EmbeddingPlot:
 
     # ------------------------------------------------------------------ state -> arrays
     def _label_positions(self, upto_round: int | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Positions, class indices and rounds of the labeled samples (as of a round)."""
+        """Positions, color values and rounds of the labeled samples (as of a round).
+
+        The color value is the class index; for multi-label data see :func:`_set_values`.
+        """
         records = self.session.store.records()
         if upto_round is not None:
             records = [r for r in records if r["round"] <= upto_round]
@@ -269,9 +313,18 @@ class EmbeddingPlot:
             return empty, empty, empty
         index = {c: i for i, c in enumerate(self.session.classes)}
         pos = self.session.dataset.positions([r["sample_id"] for r in records])
-        cls = np.array([index.get(r["label"], -1) for r in records], dtype=np.int64)
         rnd = np.array([r["round"] for r in records], dtype=np.int64)
-        return pos, cls, rnd
+        if not self.session.multi_label:
+            cls = np.array([index.get(r["label"], -1) for r in records], dtype=np.int64)
+            return pos, cls, rnd
+        # Each label is a set of class names: one (row, class) pair per member, then a 0/1 matrix.
+        sets = [r["label"] for r in records]
+        rows = np.repeat(np.arange(len(sets)), [len(labels) for labels in sets])
+        cols = np.array([index.get(c, -1) for labels in sets for c in labels], dtype=np.int64)
+        hot = np.zeros((len(sets), len(index)), dtype=bool)
+        known = cols >= 0
+        hot[rows[known], cols[known]] = True
+        return pos, _set_values(hot), rnd
 
     def _picks(self, rnd: int | None) -> np.ndarray:
         log = self.session.store.queries()
@@ -284,15 +337,10 @@ class EmbeddingPlot:
     def colors(self) -> tuple[np.ndarray, dict[str, Any]]:
         """The per-point color values and the marker settings for the current mode."""
         ds = self.session.dataset
-        n_classes = len(self.session.classes)
+        multi = self.session.multi_label
         mode = self.color_by.value
         values = np.full(len(ds), -1.0, dtype=np.float32)
-        categorical = {
-            "colorscale": _categorical_scale(n_classes),
-            "cmin": -1,
-            "cmax": n_classes - 1,
-            "showscale": False,
-        }
+        categorical = _categorical_marker(len(self.session.classes), multi)
         if mode in ("labels", "round"):
             pos, cls, rnd = self._label_positions(self._replay)
             if mode == "labels":
@@ -311,12 +359,16 @@ class EmbeddingPlot:
                 raise ValueError(
                     "This dataset has no known labels to color by; choose another mode."
                 )
+            if multi:
+                return _set_values(ds.targets), categorical
             return ds.targets.astype(np.float32), categorical
         if self.session.model is None:
             return values, categorical  # no model yet: everything grey
-        arrays = self.session.compute_arrays({"probs"})
         if mode == "prediction":
-            return arrays["probs"].argmax(1).astype(np.float32), categorical
+            probs = self.session.predict_proba()  # per-class sigmoids when multi-label
+            if multi:
+                return _set_values(probs >= 0.5), categorical
+            return probs.argmax(1).astype(np.float32), categorical
         last = self.session.last_query
         scores = None if last is None else last.get("scores")
         if scores is None:
@@ -387,16 +439,22 @@ class EmbeddingPlot:
         ids = ds.ids.tolist()
         pred = None
         if self.session.model is not None:
-            probs = self.session.compute_arrays({"probs"})["probs"]
-            top = probs.argmax(1)
-            pred = [
-                f"{self.session.classes[t]} ({p:.0%})"
-                for t, p in zip(top.tolist(), probs.max(1).tolist())
-            ]
+            probs = self.session.predict_proba()
+            classes = self.session.classes
+            if self.session.multi_label:  # the set of classes predicted with p >= 0.5
+                # One text per distinct set (there are few), then picked for every sample.
+                sets, which = np.unique(probs >= 0.5, axis=0, return_inverse=True)
+                names = [_label_text([classes[j] for j in np.flatnonzero(row)]) for row in sets]
+                pred = np.asarray(names, dtype=object)[which.reshape(-1)].tolist()
+            else:
+                top = probs.argmax(1)
+                pred = [
+                    f"{classes[t]} ({p:.0%})" for t, p in zip(top.tolist(), probs.max(1).tolist())
+                ]
         self._predicted = pred
         return [
             html.escape(
-                f"id {sid} · label {labels.get(sid, '-')}"
+                f"id {sid} · label {_label_text(labels[sid]) if sid in labels else '-'}"
                 + ("" if pred is None else f" · predicted {pred[i]}")
             )
             for i, sid in enumerate(ids)
@@ -407,15 +465,20 @@ class EmbeddingPlot:
         what = f"{proj.method.upper()} of {'model v' + str(proj.model_version) + ' embeddings' if proj.source == 'embeddings' else 'raw features'}"
         busy = " · computing a newer map…" if self.projector.status.startswith("computing") else ""
         shown = "live" if self._replay is None else f"replaying round {self._replay}"
-        self.status.value = html.escape(f"{what}{busy} · {n_labels} labeled · {shown}")
+        legend = (
+            " · dark: several classes, grey: none"
+            if self.session.multi_label and self.color_by.value in ("labels", "truth", "prediction")
+            else ""
+        )
+        self.status.value = html.escape(f"{what}{busy} · {n_labels} labeled · {shown}{legend}")
 
-    def _on_projection(self, proj: Any) -> None:
-        self._set_xy(self.figure.data[0], proj.coords)
-        self.redraw()
+    def _on_map(self, proj: Any) -> Any:
+        def draw() -> None:
+            if proj.method == self.projector.method:  # another view's map is not ours
+                self._set_xy(self.figure.data[0], proj.coords)
+                self.redraw()
 
-    def _on_trained(self) -> None:
-        self.projector.refresh()
-        self.redraw()
+        return draw
 
     def _set_mode(self) -> None:
         inspect = self.mode.value == "Inspect"
@@ -507,8 +570,8 @@ class EmbeddingPlot:
         ds = self.session.dataset
         sid = ds.python_id(sample_id)
         rendered = ds.render(sid)
-        label = self.session.labels.get(sid, "unlabeled")
-        text = f"id {sid} · {label}"
+        labels = self.session.labels
+        text = f"id {sid} · {_label_text(labels[sid]) if sid in labels else 'unlabeled'}"
         if self._predicted is not None:
             text += f" · predicted {self._predicted[ds.positions([sid])[0]]}"
         caption = W.HTML(html.escape(text))

@@ -1,0 +1,110 @@
+"""The model's arrays over the pool, computed at most once per model version and shared.
+
+A query, the map, "why this sample" and the predictions all read the same arrays of the same
+model. :class:`PoolArrays` computes what is asked for the newest model version, keeps it until
+the next version arrives, and computes only what is missing when a later caller asks for more.
+The arrays one forward pass gives together (class probabilities and penultimate embeddings)
+are always computed together, so a query and a map redraw cost one pool pass, not two; the
+price is one (N, D) float32 array held per version.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
+from torch import nn
+
+from dal_widgets.training._inference import INFERABLE, predict
+from dal_widgets.training._trainer import ModelVersion
+
+__all__ = ["MODEL_ARRAYS", "PoolArrays"]
+
+#: Arrays computed from the newest model (INFERABLE) or its ensemble ("member_probs").
+MODEL_ARRAYS = INFERABLE | {"member_probs"}
+# What one forward pass gives together (see predict): computed as a pair.
+_FORWARD = frozenset({"probs", "label_probs", "embeddings"})
+
+
+class PoolArrays:
+    """Per-version cache of model arrays over ``X`` (the pool), in dataset order.
+
+    Parameters
+    ----------
+    X : array
+        The pool's model inputs.
+    multi_label : bool
+        Whether the model's outputs are per-class sigmoids (``label_probs``) instead of a
+        softmax (``probs``).
+    config : TrainConfig
+        Inference batch size, MC passes, precision, DeepFool iterations.
+    device : torch.device
+    seed : int
+        MC-dropout masks are seeded by ``seed`` and the model version.
+    """
+
+    def __init__(self, X: Any, *, multi_label: bool, config: Any, device: Any, seed: int) -> None:
+        self.X = X
+        self.multi_label = multi_label
+        self.config = config
+        self.device = device
+        self.seed = seed
+        self._lock = threading.Lock()
+        self._version: ModelVersion | None = None
+        self._arrays: dict[str, np.ndarray] = {}
+        #: Full-pool inference passes run so far (one predict call each); for tests/benchmarks.
+        self.passes = 0
+
+    def get(
+        self,
+        needs: Iterable[str],
+        model: nn.Module,
+        members: list[nn.Module],
+        version: ModelVersion,
+    ) -> dict[str, np.ndarray]:
+        """The arrays in ``needs`` (a subset of :data:`MODEL_ARRAYS`) for ``version``."""
+        needs = set(needs)
+        with self._lock:  # a second caller waits and reuses what the first computed
+            if self._version != version:
+                self._version, self._arrays = version, {}
+            missing = needs - set(self._arrays)
+            if missing & _FORWARD:
+                missing |= {"label_probs" if self.multi_label else "probs", "embeddings"}
+                missing -= set(self._arrays)
+            computed = missing & INFERABLE
+            if computed:
+                self._arrays.update(self._predict(model, computed, version))
+            if "member_probs" in missing:
+                self._arrays["member_probs"] = np.stack(
+                    [self._predict(m, {"probs"}, version)["probs"] for m in members], axis=1
+                )
+            return {k: self._arrays[k] for k in needs}
+
+    def cached(self, version: ModelVersion | None) -> set[str]:
+        """Names already computed for ``version``."""
+        with self._lock:
+            return set(self._arrays) if version is not None and version == self._version else set()
+
+    def clear(self) -> None:
+        """Drop every array (the model was let go)."""
+        with self._lock:
+            self._version, self._arrays = None, {}
+
+    def _predict(
+        self, model: nn.Module, needs: set[str], version: ModelVersion
+    ) -> dict[str, np.ndarray]:
+        cfg = self.config
+        self.passes += 1
+        return predict(
+            model,
+            self.X,
+            needs,
+            device=self.device,
+            batch_size=cfg.inference_batch_size,
+            mc_samples=cfg.mc_samples,
+            seed=self.seed + version.version,
+            precision=cfg.precision,
+            deepfool_iters=cfg.deepfool_iters,
+        )

@@ -1,0 +1,443 @@
+"""The Trainer: one daemon thread that fits models on request, and the fit plan it runs.
+
+It knows nothing of sessions, stores or widgets. Whoever owns it hands it three functions:
+``data()`` (a snapshot of the labeled set, taken when a fit starts), ``new_model()`` (fresh,
+unseeded weights; the trainer seeds the call) and ``emit(event, **payload)`` (how the owner hears
+of ``train_started``, ``train_progress``, ``trained`` and ``train_failed``). The trainer holds the
+newest model, its ensemble members, its :class:`ModelVersion` and the progress as state that
+views read.
+
+The fit plan: fresh seeded weights (or the newest model's with ``warm_start``), a validation
+slice for early stopping, the fit with one out-of-memory retry at half the batch, the optional
+pseudo-label refit, then the other members of an ensemble.
+"""
+
+from __future__ import annotations
+
+import atexit
+import copy
+import hashlib
+import threading
+import time
+import traceback
+import weakref
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from dal_widgets.training._fit import Callback, EarlyStopping, FitResult, FitState, TrainConfig, fit
+from dal_widgets.training._inference import predict
+from dal_widgets.training._models import classifier_layer
+
+__all__ = ["ModelVersion", "Trainer", "TrainingSet", "weights_key"]
+
+
+@dataclass(frozen=True)
+class ModelVersion:
+    """A finished fit: version k, trained on ``n_labels`` labels."""
+
+    version: int
+    n_labels: int
+    seconds: float
+    steps: int
+    loss: float
+    finished: float  # time.time() when it finished
+    #: What identifies the model across kernels (a hash of its weights): caches key on this,
+    #: never on ``version``, which restarts at 1 in every process.
+    key: str = ""
+
+
+def weights_key(model: nn.Module) -> str:
+    """A short hash of a model's weights and buffers (names, shapes, values)."""
+    digest = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        t = tensor.detach().cpu().contiguous().reshape(-1)
+        digest.update(f"{name}:{tuple(tensor.shape)}:{t.dtype}".encode())
+        digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return digest.hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class TrainingSet:
+    """What one fit trains on: inputs and targets on the device, in a fixed order.
+
+    ``token`` identifies the labeled set (it changes with every label action), so a request
+    made while a fit of the same set runs is not served twice. ``unlabeled`` gives the pool
+    inputs without labels, for the pseudo-label refit; it is only called when that is on.
+    """
+
+    X: torch.Tensor
+    y: torch.Tensor
+    n_classes: int
+    token: int
+    unlabeled: Callable[[], np.ndarray]
+
+    @property
+    def n_labels(self) -> int:
+        return int(self.X.shape[0])
+
+
+# Trainers with a live thread. At interpreter exit each is stopped and joined before Python
+# finalizes: a daemon thread still inside a torch kernel then aborts the process (exit code 134,
+# "terminate called without an active exception").
+_LIVE: weakref.WeakSet[Trainer] = weakref.WeakSet()
+
+
+@atexit.register
+def _stop_all_at_exit() -> None:
+    for trainer in list(_LIVE):
+        trainer.close(timeout=30.0)
+
+
+class _Progress(Callback):
+    """Publishes fit progress into the trainer (state that views read), at most 10 times a second."""
+
+    def __init__(self, trainer: Trainer) -> None:
+        self.trainer = trainer
+        self.last = 0.0
+
+    def _publish(self, state: FitState, force: bool = False) -> None:
+        now = time.perf_counter()
+        if not force and now - self.last < 0.1:
+            return
+        self.last = now
+        self.trainer._set_progress(
+            {
+                "state": "training",
+                "epoch": state.epoch + 1,
+                "epochs": state.epochs,
+                "step": state.step,
+                "steps": state.steps,
+                "loss": state.loss,
+                "samples_per_second": state.samples_per_second,
+                "eta": state.eta,
+                **state.metrics,
+            }
+        )
+
+    def on_batch_end(self, state: FitState) -> None:
+        self._publish(state)
+
+    def on_fit_end(self, state: FitState) -> None:
+        self._publish(state, force=True)
+
+
+class Trainer:
+    """Fits models in one daemon thread, on request.
+
+    Policy for a :meth:`request` while a fit runs: the running fit finishes, then one more fit
+    runs on the labels as they are then (requests made meanwhile coalesce into that one). So the
+    newest model is never more than one fit behind, and no work is thrown away.
+
+    Parameters
+    ----------
+    data : callable
+        ``data() -> TrainingSet``, called on the worker thread when a fit starts.
+    new_model : callable
+        ``new_model() -> nn.Module`` with fresh weights (the trainer seeds the call).
+    config : TrainConfig
+    device : torch.device
+    seed : int
+        Each fit is seeded by ``(seed, n_labels)``: the same labels give the same model.
+    emit : callable
+        ``emit(event, **payload)`` for ``train_started`` (version, n_labels),
+        ``train_progress`` (progress), ``trained`` (version) and ``train_failed`` (error).
+        Called on the worker thread.
+    """
+
+    def __init__(
+        self,
+        *,
+        data: Callable[[], TrainingSet],
+        new_model: Callable[[], nn.Module],
+        config: TrainConfig,
+        device: torch.device,
+        seed: int,
+        emit: Callable[..., None],
+    ) -> None:
+        self.data = data
+        self.new_model = new_model
+        self.config = config
+        self.device = device
+        self.seed = seed
+        self.emit = emit
+        #: The newest finished model, its ensemble (model first) and its version.
+        self.model: nn.Module | None = None
+        self.members: list[nn.Module] = []
+        self.version: ModelVersion | None = None
+        #: Progress of the running fit, or ``{"state": "idle" | "cancelled" | "error", ...}``.
+        self.progress: dict[str, Any] = {"state": "idle"}
+        #: The traceback of the newest failed fit (None after a fit succeeds).
+        self.error: str | None = None
+        #: Pseudo-labels used by the newest fit (``TrainConfig.pseudo_labels``).
+        self.pseudo_label_count = 0
+        self._cond = threading.Condition()
+        self._pending = False
+        self._busy = False
+        self._closed = False
+        self._token: int | None = None  # the labeled set of the running fit
+        self._cancel = threading.Event()
+        self._fit_lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    # ------------------------------------------------------------------ requests
+    def request(self, token: int | None = None) -> None:
+        """Ask for a fit on the labels as they are when it starts (see the class's policy)."""
+        with self._cond:
+            if self._closed:
+                raise RuntimeError("This trainer is closed; make a new Session to train.")
+            if self._busy and not self._pending and token is not None and token == self._token:
+                return  # the running fit already has exactly these labels
+            self._pending = True
+            self._cancel.clear()
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(
+                    target=self._loop, name="dal-widgets-trainer", daemon=True
+                )
+                self._thread.start()
+                _LIVE.add(self)
+            self._cond.notify_all()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until no fit runs or is queued; False if ``timeout`` seconds passed first."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._cond:
+            while self._pending or self._busy:
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    return False
+                self._cond.wait(left)
+        return True
+
+    def cancel(self) -> None:
+        """Cancel the running fit (it is discarded) and any queued one."""
+        with self._cond:
+            self._pending = False
+            self._cancel.set()
+            self._cond.notify_all()
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Cancel, end the thread (joined up to ``timeout`` s) and let go of the models."""
+        self.cancel()
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout=timeout)
+        _LIVE.discard(self)
+        self.model, self.members = None, []
+
+    @property
+    def running(self) -> bool:
+        """Whether a fit runs or is queued."""
+        return self._busy or self._pending
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def set_model(self, model: nn.Module, n_labels: int) -> ModelVersion:
+        """Make ``model`` the newest (e.g. loaded from a checkpoint) as the next version.
+
+        Emits nothing: the caller announces it as it sees fit."""
+        with self._fit_lock:
+            model = model.to(self.device).eval()
+            number = 1 if self.version is None else self.version.version + 1
+            version = ModelVersion(
+                number, n_labels, 0.0, 0, float("nan"), time.time(), weights_key(model)
+            )
+            self.model, self.members, self.version = model, [model], version
+        return version
+
+    # ------------------------------------------------------------------ the thread
+    def _loop(self) -> None:
+        while True:
+            with self._cond:
+                while not self._pending and not self._closed:
+                    self._cond.wait()
+                if self._closed:
+                    return
+                self._pending = False
+                self._busy = True
+            try:
+                self._fit_once()
+            except BaseException:  # noqa: BLE001 (captured for the views, never printed)
+                self.error = traceback.format_exc()
+                self._set_progress({"state": "error"})
+                self.emit("train_failed", error=self.error)
+            finally:
+                with self._cond:
+                    self._busy = False
+                    self._cond.notify_all()
+
+    def _set_progress(self, progress: dict[str, Any]) -> None:
+        self.progress = progress
+        self.emit("train_progress", progress=progress)
+
+    def _fit_once(self) -> None:
+        cancel = self._cancel
+        with self._fit_lock:
+            data = self.data()
+            self._token = data.token
+            X, y, n_labels = data.X, data.y, data.n_labels
+            number = 1 if self.version is None else self.version.version + 1
+            self.error = None
+            self.emit("train_started", version=number, n_labels=n_labels)
+            fit_seed = int(np.random.SeedSequence([self.seed, n_labels]).generate_state(1)[0])
+            model = self._initial_model(fit_seed, data.n_classes)
+            X, y, callbacks = self._validation_split(X, y, fit_seed)
+            result = self._fit_with_oom_retry(model, X, y, callbacks, fit_seed)
+            if self.config.pseudo_labels > 0 and not result.cancelled:
+                model, result = self._refit_with_pseudo_labels(
+                    model, X, y, callbacks, fit_seed, result, data
+                )
+            members = [model]
+            for m in range(1, self.config.ensemble_size):  # committee: other seeds, fresh weights
+                if result.cancelled:
+                    break
+                member = self._seeded_model(fit_seed + m)
+                self._fit_with_oom_retry(member, X, y, [_Progress(self)], fit_seed + m)
+                members.append(member)
+                result = result if not cancel.is_set() else replace(result, cancelled=True)
+            if result.cancelled:
+                self._set_progress({"state": "cancelled"})
+                return
+            version = ModelVersion(
+                number,
+                n_labels,
+                result.seconds,
+                result.steps,
+                result.loss,
+                time.time(),
+                weights_key(model),
+            )
+            self.model, self.members, self.version = model, members, version
+            self.progress = {"state": "idle", "version": number, "loss": result.loss}
+            self.emit("trained", version=version)
+
+    def _seeded_model(self, seed: int) -> nn.Module:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return self.new_model().to(self.device)
+
+    def _initial_model(self, fit_seed: int, n_classes: int) -> nn.Module:
+        """Fresh weights (seeded), or the newest model's with ``warm_start`` and unchanged classes."""
+        newest = self.model
+        if self.config.warm_start and newest is not None:
+            if getattr(classifier_layer(newest), "out_features", None) == n_classes:
+                return copy.deepcopy(newest).to(self.device)
+        return self._seeded_model(fit_seed)
+
+    def _validation_split(
+        self, X: torch.Tensor, y: torch.Tensor, fit_seed: int
+    ) -> tuple[torch.Tensor, torch.Tensor, list[Callback]]:
+        """With ``early_stopping``, hold out a seeded slice of the labels for the callback."""
+        callbacks: list[Callback] = [_Progress(self)]
+        cfg = self.config
+        n = int(X.shape[0])
+        if not cfg.early_stopping or n < 4 * cfg.min_val:
+            return X, y, callbacks
+        n_val = max(cfg.min_val, round(cfg.val_fraction * n))
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(fit_seed)).to(X.device)
+        val, train = order[:n_val], order[n_val:]
+        callbacks.append(EarlyStopping(X[val], y[val], patience=cfg.patience))
+        return X[train], y[train], callbacks
+
+    def _refit_with_pseudo_labels(
+        self,
+        model: nn.Module,
+        X: torch.Tensor,
+        y: torch.Tensor,
+        callbacks: list[Callback],
+        fit_seed: int,
+        first: FitResult,
+        data: TrainingSet,
+    ) -> tuple[nn.Module, FitResult]:
+        """Self-training (``TrainConfig.pseudo_labels``): confident predictions on the unlabeled
+        pool become labels for a second, fresh fit. Returns the new model and a result whose
+        ``seconds`` cover both fits and the pool pass."""
+        cfg = self.config
+        t0 = time.perf_counter()
+        pool = data.unlabeled()
+        probs = predict(
+            model,
+            pool,
+            {"probs"},
+            device=self.device,
+            batch_size=cfg.inference_batch_size,
+            precision=cfg.precision,
+        )["probs"]
+        conf, cls = probs.max(1), probs.argmax(1)
+        keep = np.flatnonzero(conf >= cfg.pseudo_labels)
+        # The most confident pseudo_per_class of each class: sort by class, then by confidence.
+        keep = keep[np.lexsort((-conf[keep], cls[keep]))]
+        first_of_class = np.searchsorted(cls[keep], cls[keep], side="left")
+        keep = keep[np.arange(keep.size) - first_of_class < cfg.pseudo_per_class]
+        self.pseudo_label_count = int(keep.size)
+        if keep.size == 0:
+            return model, first
+        Xp = torch.as_tensor(pool[keep]).to(self.device)
+        yp = torch.as_tensor(cls[keep].astype(np.int64)).to(self.device)
+        again: list[Callback] = [_Progress(self)] + [
+            EarlyStopping(cb.X_val, cb.y_val, patience=cb.patience)
+            for cb in callbacks
+            if isinstance(cb, EarlyStopping)
+        ]
+        student = self._seeded_model(fit_seed + 7919)
+        # The labels are repeated to weigh as much as the pseudo-labels: a few hundred true
+        # labels must not drown in thousands of guesses (that costs accuracy as labels grow).
+        reps = max(1, round(len(yp) / len(y)))
+        # As many steps as the supervised fit (min_epochs would multiply them by the new size).
+        result = self._fit_with_oom_retry(
+            student,
+            torch.cat([X] * reps + [Xp]),
+            torch.cat([y] * reps + [yp]),
+            again,
+            fit_seed + 7919,
+            cfg.with_(steps=max(1, first.steps), min_epochs=1),
+        )
+        seconds = first.seconds + (time.perf_counter() - t0)
+        return student, replace(result, seconds=seconds)
+
+    def _fit_with_oom_retry(
+        self,
+        model: nn.Module,
+        X: torch.Tensor,
+        y: torch.Tensor,
+        callbacks: list[Callback],
+        fit_seed: int,
+        config: TrainConfig | None = None,
+    ) -> FitResult:
+        """Fit; on CUDA out-of-memory, halve the batch size and retry once, then a clear error."""
+        config = config or self.config
+        for attempt in range(2):
+            try:
+                return fit(
+                    model,
+                    X,
+                    y,
+                    config=config,
+                    callbacks=callbacks,
+                    stop_event=self._cancel,
+                    seed=fit_seed,
+                )
+            except torch.cuda.OutOfMemoryError:
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
+                if attempt == 1 or config.batch_size == 1:
+                    raise RuntimeError(
+                        f"CUDA ran out of memory with batch size {self.config.batch_size} and again "
+                        f"with {config.batch_size}. Lower TrainConfig.batch_size, use a smaller model, "
+                        "or train on device='cpu'."
+                    ) from None
+                config = config.with_(batch_size=max(1, config.batch_size // 2))
+                self.progress = {
+                    "state": "training",
+                    "note": f"out of memory: retrying with batch size {config.batch_size}",
+                }
+        raise AssertionError("unreachable")
