@@ -130,6 +130,7 @@ class JointEntropy:
         # Extend each sample by a label drawn from its own pass.
         p = probs_tc.cpu().double().numpy()
         cum = np.cumsum(p.T, axis=0)  # (C, T)
+        assert self.passes is not None  # set by sample(), which ran above or earlier
         labels = _sample_rows(cum, self.passes, self.rng.random(self.passes.size))
         factor = probs_tc.T.index_select(0, torch.as_tensor(labels, device=probs_tc.device))
         rows = self.rows * factor.to(self.rows.dtype)

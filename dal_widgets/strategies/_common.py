@@ -140,10 +140,10 @@ def argmax_random(values: Any, rng: np.random.Generator, eps: float | None = Non
     top = values.max()
     if eps is None:
         eps = torch.finfo(values.dtype).eps if values.dtype.is_floating_point else 0.0
-    ties = torch.nonzero(values >= top - 4 * eps * top.abs()).flatten()
-    if ties.numel() == 1:
-        return int(ties[0])
-    return int(ties[int(rng.integers(ties.numel()))])
+    tied = torch.nonzero(values >= top - 4 * eps * top.abs()).flatten()
+    if tied.numel() == 1:
+        return int(tied[0])
+    return int(tied[int(rng.integers(tied.numel()))])
 
 
 def sq_norms(x: Any) -> Any:

@@ -13,7 +13,7 @@ would get different scores. BatchNorm and everything else stay in eval mode.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -54,7 +54,7 @@ class _ConsistentDropout:
             key = (self.t, index)
             mask = self.masks.get(key)
             if mask is None:
-                p = float(module.p)
+                p = float(cast(Any, module).p)  # every dropout layer has a float p
                 shape = [1, *x.shape[1:]]
                 if isinstance(module, (nn.Dropout1d, nn.Dropout2d, nn.Dropout3d)):
                     shape = [1, x.shape[1]] + [1] * (x.dim() - 2)

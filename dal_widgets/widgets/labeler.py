@@ -264,7 +264,7 @@ class LabelingWidget(anywidget.AnyWidget):
         """Replace the items on screen with ``ids`` (rendered, with the model's suggestions)."""
         ds = self.session.dataset
         explain = {r["id"]: r for r in self.session.explain(ids)} if ids else {}
-        items = []
+        items: list[dict[str, Any]] = []
         keys = {}
         for sid in ids:
             key = self._key(sid)
