@@ -13,6 +13,7 @@ import pytest
 
 from dal_widgets.store import (
     LabelStore,
+    RoundRecord,
     StoreClosedError,
     StoreError,
     StoreLockedError,
@@ -20,6 +21,12 @@ from dal_widgets.store import (
 )
 
 CLASSES = ["cat", "dog", "eel"]
+
+
+def _integrity(path):
+    """SQLite's own check of the file, from a connection of its own."""
+    with sqlite3.connect(path) as con:
+        return con.execute("PRAGMA integrity_check").fetchone()[0]
 
 
 @pytest.fixture
@@ -97,7 +104,7 @@ def test_resume_after_reopen(path):
     assert again.round == r == 1
     q = again.queries()[-1]
     assert q["ids"] == ["c", "d"] and q["scores"] == [0.9, 0.8] and q["model_version"] == 3
-    assert again.rounds() == [{"round": 1, "accuracy": 0.5}]
+    assert again.rounds() == [RoundRecord(round=1, accuracy=0.5)]
     assert again.undo() == ["a", "b"]  # undo works across sessions
 
 
@@ -190,28 +197,21 @@ def test_unwritable_location():
         open_store("/proc/labels.db")
 
 
-def test_failed_commit_keeps_memory_and_disk_consistent(path, monkeypatch):
+def test_failed_write_keeps_memory_and_disk_consistent(path):
     s = open_store(path)
     s.label([1], ["cat"])
-    # Simulate a full disk at commit time: nothing of the action may appear anywhere.
-    import dal_widgets.store as store_mod
-
-    real_exit = store_mod._Transaction.__exit__
-
-    def failing_exit(self, exc_type, exc, tb):
-        if exc_type is None:
-            self.store._conn.execute("ROLLBACK")
-            raise StoreError(
-                "could not save this change (database or disk is full); nothing of it was saved"
-            )
-        return real_exit(self, exc_type, exc, tb)
-
-    monkeypatch.setattr(store_mod._Transaction, "__exit__", failing_exit)
-    with pytest.raises(StoreError, match="disk is full"):
+    # The action's last statement fails, as on a full disk: nothing of it may appear anywhere.
+    with sqlite3.connect(path) as con:
+        con.execute(
+            "CREATE TRIGGER full BEFORE INSERT ON events "
+            "BEGIN SELECT RAISE(ABORT, 'database or disk is full'); END"
+        )
+    with pytest.raises(StoreError, match="disk is full.*nothing of it was saved"):
         s.label([2], ["dog"])
-    monkeypatch.undo()
-    assert s.labels == {1: "cat"}
+    assert s.labels == {1: "cat"} and len(s.history()) == 1
     s.close()
+    with sqlite3.connect(path) as con:
+        con.execute("DROP TRIGGER full")
     assert open_store(path).labels == {1: "cat"}
 
 
@@ -263,7 +263,7 @@ def test_label_survives_sigkill_right_after_label_returns(path):
     assert proc.returncode == -signal.SIGKILL
     again = open_store(path)  # the lock died with the child
     assert set(returned) <= set(again.labels)
-    assert again._conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    assert _integrity(path) == "ok"
 
 
 CRASH_CHILD = r"""
@@ -333,17 +333,18 @@ def test_no_returned_label_is_lost_across_50_sigkills(tmp_path):
             json.loads(line) for line in proc.stdout.read().splitlines() if line.startswith("[")
         ]
         store = LabelStore(path, fingerprint="crash", classes=["a", "b", "c"])
-        assert store._conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        assert _integrity(path) == "ok"
         labels = store.labels
         # Ids are never relabeled, so each returned id has one label event; it must be there,
         # and the id is labeled now exactly when no undo reverted that event's action.
-        undone = dict(store._conn.execute("SELECT action_id, undone_by FROM actions").fetchall())
-        events = dict(
-            store._conn.execute(
-                "SELECT e.sample_id, e.action_id FROM events e JOIN actions a USING(action_id) "
-                "WHERE a.kind = 'label' AND e.field = 'label'"
-            ).fetchall()
-        )
+        with sqlite3.connect(path) as con:  # read beside the store, as any SQLite tool would
+            undone = dict(con.execute("SELECT action_id, undone_by FROM actions").fetchall())
+            events = dict(
+                con.execute(
+                    "SELECT e.sample_id, e.action_id FROM events e JOIN actions a USING(action_id) "
+                    "WHERE a.kind = 'label' AND e.field = 'label'"
+                ).fetchall()
+            )
         for ids in returned:
             for sid in ids:
                 assert sid in events, (
@@ -374,9 +375,10 @@ def test_a_full_disk_loses_nothing_already_saved(path):
     s = open_store(path)
     s.label([0], ["cat"])
     # SQLite's own limit on the file size gives the real "database or disk is full" error.
-    s._conn.execute(
-        "PRAGMA max_page_count = " + str(s._conn.execute("PRAGMA page_count").fetchone()[0])
-    )
+    # The limit is per connection, so it goes on the store's own: the one fault injection
+    # that reaches inside (a tmpfs would need mount rights the suite cannot count on).
+    conn = s._conn  # noqa: SLF001
+    conn.execute("PRAGMA max_page_count = " + str(conn.execute("PRAGMA page_count").fetchone()[0]))
     saved, failed = 1, 0
     for i in range(1, 2000):
         try:
@@ -535,7 +537,7 @@ def _old_style_wal_store(path):
 
 @pytest.mark.parametrize("case", ["clean", "wal-clean", "killed", "killed-no-shm"])
 def test_read_only_in_a_folder_we_cannot_write(tmp_path, path, monkeypatch, case):
-    import dal_widgets.store as store_mod
+    import dal_widgets.store._file as store_mod
 
     expected = {1: "cat", 2: "dog"}
     if case == "clean":
@@ -559,7 +561,7 @@ def test_read_only_in_a_folder_we_cannot_write(tmp_path, path, monkeypatch, case
 
 
 def test_read_only_in_unwritable_folder_while_a_writer_labels(tmp_path, path, monkeypatch):
-    import dal_widgets.store as store_mod
+    import dal_widgets.store._file as store_mod
 
     code = textwrap.dedent(f"""
         import sys
@@ -946,3 +948,32 @@ def test_takeover_stops_a_labeling_thread_through_its_close_callback(tmp_path, p
     assert first.closed and not first.close_callback_errors
     # every label the thread was told was saved is in the new store
     assert saved and set(saved) <= set(second.labels)
+
+
+def test_record_query_starts_a_round_in_one_transaction(path):
+    s = open_store(path)
+    s.label([1, 2], ["cat", "dog"])
+    rnd = s.record_query("margin", [3, 4], scores=[0.9, 0.5], model_version=2, infer_s=0.25)
+    assert rnd == 1 and s.round == 1
+    (row,) = s.rounds()
+    assert row == RoundRecord(
+        round=1, strategy="margin", queried=2, infer_s=0.25, n_labels_at_query=2, model_version=2
+    )
+    assert s.queries()[-1]["ids"] == [3, 4] and s.queries()[-1]["scores"] == [0.9, 0.5]
+    s.update_round(train_s=1.5, n_labels=4, model_version=3)
+    assert s.rounds()[0].labels_seen == 4 and s.rounds()[0].model_version == 3
+    with pytest.raises(TypeError, match="unknown field.*'acuracy'"):
+        s.update_round(acuracy=0.9)
+    # The round's history row is written last: make that write fail, and nothing of the query
+    # (round number, query log) may remain.
+    with sqlite3.connect(path) as con:
+        con.execute(
+            "CREATE TRIGGER no_rounds BEFORE INSERT ON rounds BEGIN SELECT RAISE(ABORT, 'full'); END"
+        )
+    with pytest.raises(StoreError, match="nothing of it was saved"):
+        s.record_query("margin", [5], model_version=3)
+    assert s.round == 1 and len(s.queries()) == 1 and len(s.rounds()) == 1
+    s.close()
+    again = open_store(path)
+    assert again.round == 1 and len(again.queries()) == 1
+    again.close()

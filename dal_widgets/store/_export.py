@@ -1,0 +1,154 @@
+"""Copies of a store: labels exported to CSV / JSON Lines, and whole-store backups.
+
+Both are written to a temporary file beside the target, fsynced and renamed into place
+(``dal_widgets._files``), so an interrupted export never leaves a half-written file.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+from dal_widgets._checks import param_error
+from dal_widgets._files import check_path_param, drop_tmp, fsync_dir, fsync_file, new_tmp
+from dal_widgets.store._errors import StoreError
+from dal_widgets.store._file import _StoreFile
+
+__all__: list[str] = []  # LabelStore's methods
+
+
+class _Exports(_StoreFile):
+    """Export, backup and DataFrame views of a store (the base of :class:`LabelStore`)."""
+
+    def records(self) -> list[dict[str, Any]]:
+        raise NotImplementedError  # LabelStore's
+
+    # ------------------------------------------------------------------ export
+    def export(self, path: str | os.PathLike[str], format: str | None = None) -> Path:
+        """Write the current labels to CSV or JSON Lines (by suffix, or ``format``).
+
+        The file is written beside its target and renamed into place, so an interrupted export
+        never leaves a half-written file under the final name; temporary files that killed
+        exports of the same target left behind are removed.
+        """
+        where = "LabelStore.export"
+        target = Path(check_path_param(path, "path", where))
+        fmt = format or {
+            ".csv": "csv",
+            ".jsonl": "jsonl",
+            ".json": "jsonl",
+            ".ndjson": "jsonl",
+        }.get(target.suffix.lower())
+        if fmt not in ("csv", "jsonl"):
+            raise param_error(
+                "format",
+                where,
+                "'csv' or 'jsonl' (or a path ending in .csv or .jsonl)",
+                format or str(target),
+            )
+        rows = self.records()
+        tmp: Path | None = None
+        try:
+            tmp = new_tmp(target)
+            with open(tmp, "w", newline="", encoding="utf-8") as fh:
+                if fmt == "csv":
+                    writer = csv.DictWriter(
+                        fh,
+                        fieldnames=[
+                            "sample_id",
+                            "label",
+                            "round",
+                            "source",
+                            "annotator",
+                            "timestamp",
+                        ],
+                    )
+                    writer.writeheader()
+                    for rec in rows:  # multi-label sets as JSON lists, not Python reprs
+                        if isinstance(rec["label"], list):
+                            rec = {**rec, "label": json.dumps(rec["label"], ensure_ascii=False)}
+                        writer.writerow(rec)
+                else:
+                    for rec in rows:
+                        fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, target)
+        except OSError as exc:
+            if tmp is not None:
+                drop_tmp(tmp, remove=True)
+            raise StoreError(
+                f"{where} could not write {str(target)!r}: {exc.strerror or exc}."
+            ) from None
+        except BaseException:
+            if tmp is not None:
+                drop_tmp(tmp, remove=True)
+            raise
+        drop_tmp(tmp, remove=False)
+        fsync_dir(target.parent)
+        return target
+
+    def backup(self, path: str | os.PathLike[str]) -> Path:
+        """Copy the store to ``path``, safely while it is in use (also while other threads label).
+
+        SQLite's online backup copies one consistent state of the store; the copy is one
+        self-contained file (not in WAL mode), written beside its target, flushed to disk and
+        renamed into place, so ``path`` never holds a partial copy. Open it like any store.
+        A plain file copy of the store is only complete between actions, and only of the main
+        file; this is the way to copy a store someone is labeling.
+
+        Returns
+        -------
+        Path
+            ``path``.
+        """
+        where = "LabelStore.backup"
+        target = Path(check_path_param(path, "path", where))
+        if target.is_dir():
+            raise StoreError(
+                f"{where} cannot write {str(target)!r}: it is a folder; give a file path such as 'labels-copy.db'."
+            )
+        if not self._memory and target.exists() and os.path.samefile(target, self.path):
+            raise param_error("path", where, "another file than the store's own file", str(target))
+        tmp: Path | None = None
+        try:
+            tmp = new_tmp(target)
+            copy = sqlite3.connect(tmp, isolation_level=None)
+            try:
+                with self._lock:
+                    self._check_open()
+                    self._conn.backup(copy)
+                copy.execute("PRAGMA journal_mode = DELETE").fetchone()
+            finally:
+                copy.close()
+            fsync_file(tmp)
+            os.replace(tmp, target)
+        except (OSError, sqlite3.Error) as exc:
+            if tmp is not None:
+                drop_tmp(tmp, remove=True)
+            detail = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+            raise StoreError(f"{where} could not write {str(target)!r}: {detail}.") from None
+        except BaseException:
+            if tmp is not None:
+                drop_tmp(tmp, remove=True)
+            raise
+        drop_tmp(tmp, remove=False)
+        fsync_dir(target.parent)
+        return target
+
+    def to_dataframe(self) -> Any:
+        """The current labels as a pandas DataFrame (needs pandas)."""
+        try:
+            import pandas as pd
+        except ImportError:
+            raise ImportError("LabelStore.to_dataframe needs pandas: pip install pandas") from None
+        frame = pd.DataFrame(
+            self.records(),
+            columns=["sample_id", "label", "round", "source", "annotator", "timestamp"],
+        )
+        frame["timestamp"] = pd.to_datetime(frame["timestamp"])
+        return frame
