@@ -40,8 +40,18 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from dal_widgets._checks import check_choice, check_int, param_error
+from dal_widgets._files import write_atomically
 
-__all__ = ["Projection", "Projector", "align", "pca_2d", "place_on_anchors", "umap_2d"]
+__all__ = [
+    "Projection",
+    "Projector",
+    "SessionMaps",
+    "align",
+    "configure_numba_cache",
+    "pca_2d",
+    "place_on_anchors",
+    "umap_2d",
+]
 
 _PRE_DIMS = 50  # UMAP runs on the top principal components: faster, and denoises raw pixels
 
@@ -115,7 +125,7 @@ def _cache_home() -> Path:
     return Path(xdg) if xdg and os.path.isabs(xdg) else Path.home() / ".cache"
 
 
-def _numba_cache() -> None:
+def configure_numba_cache() -> None:
     if "NUMBA_CACHE_DIR" not in os.environ:
         try:
             path = _cache_home() / "dal_widgets" / "numba"
@@ -148,7 +158,7 @@ def umap_2d(
     init : array (N, 2), optional
         A previous layout to start from (for continuity across rounds).
     """
-    _numba_cache()
+    configure_numba_cache()
     try:
         import umap
     except ImportError:
@@ -401,21 +411,17 @@ class Projector:
         path = self._cache_file(want, proj.method)
         if path is None:
             return
-        # Atomic and durable: a power cut leaves the old file or the new one, never a torn one.
-        tmp = path.with_name(f"{path.name}.{os.getpid()}-{threading.get_ident()}.tmp")
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
+
+        def write(tmp: Path) -> None:
             with open(tmp, "wb") as fh:
                 np.save(fh, proj.coords, allow_pickle=False)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
+
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            # Atomic and durable: a power cut leaves the old file or the new one, never a torn one.
+            write_atomically(path, write)
         except OSError:
-            # The cache is an optimization; an unwritable folder only costs recomputation.
-            try:
-                tmp.unlink(missing_ok=True)
-            except OSError:
-                pass
+            pass  # the cache is an optimization; an unwritable folder only costs recomputation
 
     def _first_paint(self) -> Projection:
         want = self._key_now()
@@ -499,3 +505,29 @@ class Projector:
         self.status = self.method
         self.error = None
         self._publish(proj)
+
+
+class SessionMaps:
+    """A session's map services: one :class:`Projector` per method, made on first use,
+    refreshed after each fit; each new map goes to ``announce(projection)``."""
+
+    def __init__(self, session: Any, announce: Callable[[Projection], None]) -> None:
+        self.session = session
+        self.announce = announce
+        self._projectors: dict[str, Projector] = {}
+
+    def get(self, method: str = "umap", **options: Any) -> Projector:
+        check_choice(method, "method", "Session.map", ["umap", "pca"])
+        projector = self._projectors.get(method)
+        if projector is None:
+            projector = Projector(self.session, method=method, **options)
+            projector.on_change(self.announce)
+            self.session.on("trained", lambda **_kw: projector.refresh())
+            self._projectors[method] = projector
+            projector.refresh()
+        elif options:
+            raise ValueError(
+                f"Session.map: the {method!r} map exists already; its options are fixed when it "
+                f"is made. Got {sorted(options)} again."
+            )
+        return projector

@@ -301,6 +301,6 @@ def _run_one(
         t0 = time.perf_counter()
         ids = session.query(min(batch, left))
         row = session.store.rounds()[-1]
-        infer_s, select_s = row["infer_s"], row["select_s"]
+        infer_s, select_s = row.infer_s or 0.0, row.select_s or 0.0
         session.label(ids, answers[dataset.positions(ids)], source="oracle")
         rnd += 1

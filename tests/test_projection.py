@@ -253,7 +253,7 @@ def test_numba_cache_ignores_empty_or_relative_xdg_cache_home(tmp_path, monkeypa
     if xdg == "ABS":
         xdg = str(tmp_path / "xdg")
     monkeypatch.setenv("XDG_CACHE_HOME", xdg)
-    projection._numba_cache()
+    projection.configure_numba_cache()
     # The XDG spec: an empty or relative XDG_CACHE_HOME is ignored (~/.cache is used).
     base = tmp_path / "xdg" if xdg.startswith("/") else home / ".cache"
     assert os.environ["NUMBA_CACHE_DIR"] == str(base / "dal_widgets" / "numba")

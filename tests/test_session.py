@@ -552,7 +552,7 @@ def test_a_takeover_stops_and_releases_the_old_session(ds, tmp_path):
     new = dal.Session(ds, store=path, device="cpu", train_config=FAST)
     assert old.model is None and old.last_query is None and not old.training
     assert len(_trainer_threads()) <= before  # every earlier worker has ended
-    with pytest.raises(dal.store.StoreClosedError, match="newer Session"):
+    with pytest.raises(dal.store.StoreClosedError, match="newer LabelStore"):
         old.train(block=True)
     assert len(new.labels) == 9 and old.store.closed
     new.close()
@@ -628,8 +628,8 @@ def test_store_must_be_a_path(ds, tmp_path, monkeypatch, store):
 
 def test_one_pool_inference_per_model_version(ds, tmp_path, monkeypatch):
     """A query, a map refresh, an explain, predictions and an evaluate share one pool pass."""
-    import dal_widgets.session as session_module
     import dal_widgets.training._arrays as arrays_module
+    import dal_widgets.training._metrics as metrics_module
     from dal_widgets.projection import Projector
 
     pool_calls = []
@@ -643,7 +643,7 @@ def test_one_pool_inference_per_model_version(ds, tmp_path, monkeypatch):
         return wrapped
 
     monkeypatch.setattr(arrays_module, "predict", counting(arrays_module.predict))
-    monkeypatch.setattr(session_module, "predict", counting(session_module.predict))
+    monkeypatch.setattr(metrics_module, "predict", counting(metrics_module.predict))
     s = dal.Session(
         ds,
         strategy="margin",
@@ -706,3 +706,34 @@ def test_load_model_refuses_a_checkpoint_of_another_dataset(ds, tmp_path):
     assert other.model is None
     other.load_model(path, allow_other_dataset=True)  # the explicit override
     assert other.model is not None
+
+
+def test_a_query_scores_the_pool_once(ds, tmp_path):
+    """select(..., return_scores=True): the picks and the scores logged beside them come from
+    one call of the strategy (it ran twice: select, then scores)."""
+    from dal_widgets.strategies import register
+
+    calls = []
+
+    @register("counted_margin_test", needs={"probs"}, replace=True)
+    def counted(probs):
+        calls.append(len(probs))
+        top2 = np.sort(probs, axis=1)[:, -2:]
+        return top2[:, 0] - top2[:, 1]
+
+    s = dal.Session(
+        ds,
+        strategy="counted_margin_test",
+        store=None,
+        device="cpu",
+        train_config=FAST,
+        retrain="manual",
+    )
+    s.label(ds.ids[:12].tolist(), oracle(ds, ds.ids[:12]))
+    s.train(block=True)
+    ids = s.query(4)
+    assert calls == [len(ds)]
+    logged = s.store.queries()[-1]["scores"]
+    assert len(logged) == 4 and logged == sorted(logged, reverse=True)
+    assert [r["rank"] for r in s.explain(ids)] == [1, 2, 3, 4]
+    s.close()

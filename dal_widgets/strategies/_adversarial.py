@@ -17,6 +17,6 @@ __all__ = ["dfal"]
 
 
 @register("dfal", needs={"adv_dist"})
-def dfal(adv_dist):
+def dfal(adv_dist: np.ndarray):
     """DFAL: smallest DeepFool perturbation first, the samples nearest the boundary (Ducoffe & Precup 2018)."""
     return -np.asarray(adv_dist, dtype=np.float64)

@@ -13,6 +13,8 @@ matrix-vector products over (N, C) and (N, D) arrays, never the N x (C*D) matrix
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from dal_widgets.strategies._common import (
@@ -28,7 +30,7 @@ from dal_widgets.strategies._registry import register
 __all__ = ["badge", "gradient_factors"]
 
 
-def gradient_factors(probs, device):
+def gradient_factors(probs: np.ndarray, device: Any):
     """``A = p - e_yhat`` (N, C) on ``device``, the squared norms of its rows, and ``yhat``."""
     import torch
 
@@ -40,7 +42,16 @@ def gradient_factors(probs, device):
 
 
 @register("badge", needs={"probs", "embeddings"}, kind="batch")
-def badge(n, *, candidates, labeled_mask, rng, probs, embeddings, device=None):
+def badge(
+    n: int,
+    *,
+    candidates: np.ndarray,
+    labeled_mask: np.ndarray,
+    rng: np.random.Generator,
+    probs: np.ndarray,
+    embeddings: np.ndarray,
+    device: Any = None,
+):
     """BADGE: k-means++ seeding on gradient embeddings, uncertain and diverse at once (Ash et al., ICLR 2020).
 
     As in the authors' code, the first centre is the candidate with the largest gradient norm;
@@ -75,7 +86,7 @@ def badge(n, *, candidates, labeled_mask, rng, probs, embeddings, device=None):
     return picks_np if whole else candidates[picks_np]
 
 
-def _seed(a, h, g2, yhat, chosen, n, rng):
+def _seed(a: Any, h: Any, g2: Any, yhat: Any, chosen: Any, n: int, rng: np.random.Generator):
     """k-means++ seeding in factorized form; ``chosen`` marks rows that cannot be drawn.
 
     Each pick needs ``min(best_i, d2(i, c))`` for every row. ``|h_i . h_c| <= |h_i| |h_c|``

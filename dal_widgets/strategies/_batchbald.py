@@ -23,6 +23,8 @@ Candidates are scored in chunks, so memory is O(K x chunk x C), never O(N x K x 
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from dal_widgets._checks import check_int
@@ -96,7 +98,9 @@ class JointEntropy:
         Where and in which precision the rows live.
     """
 
-    def __init__(self, n_passes: int, num_samples: int, rng: np.random.Generator, device, dtype):
+    def __init__(
+        self, n_passes: int, num_samples: int, rng: np.random.Generator, device: Any, dtype: Any
+    ):
         import torch
 
         self.t = n_passes
@@ -111,7 +115,7 @@ class JointEntropy:
         """Whether the configurations are enumerated (True) or sampled (False)."""
         return self.passes is None
 
-    def add(self, probs_tc) -> None:
+    def add(self, probs_tc: Any) -> None:
         """Add a chosen point, given its (T, C) tensor of per-pass probabilities."""
         import torch
 
@@ -149,7 +153,7 @@ class JointEntropy:
         self.weights = torch.full((s,), 1.0 / s, dtype=self.rows.dtype, device=self.rows.device)
         self.passes = passes
 
-    def conditional(self, probs_btc) -> object:
+    def conditional(self, probs_btc: Any) -> object:
         """``H(y_x | y_S)`` for a (b, T, C) tensor of candidates, as a (b,) tensor."""
         import torch
 
@@ -162,7 +166,16 @@ class JointEntropy:
 
 
 @register("batchbald", needs={"mc_probs"}, kind="batch")
-def batchbald(n, *, candidates, labeled_mask, rng, mc_probs, device=None, num_samples=1000):
+def batchbald(
+    n: int,
+    *,
+    candidates: np.ndarray,
+    labeled_mask: np.ndarray,
+    rng: np.random.Generator,
+    mc_probs: np.ndarray,
+    device: Any = None,
+    num_samples: int = 1000,
+):
     """BatchBALD: a greedy batch with maximal joint mutual information (Kirsch et al., NeurIPS 2019).
 
     Each pick maximizes ``H(y_x | y_S) - E_w H(y_x | w)`` given the picks S so far: a copy of
@@ -199,7 +212,17 @@ def batchbald(n, *, candidates, labeled_mask, rng, mc_probs, device=None, num_sa
     return candidates[np.asarray(picks, dtype=np.int64)]
 
 
-def _greedy(n, candidates, probs, cand, cond_t, first_scores, state, rng, c):
+def _greedy(
+    n: int,
+    candidates: np.ndarray,
+    probs: Any,
+    cand: Any,
+    cond_t: Any,
+    first_scores: np.ndarray,
+    state: Any,
+    rng: np.random.Generator,
+    c: Any,
+):
     """The greedy loop of :func:`batchbald`: positions into ``candidates``, in pick order."""
     import torch
 

@@ -105,7 +105,7 @@ def mode_fraction(arr: np.ndarray) -> np.ndarray:
 
 
 @register("bald", needs={"mc_probs"})
-def bald(mc_probs):
+def bald(mc_probs: np.ndarray):
     """BALD: mutual information between the label and the weights (Houlsby et al. 2011; Gal et al., ICML 2017).
 
     ``H[mean_t p_t] - mean_t H[p_t]`` over the T MC-dropout passes: high where the passes are
@@ -115,7 +115,7 @@ def bald(mc_probs):
 
 
 @register("variation_ratios", needs={"mc_probs"})
-def variation_ratios(mc_probs):
+def variation_ratios(mc_probs: np.ndarray):
     """Variation ratios: share of MC passes that disagree with the modal class (Freeman 1965; Gal et al., ICML 2017).
 
     ``1 - f_mode / T`` where ``f_mode`` counts the passes whose argmax is the most common one,
@@ -126,7 +126,7 @@ def variation_ratios(mc_probs):
 
 
 @register("mean_std", needs={"mc_probs"})
-def mean_std(mc_probs):
+def mean_std(mc_probs: np.ndarray):
     """Mean over classes of the standard deviation of p(c) across MC passes (Kampffmeyer et al. 2016; Gal et al., ICML 2017).
 
     ``mean_c sqrt(E_t[p_t(c)^2] - E_t[p_t(c)]^2)``, computed from centred values for accuracy.
@@ -147,7 +147,7 @@ def mean_std(mc_probs):
 
 
 @register("max_entropy", needs={"mc_probs"})
-def max_entropy(mc_probs):
+def max_entropy(mc_probs: np.ndarray):
     """Max entropy: entropy of the mean MC-dropout prediction (Shannon 1948; Gal et al., ICML 2017)."""
     n, t, c = mc_probs.shape
     out = np.empty(n, np.float64)

@@ -11,6 +11,8 @@ the session passes them.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from dal_widgets._checks import check_int, check_real
@@ -29,7 +31,7 @@ from dal_widgets.strategies._registry import register
 __all__ = ["coverage_radius", "mean_knn_distance", "probcover", "typiclust"]
 
 
-def mean_knn_distance(x, k):
+def mean_knn_distance(x: Any, k: int):
     """Mean Euclidean distance of each row of ``x`` to its ``k`` nearest other rows (chunked)."""
     import torch
 
@@ -46,17 +48,17 @@ def mean_knn_distance(x, k):
 
 @register("typiclust", needs={"features"}, optional={"embeddings"}, kind="batch")
 def typiclust(
-    n,
+    n: int,
     *,
-    candidates,
-    labeled_mask,
-    rng,
-    features,
-    embeddings=None,
-    device=None,
-    max_clusters=500,
-    k_neighbors=20,
-    min_cluster_size=5,
+    candidates: np.ndarray,
+    labeled_mask: np.ndarray,
+    rng: np.random.Generator,
+    features: np.ndarray,
+    embeddings: np.ndarray | None = None,
+    device: Any = None,
+    max_clusters: int = 500,
+    k_neighbors: int = 20,
+    min_cluster_size: int = 5,
 ):
     """TypiClust: the most typical sample of each large cluster without labels (Hacohen et al., ICML 2022).
 
@@ -114,7 +116,7 @@ def typiclust(
     return np.asarray(picks, dtype=np.int64)
 
 
-def coverage_radius(x, purity, n_clusters, rng):
+def coverage_radius(x: Any, purity: float, n_clusters: int, rng: np.random.Generator):
     """The largest ball radius at which a ``purity`` share of balls hold one k-means cluster.
 
     ProbCover's choice of delta: cluster into ``n_clusters`` (a stand-in for the classes); a
@@ -131,16 +133,16 @@ def coverage_radius(x, purity, n_clusters, rng):
         d2 = sq_dist_block(x[start:stop], sq[start:stop], x, sq)
         d2[labels[start:stop].unsqueeze(1) == labels.unsqueeze(0)] = float("inf")
         other[start:stop] = d2.amin(dim=1)
-    other = other.sqrt().cpu().double().numpy()
-    radius = float(np.sort(other)[int(np.floor((1.0 - purity) * m))])
+    gaps = other.sqrt().cpu().double().numpy()
+    radius = float(np.sort(gaps)[int(np.floor((1.0 - purity) * m))])
     if not np.isfinite(radius) or radius <= 0:
         # One cluster, or duplicates across clusters: fall back to the smallest positive gap.
-        positive = other[np.isfinite(other) & (other > 0)]
+        positive = gaps[np.isfinite(gaps) & (gaps > 0)]
         radius = float(positive.min()) if positive.size else 1.0
     return radius
 
 
-def _count_within(x, sq, rows, cols, r2):
+def _count_within(x: Any, sq: Any, rows: Any, cols: Any, r2: Any):
     """For each of ``rows`` the number of ``cols`` closer than sqrt(r2) (chunked)."""
     import torch
 
@@ -156,17 +158,17 @@ def _count_within(x, sq, rows, cols, r2):
 
 @register("probcover", needs={"features"}, optional={"embeddings"}, kind="batch")
 def probcover(
-    n,
+    n: int,
     *,
-    candidates,
-    labeled_mask,
-    rng,
-    features,
-    embeddings=None,
-    device=None,
-    radius=None,
-    purity=0.95,
-    n_clusters=10,
+    candidates: np.ndarray,
+    labeled_mask: np.ndarray,
+    rng: np.random.Generator,
+    features: np.ndarray,
+    embeddings: np.ndarray | None = None,
+    device: Any = None,
+    radius: float | None = None,
+    purity: float = 0.95,
+    n_clusters: int = 10,
 ):
     """ProbCover: greedy max coverage of the pool by balls of radius delta (Yehuda et al., NeurIPS 2022).
 

@@ -19,7 +19,7 @@ __all__ = ["consensus_kl", "vote_entropy"]
 
 
 @register("vote_entropy", needs={"member_probs"})
-def vote_entropy(member_probs):
+def vote_entropy(member_probs: np.ndarray):
     """Vote entropy: entropy of the members' hard votes (Dagan & Engelson, ICML 1995).
 
     ``-sum_c V(c)/M log(V(c)/M)`` where ``V(c)`` counts the members whose argmax is ``c``.
@@ -37,7 +37,7 @@ def vote_entropy(member_probs):
 
 
 @register("consensus_kl", needs={"member_probs"})
-def consensus_kl(member_probs):
+def consensus_kl(member_probs: np.ndarray):
     """Mean KL divergence of each member from the consensus (McCallum & Nigam, ICML 1998).
 
     ``mean_m KL(p_m || mean_m p_m)``, which equals ``H[mean] - mean_m H[p_m]``: the same

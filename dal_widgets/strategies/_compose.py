@@ -88,7 +88,16 @@ def compose(
     post_device = "device" in inspect.signature(post.fn).parameters
     default_factor = factor
 
-    def composed(n, *, candidates, labeled_mask, rng, device=None, factor=default_factor, **arrays):
+    def composed(
+        n: int,
+        *,
+        candidates: np.ndarray,
+        labeled_mask: np.ndarray,
+        rng: np.random.Generator,
+        device: Any = None,
+        factor: Any = default_factor,
+        **arrays,
+    ):
         factor = check_int(factor, "factor", f"strategies.select({name!r})", lo=1)
         m = min(candidates.size, factor * n)
         pool = candidates

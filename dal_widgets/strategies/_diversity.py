@@ -8,6 +8,8 @@ active learning at scale" (NeurIPS 2021, Cluster-Margin).
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from dal_widgets._checks import check_int
@@ -34,7 +36,7 @@ _FRONTIER = 1024
 _HAC_MAX = 4096
 
 
-def k_center_greedy(x, sq, best, n, init, rng):
+def k_center_greedy(x: Any, sq: Any, best: Any, n: int, init: Any, rng: np.random.Generator):
     """Greedy k-center: ``n`` rows of ``x``, each the farthest from all centres so far.
 
     Parameters
@@ -82,7 +84,7 @@ def k_center_greedy(x, sq, best, n, init, rng):
     seen = np.full(m, n_init, dtype=np.int64)  # centres each row's distance accounts for
     front: dict = {}
 
-    def rebuild(size, count):
+    def rebuild(size: int, count: Any):
         """Make the ``size`` rows with the largest bounds the (exact) frontier."""
         if front:  # the old frontier's exact distances go back into the bounds
             best[front["rows"]] = front["best"].cpu().numpy()
@@ -123,7 +125,15 @@ def k_center_greedy(x, sq, best, n, init, rng):
 
 
 @register("coreset", needs={"embeddings"}, kind="batch")
-def coreset(n, *, candidates, labeled_mask, rng, embeddings, device=None):
+def coreset(
+    n: int,
+    *,
+    candidates: np.ndarray,
+    labeled_mask: np.ndarray,
+    rng: np.random.Generator,
+    embeddings: np.ndarray,
+    device: Any = None,
+):
     """Core-set: greedy k-center on embeddings, the labeled points as first centres (Sener & Savarese, ICLR 2018).
 
     Each pick is the candidate farthest from every labeled point and every earlier pick. With
@@ -163,7 +173,16 @@ def coreset(n, *, candidates, labeled_mask, rng, embeddings, device=None):
 
 
 @register("kmeans", needs={"embeddings"}, kind="batch")
-def kmeans(n, *, candidates, labeled_mask, rng, embeddings, device=None, max_iter=20):
+def kmeans(
+    n: int,
+    *,
+    candidates: np.ndarray,
+    labeled_mask: np.ndarray,
+    rng: np.random.Generator,
+    embeddings: np.ndarray,
+    device: Any = None,
+    max_iter: int = 20,
+):
     """K-means diversity: cluster the candidates into n groups, take the one nearest each centroid (Zhdanov 2019).
 
     k-means++ seeding and Lloyd iterations in torch on the session's device, chunked.
@@ -222,7 +241,16 @@ def round_robin(labels: np.ndarray, n: int, rng: np.random.Generator) -> np.ndar
 
 @register("cluster_margin", needs={"probs", "embeddings"}, kind="batch")
 def cluster_margin(
-    n, *, candidates, labeled_mask, rng, probs, embeddings, device=None, factor=10, n_clusters=None
+    n: int,
+    *,
+    candidates: np.ndarray,
+    labeled_mask: np.ndarray,
+    rng: np.random.Generator,
+    probs: np.ndarray,
+    embeddings: np.ndarray,
+    device: Any = None,
+    factor: Any = 10,
+    n_clusters: int | None = None,
 ):
     """Cluster-Margin: lowest-margin samples, spread round-robin over clusters, smallest first (Citovsky et al., NeurIPS 2021).
 

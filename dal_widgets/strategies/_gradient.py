@@ -20,7 +20,7 @@ __all__ = ["egl"]
 
 
 @register("egl", needs={"probs", "embeddings"})
-def egl(probs, embeddings):
+def egl(probs: np.ndarray, embeddings: np.ndarray):
     """Expected gradient length of the last layer under the model's own predictions (Settles et al., NeurIPS 2008).
 
     ``|h| sum_c p_c |p - e_c|``: the expected norm of the last-layer weight gradient if the

@@ -14,6 +14,6 @@ __all__ = ["learning_loss"]
 
 
 @register("learning_loss", needs={"loss_pred"})
-def learning_loss(loss_pred):
+def learning_loss(loss_pred: np.ndarray):
     """Learning loss: the largest loss predicted by a loss-prediction head (Yoo & Kweon, CVPR 2019)."""
     return np.asarray(loss_pred, dtype=np.float64)

@@ -25,13 +25,13 @@ def _check_range(label_probs: np.ndarray) -> np.ndarray:
 
 
 @register("multilabel_entropy", needs={"label_probs"})
-def multilabel_entropy(label_probs):
+def multilabel_entropy(label_probs: np.ndarray):
     """Mean binary entropy over the classes: unsure about many labels (Yang et al., KDD 2009)."""
     p = np.clip(_check_range(label_probs), 1e-12, 1 - 1e-12)
     return -(p * np.log(p) + (1 - p) * np.log(1 - p)).mean(axis=1)
 
 
 @register("multilabel_margin", needs={"label_probs"})
-def multilabel_margin(label_probs):
+def multilabel_margin(label_probs: np.ndarray):
     """The one class closest to the 0.5 decision threshold (Brinker 2006)."""
     return -np.abs(_check_range(label_probs) - 0.5).min(axis=1)

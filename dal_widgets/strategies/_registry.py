@@ -148,6 +148,19 @@ class Strategy:
     optional: frozenset[str] = field(default_factory=frozenset)
     params: frozenset[str] = field(default_factory=frozenset)
 
+    @property
+    def needs_model(self) -> bool:
+        """Whether it needs model outputs (anything but raw ``features``)."""
+        return bool(self.needs - {"features"})
+
+    def arrays_for(self, have_model: bool) -> set[str]:
+        """What to compute for it: its needs, plus the optional arrays available now (raw
+        features always; one model's outputs once a model exists)."""
+        usable = {"features"} | (
+            set(ARRAYS) - {"features", "member_probs"} if have_model else set()
+        )
+        return set(self.needs) | (set(self.optional) & usable)
+
 
 _REGISTRY: dict[str, Strategy] = {}
 
@@ -506,8 +519,9 @@ def select(
     embeddings: Any = None,
     labeled_mask: Any = None,
     rng: Any = None,
+    return_scores: bool = False,
     **arrays_and_params: Any,
-) -> np.ndarray:
+) -> Any:
     """Choose ``n`` pool positions to label next.
 
     Parameters
@@ -524,10 +538,13 @@ def select(
         True where a position is labeled already; those are never chosen.
     rng : None, int or numpy.random.Generator
         Source of randomness for random picks and for breaking ties.
+    return_scores : bool
+        Also return the per-sample scores the picks were ranked by (``(N,)`` float64, or None
+        for strategies that pick a batch jointly), computed once: ``(picks, scores)``.
 
     Returns
     -------
-    numpy.ndarray
+    numpy.ndarray, or (numpy.ndarray, numpy.ndarray or None) with ``return_scores``
         ``n`` unique int64 positions into the given arrays, unlabeled, best first where the
         strategy ranks.
 
@@ -560,8 +577,9 @@ def select(
             f"({candidates.size} of {mask.size}). Got {n} instead."
         )
 
+    all_scores = None
     if strategy.kind == "score":
-        values = _call_scores(strategy, checked, kwargs, where)
+        values = all_scores = _call_scores(strategy, checked, kwargs, where)
         if candidates.size < values.size:
             values = values[candidates]
         if n < candidates.size and values.max() == values.min():
@@ -582,6 +600,8 @@ def select(
             )
         ).astype(np.int64, copy=False)
     _check_picks(picks, n, mask, name)
+    if return_scores:
+        return picks, None if all_scores is None else all_scores.astype(np.float64, copy=False)
     return picks
 
 

@@ -63,7 +63,7 @@ def row_entropy(probs: np.ndarray) -> np.ndarray:
 
 
 @register("random", kind="batch")
-def random(n, *, candidates, labeled_mask, rng):
+def random(n: int, *, candidates: np.ndarray, labeled_mask: np.ndarray, rng: np.random.Generator):
     """Uniformly random unlabeled samples: the baseline every strategy must beat.
 
     Passive sampling, the baseline in every active-learning study (Settles 2009, section 1).
@@ -72,7 +72,7 @@ def random(n, *, candidates, labeled_mask, rng):
 
 
 @register("least_confidence", needs={"probs"})
-def least_confidence(probs):
+def least_confidence(probs: np.ndarray):
     """Least confidence: 1 - max class probability (Lewis & Gale, SIGIR 1994)."""
     n, c = probs.shape
     dtype = float_dtype(probs.dtype)
@@ -84,20 +84,20 @@ def least_confidence(probs):
 
 
 @register("margin", needs={"probs"})
-def margin(probs):
+def margin(probs: np.ndarray):
     """Smallest margin between the top two class probabilities (Scheffer et al., IDA 2001)."""
     first, second = top2(probs)
     return np.subtract(second, first, out=first)
 
 
 @register("ratio", needs={"probs"})
-def ratio(probs):
+def ratio(probs: np.ndarray):
     """Ratio of confidences: second-best over best probability, 1 = a tie (Settles 2009)."""
     first, second = top2(probs)
     return second / np.maximum(first, np.finfo(first.dtype).tiny)
 
 
 @register("entropy", needs={"probs"})
-def entropy(probs):
+def entropy(probs: np.ndarray):
     """Shannon entropy of the predicted class distribution (Settles 2009, section 3.1)."""
     return row_entropy(probs)

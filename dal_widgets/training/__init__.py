@@ -3,6 +3,14 @@
 from __future__ import annotations
 
 from dal_widgets.training._arrays import MODEL_ARRAYS, PoolArrays
+from dal_widgets.training._checkpoint import (
+    CheckpointError,
+    CheckpointMismatchError,
+    CheckpointWriteError,
+    checkpoint_config,
+    load_checkpoint,
+    save_checkpoint,
+)
 from dal_widgets.training._device import resolve_device
 from dal_widgets.training._fit import (
     Callback,
@@ -14,18 +22,15 @@ from dal_widgets.training._fit import (
     fit,
 )
 from dal_widgets.training._inference import INFERABLE, predict
+from dal_widgets.training._metrics import evaluate_model, held_out_metrics
 from dal_widgets.training._models import (
     MLP,
-    CheckpointError,
-    CheckpointMismatchError,
-    CheckpointWriteError,
+    ModelFactory,
     SmallCNN,
     Standardize,
     classifier_layer,
     default_model,
     has_dropout,
-    load_checkpoint,
-    save_checkpoint,
 )
 from dal_widgets.training._trainer import ModelVersion, Trainer, TrainingSet, weights_key
 
@@ -40,6 +45,7 @@ __all__ = [
     "EarlyStopping",
     "FitResult",
     "FitState",
+    "ModelFactory",
     "ModelVersion",
     "PoolArrays",
     "SmallCNN",
@@ -48,10 +54,13 @@ __all__ = [
     "Trainer",
     "TrainingSet",
     "affine_augment",
+    "checkpoint_config",
     "classifier_layer",
     "default_model",
+    "evaluate_model",
     "fit",
     "has_dropout",
+    "held_out_metrics",
     "load_checkpoint",
     "predict",
     "resolve_device",

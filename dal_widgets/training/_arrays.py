@@ -18,7 +18,7 @@ import numpy as np
 from torch import nn
 
 from dal_widgets.training._inference import INFERABLE, predict
-from dal_widgets.training._trainer import ModelVersion
+from dal_widgets.training._trainer import ModelVersion, Trainer
 
 __all__ = ["MODEL_ARRAYS", "PoolArrays"]
 
@@ -35,6 +35,10 @@ class PoolArrays:
     ----------
     X : array
         The pool's model inputs.
+    features : array
+        The pool's raw features (what strategies that ask for ``"features"`` get).
+    trainer : Trainer
+        Where the newest model, its ensemble and its version come from.
     multi_label : bool
         Whether the model's outputs are per-class sigmoids (``label_probs``) instead of a
         softmax (``probs``).
@@ -45,8 +49,20 @@ class PoolArrays:
         MC-dropout masks are seeded by ``seed`` and the model version.
     """
 
-    def __init__(self, X: Any, *, multi_label: bool, config: Any, device: Any, seed: int) -> None:
+    def __init__(
+        self,
+        X: Any,
+        *,
+        features: Any,
+        trainer: Trainer,
+        multi_label: bool,
+        config: Any,
+        device: Any,
+        seed: int,
+    ) -> None:
         self.X = X
+        self.features = features
+        self.trainer = trainer
         self.multi_label = multi_label
         self.config = config
         self.device = device
@@ -56,6 +72,45 @@ class PoolArrays:
         self._arrays: dict[str, np.ndarray] = {}
         #: Full-pool inference passes run so far (one predict call each); for tests/benchmarks.
         self.passes = 0
+
+    def compute(self, needs: Iterable[str], strategy: str) -> dict[str, np.ndarray]:
+        """What ``strategy`` asks for: raw ``features`` and the newest model's arrays (clear
+        errors for arrays this data or this training cannot give)."""
+        needs = set(needs)
+        arrays: dict[str, np.ndarray] = {}
+        if "features" in needs:
+            arrays["features"] = self.features
+        missing = needs - MODEL_ARRAYS - {"features"}
+        if missing:
+            raise ValueError(
+                f"Session cannot compute {sorted(missing)} for strategy {strategy!r}: "
+                f"it computes {sorted(MODEL_ARRAYS | {'features'})}."
+            )
+        if self.multi_label and needs & {"probs", "mc_probs", "member_probs"}:
+            raise ValueError(
+                f"Strategy {strategy!r} needs softmax probabilities, which a multi-label model "
+                "does not give (its classes are independent). Use multilabel_entropy or "
+                "multilabel_margin, or a diversity strategy (coreset, kmeans, typiclust, random)."
+            )
+        if not self.multi_label and "label_probs" in needs:
+            raise ValueError(
+                f"Strategy {strategy!r} is for multi-label data (per-class probabilities), and "
+                "this dataset is single-label."
+            )
+        if needs & MODEL_ARRAYS:
+            trainer = self.trainer
+            # one consistent snapshot: the version and its models are replaced together
+            model, members, version = trainer.model, trainer.members, trainer.version
+            if model is None or version is None:
+                raise RuntimeError("No trained model yet: call train() (and wait()) first.")
+            if "member_probs" in needs and len(members) < 2:
+                raise ValueError(
+                    f"Strategy {strategy!r} needs an ensemble ('member_probs'), and the newest "
+                    f"fit trained {len(members)} model. Set TrainConfig(ensemble_size=5) (each "
+                    "fit then trains 5 members) and train again."
+                )
+            arrays.update(self.get(needs & MODEL_ARRAYS, model, members, version))
+        return arrays
 
     def get(
         self,

@@ -1,0 +1,91 @@
+"""One query: the strategy (or its cold-start stand-in), the arrays it reads, its picks.
+
+:func:`run_query` is the pure part of ``Session.query``: it reads the model's arrays through
+the ``compute`` function it is given and calls the registry once, which returns the picks and
+the scores behind them together. Recording the query and telling the views is the session's.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from dal_widgets import strategies as _strategies
+from dal_widgets._checks import check_int, param_error
+
+__all__ = ["Query", "exclude_arg", "run_query"]
+
+
+@dataclass(frozen=True)
+class Query:
+    """A query as it ran: the round it started, the ids picked (best first where the strategy
+    ranks) and their pool positions, the strategy as run (``"random (cold start for
+    entropy)"`` when one stood in), the scores over the whole pool (None for strategies that
+    pick a batch jointly), the seconds spent computing arrays and selecting, and the arrays
+    the strategy read."""
+
+    round: int
+    ids: list[Any]
+    positions: np.ndarray
+    strategy: str
+    scores: np.ndarray | None
+    infer_s: float = 0.0
+    select_s: float = 0.0
+    arrays: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
+
+
+def exclude_arg(exclude: Any, where: str) -> list[Any]:
+    """``exclude`` as a list, read once (a generator is not consumed by the check)."""
+    if exclude is None:
+        return []
+    if isinstance(exclude, (str, bytes, int, np.integer)) or not isinstance(exclude, Iterable):
+        raise param_error(
+            "exclude", where, "a sequence of sample ids (or None)", exclude, TypeError
+        )
+    return list(exclude)
+
+
+def run_query(
+    name: str,
+    cold_start: str,
+    n: int,
+    mask: np.ndarray,
+    *,
+    where: str,
+    dataset: Any,
+    have_model: bool,
+    compute: Callable[[set[str]], dict[str, np.ndarray]],
+    seed: int,
+    rnd: int,
+    device: Any,
+) -> Query:
+    """Pick ``n`` unmasked samples with strategy ``name`` (``cold_start`` while no model
+    exists and it needs one), seeded by ``(seed, rnd)``."""
+    available = int((~mask).sum())
+    if available == 0:
+        raise ValueError(
+            f"{where}: every sample is labeled, skipped or excluded; nothing is left to query."
+        )
+    n = check_int(n, "n", where, lo=1, hi=available)
+    strategy = _strategies.get(name)
+    used = _strategies.get(cold_start) if strategy.needs_model and not have_model else strategy
+    t0 = time.perf_counter()
+    arrays = compute(used.arrays_for(have_model))
+    t1 = time.perf_counter()
+    picks, scores = _strategies.select(  # scored once: picks and the scores behind them
+        used.name,
+        n,
+        labeled_mask=mask,
+        rng=np.random.default_rng([seed, rnd]),
+        device=device,
+        return_scores=True,
+        **arrays,
+    )
+    t2 = time.perf_counter()
+    label = used.name if used is strategy else f"{used.name} (cold start for {strategy.name})"
+    ids = [dataset.python_id(i) for i in dataset.ids[picks]]
+    return Query(rnd, ids, picks, label, scores, t1 - t0, t2 - t1, arrays)

@@ -1,0 +1,55 @@
+"""When a session trains by itself: after each query batch, every k labels, or only on request."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from dal_widgets._checks import check_choice, check_int
+
+__all__ = ["RetrainPolicy"]
+
+
+class RetrainPolicy:
+    """Decides, after each label action, whether a fit is due.
+
+    ``"batch"``: when every sample of a query batch is labeled or skipped (the newest four
+    batches are watched); an int k: after every k new labels; ``"manual"``: never by itself.
+    """
+
+    def __init__(self, value: str | int, where: str = "Session") -> None:
+        self.where = where
+        self.value = value  # validated by the setter
+        self._batches: list[set[Any]] = []
+        self._new = 0
+
+    @property
+    def value(self) -> str | int:
+        return self._value
+
+    @value.setter
+    def value(self, value: str | int) -> None:
+        if isinstance(value, str):
+            check_choice(value, "retrain", self.where, ["batch", "manual"])
+        else:
+            check_int(value, "retrain", self.where, lo=1)
+        self._value = value
+
+    def watch(self, ids: Iterable[Any]) -> None:
+        """A query batch was shown: a fit is due once all of it is done."""
+        self._batches = [*self._batches[-3:], set(ids)]
+
+    def due(self, n_new: int, done: set[Any]) -> bool:
+        """``n_new`` more samples were labeled or skipped; ``done`` is every such id now."""
+        self._new += n_new
+        due = False
+        if self._value == "batch":
+            finished = [b for b in self._batches if b <= done]
+            if finished:
+                self._batches = [b for b in self._batches if not b <= done]
+                due = True
+        elif isinstance(self._value, int):
+            due = self._new >= self._value
+        if due:
+            self._new = 0
+        return due
