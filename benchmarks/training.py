@@ -146,10 +146,10 @@ def main() -> None:
         lat, seq = [], 0
         while s.training and len(lat) < 200:
             item = w.items[w.cursor]
-            sid = w._keys[item["key"]]
+            sid = w.current_id
             seq += 1
             t0 = time.perf_counter()
-            w._handle_custom_msg(
+            w.receive(
                 {"action": "label", "key": item["key"], "label": "1", "seq": seq}, []
             )
             lat.append(time.perf_counter() - t0)

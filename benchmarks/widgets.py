@@ -43,12 +43,12 @@ def main() -> None:
         seq = 0
         while len(times) < actions:
             item = w.items[w.cursor]
-            sid = w._keys[item["key"]]
+            sid = w.current_id
             label = ds.classes[ds.targets[ds.positions([sid])[0]]]
             seq += 1
             at_batch_end = sum(st["status"] == "pending" for st in w.states.values()) == 1
             t0 = time.perf_counter()
-            w._handle_custom_msg(
+            w.receive(
                 {"action": "label", "key": item["key"], "label": label, "seq": seq}, []
             )
             dt = time.perf_counter() - t0

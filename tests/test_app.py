@@ -32,7 +32,7 @@ def label_batch(app):
     lab = app.labeler
     ds = app.session.dataset
     for _ in range(len(lab.items)):
-        sid = lab._keys[lab.items[lab.cursor]["key"]]
+        sid = lab.current_id
         lab.label(int(ds.targets[ds.positions([sid])[0]]))
 
 
@@ -53,7 +53,7 @@ def test_map_marks_the_labelers_sample(app):
     lab = app.labeler
     coords = app.map.projector.current().coords
     for _ in range(2):
-        sid = lab._keys[lab.items[lab.cursor]["key"]]
+        sid = lab.current_id
         pos = app.session.dataset.positions([sid])[0]
         assert list(app.map.figure.data[3].x) == [coords[pos, 0]]
         lab.move(1)
@@ -62,7 +62,7 @@ def test_map_marks_the_labelers_sample(app):
 def test_map_selection_fills_the_labeler(app):
     ids = app.map.select_positions([10, 11, 12])
     app.map.label_selection()
-    assert [app.labeler._keys[it["key"]] for it in app.labeler.items] == ids
+    assert app.labeler.batch_ids == ids
 
 
 def test_controls(app, tmp_path):
@@ -96,15 +96,23 @@ def test_controls(app, tmp_path):
     assert "model.pt" in app.notice.value
 
 
-def test_errors_show_in_the_app_and_escape_html(app):
-    app._safe(lambda: app.session.label([app.session.dataset.ids[0]], "<script>x</script>"))
-    assert "&lt;script&gt;" in app.error_box.value and "<script>" not in app.error_box.value
-    app._on_failed("Traceback ...\nRuntimeError: <b>boom</b>")
+def test_errors_show_in_the_app_and_escape_html(tmp_path):
+    def failing_model(shape, n_classes):
+        raise RuntimeError("<b>boom</b> <script>x</script>")
+
+    ds = dal.datasets.digits()
+    s = dal.Session(ds, model=failing_model, store=None, device="cpu", retrain="manual")
+    app = dal.App(s, batch_size=4, map_method="pca", export_dir=tmp_path)
+    s.label(ds.ids[:3].tolist(), 0)
+    app.fit_button.click()  # the fit fails in the worker; the App shows it
+    assert s.wait(30) and s.train_error is not None
     assert "&lt;b&gt;boom&lt;/b&gt;" in app.error_box.value
+    assert "<script>" not in app.error_box.value and "<b>" not in app.error_box.value
+    app.close()
 
 
 def test_export_model_without_model_is_an_error(app):
-    app._safe(app.export_model)
+    app.export_model_button.click()  # the button's error is shown, not raised
     assert "No trained model yet" in app.error_box.value
 
 

@@ -34,7 +34,7 @@ def test_labels_color_points_and_picks_are_marked(setup):
     ds, _s, w, plot = setup
     assert np.all(colors(plot) == -1)  # nothing labeled: all grey
     assert len(plot.figure.data[2].x) == 5  # this round's picks
-    sid = w._keys[w.items[0]["key"]]
+    sid = w.batch_ids[0]
     w.label("y")
     pos = ds.positions([sid])[0]
     assert colors(plot)[pos] == 2 and (colors(plot) >= 0).sum() == 1
@@ -58,7 +58,7 @@ def test_color_modes(setup):
     np.testing.assert_array_equal(colors(plot), pred)
     s.query(5)
     plot.color_by.value = "score"
-    np.testing.assert_allclose(colors(plot), s.last_query["scores"], rtol=1e-5)
+    np.testing.assert_allclose(colors(plot), s.last_query.scores, rtol=1e-5)
     assert len(plot.figure.data[1].x) == 50  # top candidates shown
     plot.color_by.value = "round"
     assert (
@@ -91,7 +91,7 @@ def test_selection_goes_to_the_labeler(setup):
 
 def test_round_replay(setup):
     ds, _s, w, plot = setup
-    first_picks = list(w._keys.values())
+    first_picks = w.batch_ids
     for _ in range(5):
         w.label("w")  # round 1 finished: round 2 is shown
     plot.rounds.value = 1
@@ -117,21 +117,18 @@ def test_inspect_mode_hover_text_is_escaped():
 
 
 def test_hover_in_inspect_mode_shows_the_sample_beside_the_map():
-    from plotly.callbacks import Points
-
     ds = dal.datasets.digits()
     fast = TrainConfig(steps=40)
     s = dal.Session(ds, store=None, device="cpu", retrain="manual", train_config=fast)
     s.label(ds.ids[:30].tolist(), ds.targets[:30])
     s.train(block=True)
     plot = EmbeddingPlot(s, map_method="pca")
-    pool = plot.figure.data[0]
-    pool._dispatch_on_hover(Points(point_inds=[7], trace_index=0), None)
-    assert plot._shown is None  # Select mode: hover does nothing (and plotly sends none)
+    plot.hover([7])
+    assert plot.shown is None  # Select mode: hover does nothing (and plotly sends none)
     plot.mode.value = "Inspect"
-    pool._dispatch_on_hover(Points(point_inds=[7], trace_index=0), None)
-    assert plot._shown == ds.ids[7]
-    image, caption = plot._last_panel
+    plot.hover([7])
+    assert plot.shown == ds.ids[7]
+    image, caption = plot.panel
     assert image.format == "png" and image.value[:8] == b"\x89PNG\r\n\x1a\n"
     assert f"id {ds.ids[7]}" in caption.value and "predicted" in caption.value
     assert plot.errors == []
@@ -293,7 +290,7 @@ def test_map_of_multi_label_data_in_every_color_mode():
     expected = np.where(count == 1, hot.argmax(1), np.where(count > 1, 3, 4))
     np.testing.assert_array_equal(colors(plot), expected)
     plot.show_sample(several)
-    assert "red, rare" in plot._last_panel[1].value
+    assert "red, rare" in plot.panel[1].value
     s.undo()
     assert plot.errors == []
     plot.close()

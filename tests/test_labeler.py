@@ -35,7 +35,7 @@ def truth(ds, sid):
 
 
 def current(w):
-    return w._keys[w.items[w.cursor]["key"]]
+    return w.current_id
 
 
 def test_first_batch_is_shown_with_ids_and_payloads(session):
@@ -56,21 +56,21 @@ def test_labeling_commits_marks_done_and_advances(session, ds):
     assert w.states[str(sid)] == {"status": "done", "label": "bee", "flagged": False}
     assert w.cursor == 1
     w.label(2)  # class index
-    assert session.labels[w._keys[w.items[1]["key"]]] == "cat"
+    assert session.labels[w.batch_ids[1]] == "cat"
 
 
 def test_finishing_a_batch_shows_the_prefetched_one(session, ds, monkeypatch):
     w = dal.LabelingWidget(session, batch_size=5)
-    first = list(w._keys.values())
+    first = w.batch_ids
     for _ in range(4):
         w.label(truth(ds, current(w)))
-    w._fetching.join(timeout=30)  # prefetch started when the batch was nearly done
-    assert w._next is not None and not set(w._next) & set(first)
+    assert w.wait_prefetch(30)  # prefetch started when the batch was nearly done
+    assert w.prefetched is not None and not set(w.prefetched) & set(first)
     monkeypatch.setattr(
         session, "query", lambda *a, **k: pytest.fail("next batch was not prefetched")
     )
     w.label(truth(ds, current(w)))
-    assert [w._keys[it["key"]] for it in w.items] != first and len(w.items) == 5
+    assert w.batch_ids != first and len(w.items) == 5
     assert all(st["status"] == "pending" for st in w.states.values())
 
 
@@ -90,10 +90,10 @@ def test_skip_flag_and_undo(session, ds):
 
 def test_undo_brings_back_a_sample_from_the_previous_batch(session, ds):
     w = dal.LabelingWidget(session, batch_size=2, prefetch=False)
-    first = list(w._keys.values())
+    first = w.batch_ids
     w.label("ant")
     w.label("bee")  # finishes the batch: the next one is shown
-    assert set(w._keys.values()).isdisjoint(first)
+    assert set(w.batch_ids).isdisjoint(first)
     assert w.undo() == [first[1]]
     assert w.items[0]["key"] == str(first[1]) and w.cursor == 0
     assert w.states[str(first[1])]["status"] == "pending"
@@ -105,13 +105,13 @@ def test_suggestions_and_why_card_after_training(session, ds):
     session.train(block=True)
     session.strategy = "margin"
     w = dal.LabelingWidget(session, batch_size=5)
-    it = w.items[0]
+    it, sid = w.items[0], w.batch_ids[0]
     assert it["suggestion"] in ds.classes and 0 < it["prob"] <= 1
     assert len(it["probs"]) == 3 and abs(sum(it["probs"]) - 1) < 1e-5
     assert it["strategy"] == "margin" and it["rank"] == 1 and it["candidates"] == 240 - 60
     assert it["score"] is not None
     w.accept_suggestion()
-    hist = session.store.history(w._keys[it["key"]])
+    hist = session.store.history(sid)
     assert hist[-1]["source"] == "suggestion" and hist[-1]["new"] == it["suggestion"]
     assert w.progress["model_version"] == 1 and w.progress["staleness"] == 1
 
@@ -128,19 +128,17 @@ def test_accept_without_model_is_a_shown_error(session):
 def test_frontend_messages_dispatch_and_ack(session):
     w = dal.LabelingWidget(session, batch_size=3)
     key = w.items[0]["key"]
-    w._handle_custom_msg({"action": "label", "key": key, "label": "cat", "seq": 7}, [])
+    w.receive({"action": "label", "key": key, "label": "cat", "seq": 7}, [])
     assert w.ack == 7 and w.states[key]["status"] == "done"
-    w._handle_custom_msg(
-        {"action": "label", "key": w.items[1]["key"], "label": "<b>nope</b>", "seq": 8}, []
-    )
+    w.receive({"action": "label", "key": w.items[1]["key"], "label": "<b>nope</b>", "seq": 8}, [])
     assert (
         w.ack == 8 and "'labels'" in w.error and "<b>nope</b>" in w.error
     )  # shown as text by the view
-    w._handle_custom_msg({"action": "view", "seq": 9}, [])
+    w.receive({"action": "view", "seq": 9}, [])
     assert w.view == "single"
-    w._handle_custom_msg({"action": "undo", "seq": 10}, [])
+    w.receive({"action": "undo", "seq": 10}, [])
     assert w.states[key]["status"] == "pending"
-    w._handle_custom_msg({"action": "rm -rf", "seq": 11}, [])  # unknown actions are ignored
+    w.receive({"action": "rm -rf", "seq": 11}, [])  # unknown actions are ignored
     assert w.ack == 10
 
 
@@ -150,7 +148,7 @@ def test_move_select_view_and_add_class(session):
     assert w.cursor == 2
     w.move(10)
     assert w.cursor == 3
-    w.select(w._keys[w.items[1]["key"]])
+    w.select(w.batch_ids[1])
     assert w.cursor == 1
     with pytest.raises(KeyError, match="not on screen"):
         w.select(10**6)
@@ -329,14 +327,11 @@ def test_1000_labels_through_the_widget_while_training_and_projecting(tmp_path):
     fits_seen = set()
     seq = 0
     while len(given) < 1000:
-        item = w.items[w.cursor]
-        sid = w._keys[item["key"]]
+        item, sid = w.items[w.cursor], w.current_id
         assert sid not in given, "the widget offered a labeled sample again"
         label = ds.classes[ds.targets[ds.positions([sid])[0]]]
         seq += 1
-        w._handle_custom_msg(
-            {"action": "label", "key": item["key"], "label": label, "seq": seq}, []
-        )
+        w.receive({"action": "label", "key": item["key"], "label": label, "seq": seq}, [])
         assert w.ack == seq
         given[sid] = label
         if s.training:
@@ -374,9 +369,7 @@ def test_multi_label_mode_labels_sets_and_suggests_sets():
     w = dal.LabelingWidget(s, batch_size=4, prefetch=False)
     assert w.multi_label
     first = w.batch_ids[0]
-    w._handle_custom_msg(
-        {"action": "label", "key": str(first), "label": ["rare", "red"], "seq": 1}, []
-    )
+    w.receive({"action": "label", "key": str(first), "label": ["rare", "red"], "seq": 1}, [])
     assert s.labels[first] == ("red", "rare") and list(w.states[str(first)]["label"]) == [
         "red",
         "rare",
@@ -387,11 +380,11 @@ def test_multi_label_mode_labels_sets_and_suggests_sets():
     s.label(ids, ds.targets[ds.positions(ids)])
     s.train(block=True)
     w.next_batch()
-    it = w.items[0]
+    it, sid = w.items[0], w.batch_ids[0]
     assert isinstance(it["suggestion"], list) and set(it["suggestion"]) <= {"red", "round", "rare"}
     assert len(it["probs"]) == 3 and 0.5 <= it["prob"] <= 1.0
     w.accept_suggestion()
-    assert s.labels[w._keys[it["key"]]] == tuple(it["suggestion"])
+    assert s.labels[sid] == tuple(it["suggestion"])
     assert 0.0 <= s.evaluate()["accuracy"] <= 1.0 and s.evaluate()["metric"] == "micro-F1"
     s.close()
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import html
 import threading
-import traceback
 from pathlib import Path
 from typing import Any
 
 from dal_widgets._checks import check_int, param_error
+from dal_widgets.widgets._view import View
 
 __all__ = ["App"]
 
@@ -20,7 +20,7 @@ _RETRAIN = [
 ]
 
 
-class App:
+class App(View):
     """Everything for one session in one cell: label, see, train, compare.
 
     Linked: labeling a sample colors it on the map and the sample under the labeler's cursor
@@ -68,7 +68,7 @@ class App:
         if not isinstance(session, Session):
             raise param_error("session", "App", "a dal_widgets.Session", session, TypeError)
         self.session = session
-        self.errors: list[str] = []
+        super().__init__()
         store_path = session.store.path
         default_dir = Path(store_path).parent if store_path != ":memory:" else Path(".")
         self.export_dir = Path(export_dir) if export_dir is not None else default_dir
@@ -165,7 +165,7 @@ class App:
         )
         self.widget.add_class("dal-app")
 
-        self._unsubscribe = [
+        self._unsubscribe += [
             session.on("train_started", lambda **kw: self._safe(self._on_train_started)),
             session.on(
                 "train_progress", lambda progress: self._safe(lambda: self._on_progress(progress))
@@ -183,18 +183,10 @@ class App:
         self._follow_cursor()
 
     # ------------------------------------------------------------------ display
-    def _repr_mimebundle_(self, **kwargs: Any) -> Any:
-        return self.widget._repr_mimebundle_(**kwargs)
-
-    def _safe(self, fn: Any) -> Any:
-        try:
-            return fn()
-        except Exception as exc:  # noqa: BLE001 (shown in the App; other parts keep working)
-            self.errors.append(traceback.format_exc())
-            self.error_box.value = (
-                f"<div style='color:#c62828'>{html.escape(f'{type(exc).__name__}: {exc}')}</div>"
-            )
-            return None
+    def _show_error(self, exc: Exception) -> None:
+        self.error_box.value = (
+            f"<div style='color:#c62828'>{html.escape(f'{type(exc).__name__}: {exc}')}</div>"
+        )
 
     # ------------------------------------------------------------------ controls (public)
     def set_strategy(self, name: str) -> None:
@@ -202,8 +194,7 @@ class App:
         self.session.strategy = name
         if self.strategy.value != self.session.strategy:
             self.strategy.value = self.session.strategy
-        with self.labeler._lock:
-            self.labeler._next = None
+        self.labeler.drop_prefetched()
         self._describe_strategy()
 
     def set_batch_size(self, n: int) -> None:
@@ -330,17 +321,12 @@ class App:
         self.status.value = "<br>".join(html.escape(x) for x in lines)
 
     def _follow_cursor(self) -> None:
-        items = self.labeler.items
-        if not items:
-            return
-        key = items[min(self.labeler.cursor, len(items) - 1)]["key"]
-        sid = self.labeler._keys.get(key)
+        sid = self.labeler.current_id
         if sid is not None:
             self.map.mark_current(sid)
 
     def close(self) -> None:
-        for unsubscribe in self._unsubscribe:
-            unsubscribe()
+        """Close the App and its parts (the session stays open)."""
         self.map.close()
         self.labeler.close()
-        self.widget.close()
+        super().close()

@@ -8,11 +8,12 @@ import traceback
 from typing import Any
 
 from dal_widgets._checks import param_error
+from dal_widgets.widgets._view import View
 
 __all__ = ["CompareWidget"]
 
 
-class CompareWidget:
+class CompareWidget(View):
     """Run :func:`dal_widgets.simulate` in the background and watch the curves grow.
 
     Parameters are those of :func:`~dal_widgets.simulate`; ``autostart`` runs at once.
@@ -42,6 +43,7 @@ class CompareWidget:
                 dataset,
                 TypeError,
             )
+        super().__init__()
         self.dataset = dataset
         self.strategies = [strategies] if isinstance(strategies, str) else list(strategies)
         self.kwargs = simulate_kwargs
@@ -74,8 +76,10 @@ class CompareWidget:
         if autostart:
             self.run()
 
-    def _repr_mimebundle_(self, **kwargs: Any) -> Any:
-        return self.widget._repr_mimebundle_(**kwargs)
+    def _show_error(self, exc: Exception) -> None:
+        self.status.value = (
+            f"<span style='color:#c62828'>{html.escape(f'{type(exc).__name__}: {exc}')}</span>"
+        )
 
     def _rounds_total(self) -> int:
         initial = int(self.kwargs.get("initial", 20))

@@ -21,13 +21,13 @@ from __future__ import annotations
 
 import html
 import threading
-import traceback
 from typing import Any
 
 import numpy as np
 
 from dal_widgets._checks import check_choice, check_int, param_error
 from dal_widgets.widgets._figures import PALETTE as _PALETTE
+from dal_widgets.widgets._view import View
 
 __all__ = ["COLOR_MODES", "EmbeddingPlot"]
 
@@ -85,7 +85,7 @@ def _label_text(label: Any) -> str:
     return str(label)
 
 
-class EmbeddingPlot:
+class EmbeddingPlot(View):
     """A map of the session's pool, linked to its labels, queries and models.
 
     Display it like any widget (it renders its ``.widget``, an ipywidgets VBox).
@@ -130,7 +130,7 @@ class EmbeddingPlot:
         self.projector = session.map(map_method)
         self.selected_ids: list[Any] = []
         self._current_id: Any = None
-        self.errors: list[str] = []
+        super().__init__()
         self._lock = threading.RLock()
         self._replay: int | None = None  # None = live, else the round shown
         ds = session.dataset
@@ -267,16 +267,18 @@ class EmbeddingPlot:
         self.live.observe(lambda _c: self._safe(self._on_live), "value")
         self.label_button.on_click(lambda _b: self._safe(self.label_selection))
         self.clear_button.on_click(lambda _b: self._safe(self.clear_selection))
-        self._shown: Any = None  # the sample in the detail panel
+        #: The sample in the detail panel (None before the first), and its widgets (body, caption).
+        self.shown: Any = None
+        self.panel: tuple[Any, Any] | None = None
         self._predicted: list[str] | None = None  # "class (p%)" per pool position
         pool = self.figure.data[0]
         pool.on_selection(
             lambda _t, points, _s: self._safe(lambda: self.select_positions(points.point_inds))
         )
         pool.on_deselect(lambda _t, _p: self._safe(self.clear_selection))
-        pool.on_click(lambda _t, points, _s: self._safe(lambda: self._inspect(points.point_inds)))
-        pool.on_hover(lambda _t, points, _s: self._safe(lambda: self._inspect(points.point_inds)))
-        self._unsubscribe = [
+        pool.on_click(lambda _t, points, _s: self._safe(lambda: self.hover(points.point_inds)))
+        pool.on_hover(lambda _t, points, _s: self._safe(lambda: self.hover(points.point_inds)))
+        self._unsubscribe += [
             session.on(event, lambda **_kw: self._safe(self.redraw))
             for event in ("labeled", "undone", "marked", "queried", "class_added")
         ]
@@ -287,17 +289,9 @@ class EmbeddingPlot:
         self.redraw()
 
     # ------------------------------------------------------------------ display
-    def _repr_mimebundle_(self, **kwargs: Any) -> Any:
-        return self.widget._repr_mimebundle_(**kwargs)
-
-    def _safe(self, fn: Any) -> None:
-        """Run a view update; a failure is kept and shown, never raised into the event loop."""
-        try:
-            fn()
-        except Exception:  # noqa: BLE001 (views must not break the session or other views)
-            self.errors.append(traceback.format_exc())
-            last = traceback.format_exc().strip().splitlines()[-1]
-            self.status.value = f"<span style='color:#c62828'>{html.escape(last)}</span>"
+    def _show_error(self, exc: Exception) -> None:
+        last = f"{type(exc).__name__}: {exc}"
+        self.status.value = f"<span style='color:#c62828'>{html.escape(last)}</span>"
 
     # ------------------------------------------------------------------ state -> arrays
     def _label_positions(self, upto_round: int | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -370,7 +364,7 @@ class EmbeddingPlot:
                 return _set_values(probs >= 0.5), categorical
             return probs.argmax(1).astype(np.float32), categorical
         last = self.session.last_query
-        scores = None if last is None else last.get("scores")
+        scores = None if last is None else last.scores
         if scores is None:
             return values, categorical
         return np.asarray(scores, dtype=np.float32), {
@@ -423,9 +417,9 @@ class EmbeddingPlot:
 
     def _candidate_positions(self) -> np.ndarray:
         last = self.session.last_query
-        if not self.candidates or last is None or last.get("scores") is None:
+        if not self.candidates or last is None or last.scores is None:
             return np.zeros(0, dtype=np.int64)
-        scores = np.asarray(last["scores"], dtype=np.float64).copy()
+        scores = np.asarray(last.scores, dtype=np.float64).copy()
         labeled = list(self.session.labels)
         if labeled:
             scores[self.session.dataset.positions(labeled)] = -np.inf
@@ -554,12 +548,14 @@ class EmbeddingPlot:
         at = self._current_positions()
         self._set_xy(self.figure.data[3], coords[at])
 
-    def _inspect(self, positions: Any) -> None:
+    def hover(self, positions: Any) -> None:
+        """What a hover or a click on pool points does (positions into the dataset): in
+        Inspect mode, show the first one beside the map."""
         pos = list(positions)
         if not pos or self.mode.value != "Inspect":
             return
         sid = self.session.dataset.ids[pos[0]]
-        if sid != self._shown:  # hover events repeat while the pointer rests on a point
+        if sid != self.shown:  # hover events repeat while the pointer rests on a point
             self.show_sample(sid)
 
     def show_sample(self, sample_id: Any) -> None:
@@ -575,7 +571,7 @@ class EmbeddingPlot:
         if self._predicted is not None:
             text += f" · predicted {self._predicted[ds.positions([sid])[0]]}"
         caption = W.HTML(html.escape(text))
-        self._shown = sid
+        self.shown = sid
         if ds.kind == "image":
             body: Any = W.Image(value=rendered, format="png", layout=W.Layout(width="160px"))
         elif ds.kind == "text":
@@ -588,12 +584,7 @@ class EmbeddingPlot:
                 for k, v in rendered.items()
             )
             body = W.HTML(f"<table>{rows}</table>")
-        self._last_panel = (body, caption)
+        self.panel = (body, caption)
         self.detail.clear_output()
         with self.detail:
             display(W.VBox([body, caption]))
-
-    def close(self) -> None:
-        for unsubscribe in self._unsubscribe:
-            unsubscribe()
-        self.widget.close()

@@ -164,6 +164,38 @@ class LabelingWidget(anywidget.AnyWidget):
         """The ids on screen, in order."""
         return [self._keys[it["key"]] for it in self.items]
 
+    @property
+    def current_id(self) -> Any:
+        """The id of the sample under the cursor (None when nothing is on screen)."""
+        if not self.items:
+            return None
+        return self._keys.get(self.items[min(self.cursor, len(self.items) - 1)]["key"])
+
+    @property
+    def prefetched(self) -> list[Any] | None:
+        """The next batch, queried in the background while this one is labeled (None until
+        it is ready)."""
+        with self._lock:
+            return None if self._next is None else list(self._next)
+
+    def wait_prefetch(self, timeout: float | None = None) -> bool:
+        """Block until a background query of the next batch is done; False on timeout."""
+        fetching = self._fetching
+        if fetching is not None:
+            fetching.join(timeout)
+            return not fetching.is_alive()
+        return True
+
+    def drop_prefetched(self) -> None:
+        """Forget the prefetched batch (the strategy changed): the next one is queried anew."""
+        with self._lock:
+            self._next = None
+
+    def receive(self, message: Any, buffers: Any = None) -> None:
+        """Act on a message as the browser sends it (``{"action": ..., "seq": ...}``); what
+        the labeler's JavaScript calls, also for driving the widget from Python."""
+        self._on_frontend_msg(self, message, buffers)
+
     # ------------------------------------------------------------------ helpers
     def _key(self, sample_id: Any) -> str:
         return str(sample_id)
@@ -459,7 +491,7 @@ class LabelingWidget(anywidget.AnyWidget):
 
     def show(self, ids: Any) -> None:
         """Show specific samples (e.g. a selection from the map) instead of the query batch."""
-        self._guard(lambda: self._show(self.session._ids_arg(ids, "LabelingWidget.show")))
+        self._guard(lambda: self._show(self.session.sample_ids(ids, where="LabelingWidget.show")))
 
     def zoom(self, *, sample_id: Any = None, size: int = 320) -> None:
         """Show a larger view of an image sample (rendered from the original on demand)."""
