@@ -74,6 +74,19 @@ def test_finishing_a_batch_shows_the_prefetched_one(session, ds, monkeypatch):
     assert all(st["status"] == "pending" for st in w.states.values())
 
 
+def test_a_label_redraws_the_widget_once(session, ds):
+    """The widget's own action redraws it; the session's echo of that label does not again
+    (each label refreshed the state and the progress twice)."""
+    w = dal.LabelingWidget(session, batch_size=5)
+    seen = []
+    w.observe(lambda change: seen.append(change["name"]), names=["progress"])
+    w.label(truth(ds, current(w)))
+    assert seen == ["progress"]
+    outside = w.batch_ids[-1]
+    session.label(outside, truth(ds, outside))  # labeled elsewhere: the tile follows once
+    assert seen == ["progress", "progress"] and w.states[str(outside)]["status"] == "done"
+
+
 def test_skip_flag_and_undo(session, ds):
     w = dal.LabelingWidget(session, batch_size=4)
     a = current(w)

@@ -136,6 +136,7 @@ class LabelingWidget(anywidget.AnyWidget):
         self._keys: dict[str, Any] = {}  # str(id) -> sample id, for the ids on screen
         self._next: list[Any] | None = None
         self._fetching: threading.Thread | None = None
+        self._acting: int | None = None  # the thread running one of this widget's actions
         self._lock = threading.RLock()
         self._times: collections.deque[float] = collections.deque(maxlen=200)
         self.classes = list(session.classes)
@@ -265,6 +266,8 @@ class LabelingWidget(anywidget.AnyWidget):
             self._start_prefetch()
 
     def _external(self, ids: list[Any]) -> None:
+        if self._acting == threading.get_ident():
+            return  # the echo of this widget's own action, which redraws itself once
         if any(self._key(i) in self._keys for i in ids):
             self._set_state(ids)
         self._refresh_progress()
@@ -282,12 +285,16 @@ class LabelingWidget(anywidget.AnyWidget):
 
     def _guard(self, action: Callable[[], Any]) -> Any:
         """Run a UI action; a failure shows in the widget (escaped) and is kept in ``errors``."""
+        outer = self._acting
+        self._acting = threading.get_ident()
         try:
             result = action()
         except Exception as exc:  # shown to the user, then re-raised
             self.errors.append(traceback.format_exc())
             self.error = f"{type(exc).__name__}: {exc}"
             raise
+        finally:
+            self._acting = outer
         self.error = ""
         return result
 
