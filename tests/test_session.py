@@ -737,3 +737,11 @@ def test_a_query_scores_the_pool_once(ds, tmp_path):
     assert len(logged) == 4 and logged == sorted(logged, reverse=True)
     assert [r["rank"] for r in s.explain(ids)] == [1, 2, 3, 4]
     s.close()
+
+
+def test_one_vocabulary_of_array_names():
+    """The names strategies declare (the registry's ARRAYS) are exactly what the session
+    computes: the model's arrays (training.MODEL_ARRAYS) and the raw features."""
+    from dal_widgets.training import MODEL_ARRAYS
+
+    assert set(dal.strategies.ARRAYS) == MODEL_ARRAYS | {"features"}

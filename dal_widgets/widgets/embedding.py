@@ -328,15 +328,16 @@ class EmbeddingPlot(View):
             return np.zeros(0, dtype=np.int64)
         return self.session.dataset.positions(log[-1]["ids"])
 
-    def colors(self) -> tuple[np.ndarray, dict[str, Any]]:
-        """The per-point color values and the marker settings for the current mode."""
+    def colors(self, labeled: Any = None) -> tuple[np.ndarray, dict[str, Any]]:
+        """The per-point color values and the marker settings for the current mode
+        (``labeled``: the labeled positions, classes and rounds when already read)."""
         ds = self.session.dataset
         multi = self.session.multi_label
         mode = self.color_by.value
         values = np.full(len(ds), -1.0, dtype=np.float32)
         categorical = _categorical_marker(len(self.session.classes), multi)
         if mode in ("labels", "round"):
-            pos, cls, rnd = self._label_positions(self._replay)
+            pos, cls, rnd = labeled if labeled is not None else self._label_positions(self._replay)
             if mode == "labels":
                 values[pos] = cls
                 return values, categorical
@@ -381,7 +382,8 @@ class EmbeddingPlot(View):
             self.rounds.max = max(self.session.round, 0)
             if self._replay is None:
                 self.rounds.value = self.rounds.max
-            values, marker = self.colors()
+            labeled_now = self._label_positions(self._replay)  # the store is read once
+            values, marker = self.colors(labeled_now)
             coords = self.projector.current().coords
             picks = self._picks(self._replay)
             cand = self._candidate_positions() if self._replay is None else np.zeros(0, np.int64)
@@ -398,7 +400,7 @@ class EmbeddingPlot(View):
             at = self._current_positions()
             for trace, pos in ((cands, cand), (picked, picks), (current, at)):
                 self._set_xy(trace, coords[pos])
-            shown, _, _ = self._label_positions(self._replay)
+            shown = labeled_now[0]
             with self._lock, self.figure.batch_update():
                 labeled.x, labeled.y = coords[shown, 0], coords[shown, 1]
                 labeled.marker.color = values[shown]
