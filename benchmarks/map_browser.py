@@ -51,12 +51,11 @@ def main() -> None:
             page = lab.open_notebook(
                 [
                     "import numpy as np, dal_widgets as dal\n"
-                    "from dal_widgets.projection import Projector\n"
                     "rng = np.random.default_rng(0)\n"
                     f"X = (rng.normal(size=(10, 16))[np.arange({n}) % 10] + rng.normal(size=({n}, 16))).astype(np.float32)\n"
                     f"ds = dal.datasets.from_arrays(X, y=np.arange({n}) % 10)\n"
                     "s = dal.Session(ds, strategy='random', store=None, device='cpu', retrain='manual')\n"
-                    "plot = dal.EmbeddingPlot(s, projector=Projector(s, method='pca'))\n"
+                    "plot = dal.EmbeddingPlot(s, map_method='pca')\n"
                     "plot",
                 ],
                 timeout=300,
