@@ -60,3 +60,10 @@ class Events:
                 callback(**payload)
             except Exception:  # noqa: BLE001 (an observer's bug must not break the emitter)
                 self.errors.append(traceback.format_exc())
+
+    def guard(self, fn: Callable[[], Any]) -> None:
+        """Run ``fn`` (follow-up work of an event); a failure is kept in ``errors``, not raised."""
+        try:
+            fn()
+        except Exception:  # noqa: BLE001 (kept for the views, never raised into the emitter)
+            self.errors.append(traceback.format_exc())

@@ -22,16 +22,7 @@ from typing import Any
 
 from dal_widgets._checks import param_error
 
-__all__ = [
-    "check_path_param",
-    "drop_tmp",
-    "fsync_dir",
-    "fsync_file",
-    "new_tmp",
-    "pid_alive",
-    "remove_stale_tmps",
-    "write_atomically",
-]
+__all__ = ["check_path_param", "write_atomically"]
 
 _TMP_PATTERN = re.compile(r"(?:(\d+)(?:\.[0-9a-f]{8})?\.)?tmp(?:-journal)?")
 # A temporary file this old is left over whatever its pid says (pids are reused): writing one
@@ -150,7 +141,5 @@ def check_path_param(path: Any, name: str, where: str) -> str:
     """``path`` as a str, or a TypeError for bytes, ints and other non-paths."""
     text = os.fspath(path) if isinstance(path, os.PathLike) else path
     if not isinstance(text, str):
-        raise param_error(
-            name, where, "a str or os.PathLike file path such as 'labels.db'", path, TypeError
-        )
+        raise param_error(name, where, "a file path (str or os.PathLike)", path, TypeError)
     return text

@@ -22,8 +22,9 @@ def _is_one(value: Any) -> bool:
     return isinstance(value, _ONE) and not isinstance(value, bool)
 
 
-def sample_ids(dataset: Any, ids: Any, where: str) -> list[Any]:
-    """One id or a 1-D sequence of ids of ``dataset``, as plain Python ids."""
+def sample_ids(dataset: Any, ids: Any, where: str, name: str = "ids") -> list[Any]:
+    """One id or a 1-D sequence of ids of ``dataset``, as plain Python ids (errors name the
+    parameter ``name``)."""
     if _is_one(ids):
         ids = [ids]
     expected = "a sample id or a 1-D sequence of sample ids"
@@ -32,16 +33,16 @@ def sample_ids(dataset: Any, ids: Any, where: str) -> list[Any]:
         or isinstance(ids, (bool, float, dict))
         or (isinstance(ids, np.ndarray) and ids.ndim != 1)
     ):
-        raise param_error("ids", where, expected, ids, TypeError)
+        raise param_error(name, where, expected, ids, TypeError)
     try:
         ids_list = list(ids)
     except TypeError:
-        raise param_error("ids", where, expected, ids, TypeError) from None
+        raise param_error(name, where, expected, ids, TypeError) from None
     if not ids_list:
-        raise param_error("ids", where, "at least one sample id", ids)
+        raise param_error(name, where, "at least one sample id", ids)
     if any(isinstance(i, (list, tuple, set, np.ndarray)) for i in ids_list):
-        raise param_error("ids", where, expected, ids, TypeError)
-    dataset.positions(ids_list, where=where)  # KeyError naming unknown ids
+        raise param_error(name, where, expected, ids, TypeError)
+    dataset.positions(ids_list, where=where, name=name)  # KeyError naming unknown ids
     return [dataset.python_id(i) for i in ids_list]
 
 

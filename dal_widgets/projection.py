@@ -41,6 +41,7 @@ import numpy as np
 
 from dal_widgets._checks import check_choice, check_int, param_error
 from dal_widgets._files import write_atomically
+from dal_widgets._threads import start_daemon
 
 __all__ = [
     "Projection",
@@ -321,8 +322,7 @@ class Projector:
         with self._lock:
             self._want = key
             if self._thread is None or not self._thread.is_alive():
-                self._thread = threading.Thread(target=self._run, daemon=True, name="dal-projector")
-                self._thread.start()
+                self._thread = start_daemon(self._run, name="dal-projector", on_error=self._failed)
             thread = self._thread
         if block:
             thread.join()
@@ -454,9 +454,13 @@ class Projector:
                 return
             try:
                 self._compute(want)
-            except Exception:  # noqa: BLE001 (shown in the views, never printed)
-                self.error = traceback.format_exc()
-                self.status = "error"
+            except Exception as exc:  # noqa: BLE001 (the next wanted map may still work)
+                self._failed(exc, traceback.format_exc())
+
+    def _failed(self, _exc: BaseException, text: str) -> None:
+        """Keep a failure for the views (never printed from the thread)."""
+        self.error = text
+        self.status = "error"
 
     def _compute(self, want: _Want) -> None:
         source, version = want.source, want.version

@@ -109,6 +109,7 @@ class Session:
                 f"dataset is multi-label. Set pseudo_labels=0 (got {self.train_config.pseudo_labels})."
             )
         self._models = ModelFactory(model, where)
+        self._retrain = RetrainPolicy(retrain)  # checked before the store is opened
         self.store = open_store(
             store,
             fingerprint=dataset.fingerprint,
@@ -143,7 +144,6 @@ class Session:
             device=self.device,
             seed=self.seed,
         )
-        self._retrain = RetrainPolicy(retrain)
         #: Evaluate each new model on the held-out split (when the dataset has one), so the
         #: learning curve grows whether or not a view is open.
         self.evaluate_after_fit = True
@@ -229,10 +229,12 @@ class Session:
         mask[self.dataset.positions([*self.store.labels, *self.store.marked("skip")])] = True
         return mask
 
-    def sample_ids(self, ids: Any, *, where: str = "Session.sample_ids") -> list[Any]:
+    def sample_ids(
+        self, ids: Any, *, where: str = "Session.sample_ids", name: str = "ids"
+    ) -> list[Any]:
         """One id or a 1-D sequence of ids, checked against the dataset (a KeyError names
         unknown ones), as the plain Python ints or strs the store and events use."""
-        return sample_ids(self.dataset, ids, where)
+        return sample_ids(self.dataset, ids, where, name)
 
     def label(self, ids: Any, labels: Any, *, source: str = "human") -> None:
         """Label samples; the labels are committed to the store before this returns.
@@ -307,7 +309,10 @@ class Session:
         with self._query_lock:
             mask = self._labeled_mask()
             if excluded:
-                mask[self.dataset.positions(self.sample_ids(excluded, where=where))] = True
+                mask[
+                    self.dataset.positions(self.sample_ids(excluded, where=where, name="exclude"))
+                ] = True
+            snapshot = self._trainer.current  # one model for the whole query, read once
             q = run_query(
                 self.strategy,
                 self.cold_start,
@@ -315,13 +320,13 @@ class Session:
                 mask,
                 where=where,
                 dataset=self.dataset,
-                have_model=self.model is not None,
-                compute=self.compute_arrays,
+                have_model=snapshot is not None,
+                compute=lambda needs: self.arrays.compute(needs, self.strategy, snapshot),
                 seed=self.seed,
                 rnd=self.round + 1,
                 device=self.device,
             )
-            version = None if self.model_version is None else self.model_version.version
+            version = None if snapshot is None else snapshot.version.version
             scores = None if q.scores is None else q.scores[q.positions]
             self.store.record_query(
                 q.strategy,
@@ -426,14 +431,19 @@ class Session:
 
     def _on_trainer_event(self, event: str, **payload: Any) -> None:
         """The trainer's events (its thread): a new model goes into the round, then to views."""
-        if event == "trained":
-            version = payload["version"]
-            self.store.update_round(
+        if event != "trained":
+            self._events.emit(event, **payload)
+            return
+        version = payload["version"]
+        # The fit succeeded whatever follows: failing to record or evaluate it is not a failed fit.
+        self._events.guard(
+            lambda: self.store.update_round(
                 train_s=version.seconds, n_labels=version.n_labels, model_version=version.version
             )
+        )
         self._events.emit(event, **payload)
-        if event == "trained" and self.evaluate_after_fit and self.dataset.has_holdout:
-            self.evaluate()
+        if self.evaluate_after_fit and self.dataset.has_holdout:
+            self._events.guard(self.evaluate)
 
     def map(self, method: str = "umap", **options: Any) -> Any:
         """The session's map service for ``method`` ("umap" or "pca"): one per method, made on
@@ -509,7 +519,7 @@ class Session:
             allow_other_dataset=allow_other_dataset,
         )
         version = self._trainer.set_model(model, int(config.get("n_labels", 0)))
-        self._events.emit("trained", version=version)
+        self._on_trainer_event("trained", version=version)  # recorded, announced, evaluated
 
     # ------------------------------------------------------------------ evaluation
     def predict_proba(self, ids: Any = None) -> np.ndarray:
@@ -517,14 +527,11 @@ class Session:
 
         Softmax rows for single-label data; independent per-class sigmoids for multi-label.
         """
-        rows = (
-            None
-            if ids is None
-            else self.dataset.positions(self.sample_ids(ids, where="Session.predict_proba"))
-        )
         key = "label_probs" if self.multi_label else "probs"
         probs = self.compute_arrays({key})[key]  # the pool's, shared with queries and the map
-        return probs if rows is None else probs[rows]
+        if ids is None:
+            return probs
+        return probs[self.dataset.positions(self.sample_ids(ids, where="Session.predict_proba"))]
 
     def evaluate(self) -> dict[str, Any]:
         """Accuracy of the newest model on the dataset's held-out split.
@@ -543,25 +550,18 @@ class Session:
         model, version = self.model, self.model_version
         if model is None or version is None:
             raise RuntimeError("No trained model yet: call train() (and wait()) first.")
-        assert self.dataset.X_eval is not None and self.dataset.y_eval is not None
-        metrics = evaluate_model(
-            model,
-            self.dataset.X_eval,
-            self.dataset.y_eval,
-            multi_label=self.multi_label,
-            config=self.train_config,
-            device=self.device,
-        )
-        acc = metrics["accuracy"]
+        metrics = evaluate_model(model, self.dataset, config=self.train_config, device=self.device)
         result = {
             **metrics,
-            "n_eval": len(self.dataset.y_eval),
             "model_version": version.version,
             "n_labels": version.n_labels,
         }
-        self.store.update_round(
-            accuracy=acc, eval_model_version=version.version, eval_n_labels=version.n_labels
-        )
+        if not self.store.read_only:
+            self.store.update_round(
+                accuracy=metrics["accuracy"],
+                eval_model_version=version.version,
+                eval_n_labels=version.n_labels,
+            )
         self.evaluation = result
         self._events.emit("evaluated", result=result)
         return result

@@ -745,3 +745,57 @@ def test_one_vocabulary_of_array_names():
     from dal_widgets.training import MODEL_ARRAYS
 
     assert set(dal.strategies.ARRAYS) == MODEL_ARRAYS | {"features"}
+
+
+def test_train_after_stop_on_the_same_labels_fits_again(ds):
+    """stop() then train() on unchanged labels: the new request is not taken for the
+    cancelled fit (it used to return with no model and no error)."""
+    slow = TrainConfig(steps=5_000, batch_size=8)
+    s = dal.Session(ds, store=None, device="cpu", train_config=slow, retrain="manual")
+    s.label(ds.ids[:9].tolist(), oracle(ds, ds.ids[:9]))
+    started = []
+    s.on("train_started", lambda **kw: started.append(kw))
+    s.train()
+    while not started:
+        time.sleep(0.01)
+    s.stop()
+    fits = []
+    s.on("trained", lambda **kw: fits.append(kw))
+    s.train(block=True)  # the same labels: a new fit, not the cancelled one
+    assert len(fits) == 1 and s.model is not None
+    s.close()
+
+
+def test_a_failing_evaluation_is_not_a_failed_fit(ds, monkeypatch):
+    s = dal.Session(ds, store=None, device="cpu", train_config=FAST, retrain="manual")
+    s.label(ds.ids[:9].tolist(), oracle(ds, ds.ids[:9]))
+
+    def broken():
+        raise MemoryError("evaluation ran out of memory (simulated)")
+
+    monkeypatch.setattr(s, "evaluate", broken)
+    s.train(block=True)  # does not raise: the fit itself succeeded
+    assert s.model_version.version == 1 and s.train_error is None
+    assert "evaluation ran out of memory" in s.observer_errors[-1]
+    s.close()
+
+
+def test_trained_observers_may_wait_and_load_without_deadlock(ds, tmp_path):
+    s = dal.Session(ds, store=None, device="cpu", train_config=FAST, retrain="manual")
+    s.label(ds.ids[:9].tolist(), oracle(ds, ds.ids[:9]))
+    s.train(block=True)
+    path = s.export_model(tmp_path / "m.pt")
+    waited = []
+    s.on("trained", lambda **kw: waited.append(s.wait(timeout=5)))
+    s.label(ds.ids[9:12].tolist(), oracle(ds, ds.ids[9:12]))
+    s.train()
+    assert s.wait(timeout=60) and waited == [False]  # the trainer's thread cannot wait for itself
+    slow = dal.Session(ds, store=None, device="cpu", train_config=TrainConfig(steps=50_000))
+    slow.label(ds.ids[:9].tolist(), oracle(ds, ds.ids[:9]))
+    slow.train()
+    time.sleep(0.3)
+    slow.load_model(path)  # cancels the running fit instead of waiting for it
+    assert not slow.training and slow.model_version.version == 1
+    assert slow.evaluation is not None  # a loaded model is evaluated like a trained one
+    s.close()
+    slow.close()

@@ -770,7 +770,7 @@ def test_damaged_multi_label_value_raises_store_error(path, value):
 @pytest.mark.parametrize("bad", [123, b"x.db", None, 1.5, ["x.db"]])
 def test_store_path_type_is_checked(tmp_path, monkeypatch, bad):
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(TypeError, match="'store' parameter of LabelStore must be a str or"):
+    with pytest.raises(TypeError, match="'store' parameter of LabelStore must be a file path"):
         open_store(bad)
     with pytest.raises(TypeError, match="'store' parameter of LabelStore.open"):
         LabelStore.open(bad)

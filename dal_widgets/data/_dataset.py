@@ -183,7 +183,9 @@ class Dataset:
         return self.X.reshape(len(self), -1)
 
     # ------------------------------------------------------------------ ids
-    def positions(self, ids: Any, *, where: str = "Dataset.positions") -> np.ndarray:
+    def positions(
+        self, ids: Any, *, where: str = "Dataset.positions", name: str = "ids"
+    ) -> np.ndarray:
         """Positions of the given sample ids, vectorized.
 
         Raises
@@ -205,7 +207,7 @@ class Dataset:
             keys, valid = self._key_array(query)
         except (TypeError, ValueError):
             raise KeyError(
-                f"The 'ids' parameter of {where} must hold sample ids, which are "
+                f"The {name!r} parameter of {where} must hold sample ids, which are "
                 f"{self._id_type()}. Got {short_repr(query)}."
             ) from None
         idx = np.searchsorted(self._sorted_ids, keys)
@@ -214,7 +216,7 @@ class Dataset:
         if not found.all():
             missing = query[~found][:5].tolist()
             raise KeyError(
-                f"The 'ids' parameter of {where} holds unknown sample id(s) {missing}"
+                f"The {name!r} parameter of {where} holds unknown sample id(s) {missing}"
                 f"{' and more' if (~found).sum() > 5 else ''}. Ids are {self._id_type()} "
                 f"taken from dataset.ids (e.g. {self.ids[:3].tolist()})."
             )

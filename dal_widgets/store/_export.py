@@ -14,11 +14,13 @@ from pathlib import Path
 from typing import Any
 
 from dal_widgets._checks import param_error
-from dal_widgets._files import check_path_param, drop_tmp, fsync_dir, fsync_file, new_tmp
+from dal_widgets._files import check_path_param, write_atomically
 from dal_widgets.store._errors import StoreError
 from dal_widgets.store._file import _StoreFile
 
 __all__: list[str] = []  # LabelStore's methods
+
+_COLUMNS = ("sample_id", "label", "round", "source", "annotator", "timestamp")
 
 
 class _Exports(_StoreFile):
@@ -51,45 +53,25 @@ class _Exports(_StoreFile):
                 format or str(target),
             )
         rows = self.records()
-        tmp: Path | None = None
-        try:
-            tmp = new_tmp(target)
+
+        def write(tmp: Path) -> None:
             with open(tmp, "w", newline="", encoding="utf-8") as fh:
-                if fmt == "csv":
-                    writer = csv.DictWriter(
-                        fh,
-                        fieldnames=[
-                            "sample_id",
-                            "label",
-                            "round",
-                            "source",
-                            "annotator",
-                            "timestamp",
-                        ],
-                    )
-                    writer.writeheader()
-                    for rec in rows:  # multi-label sets as JSON lists, not Python reprs
-                        if isinstance(rec["label"], list):
-                            rec = {**rec, "label": json.dumps(rec["label"], ensure_ascii=False)}
-                        writer.writerow(rec)
-                else:
-                    for rec in rows:
-                        fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, target)
+                if fmt == "jsonl":
+                    fh.writelines(json.dumps(rec, ensure_ascii=False) + "\n" for rec in rows)
+                    return
+                writer = csv.DictWriter(fh, fieldnames=list(_COLUMNS))
+                writer.writeheader()
+                for rec in rows:  # multi-label sets as JSON lists, not Python reprs
+                    if isinstance(rec["label"], list):
+                        rec = {**rec, "label": json.dumps(rec["label"], ensure_ascii=False)}
+                    writer.writerow(rec)
+
+        try:
+            write_atomically(target, write)
         except OSError as exc:
-            if tmp is not None:
-                drop_tmp(tmp, remove=True)
             raise StoreError(
                 f"{where} could not write {str(target)!r}: {exc.strerror or exc}."
             ) from None
-        except BaseException:
-            if tmp is not None:
-                drop_tmp(tmp, remove=True)
-            raise
-        drop_tmp(tmp, remove=False)
-        fsync_dir(target.parent)
         return target
 
     def backup(self, path: str | os.PathLike[str]) -> Path:
@@ -114,9 +96,8 @@ class _Exports(_StoreFile):
             )
         if not self._memory and target.exists() and os.path.samefile(target, self.path):
             raise param_error("path", where, "another file than the store's own file", str(target))
-        tmp: Path | None = None
-        try:
-            tmp = new_tmp(target)
+
+        def write(tmp: Path) -> None:
             copy = sqlite3.connect(tmp, isolation_level=None)
             try:
                 with self._lock:
@@ -125,19 +106,12 @@ class _Exports(_StoreFile):
                 copy.execute("PRAGMA journal_mode = DELETE").fetchone()
             finally:
                 copy.close()
-            fsync_file(tmp)
-            os.replace(tmp, target)
+
+        try:
+            write_atomically(target, write)
         except (OSError, sqlite3.Error) as exc:
-            if tmp is not None:
-                drop_tmp(tmp, remove=True)
             detail = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
             raise StoreError(f"{where} could not write {str(target)!r}: {detail}.") from None
-        except BaseException:
-            if tmp is not None:
-                drop_tmp(tmp, remove=True)
-            raise
-        drop_tmp(tmp, remove=False)
-        fsync_dir(target.parent)
         return target
 
     def to_dataframe(self) -> Any:
@@ -146,9 +120,6 @@ class _Exports(_StoreFile):
             import pandas as pd
         except ImportError:
             raise ImportError("LabelStore.to_dataframe needs pandas: pip install pandas") from None
-        frame = pd.DataFrame(
-            self.records(),
-            columns=["sample_id", "label", "round", "source", "annotator", "timestamp"],
-        )
+        frame = pd.DataFrame(self.records(), columns=list(_COLUMNS))
         frame["timestamp"] = pd.to_datetime(frame["timestamp"])
         return frame

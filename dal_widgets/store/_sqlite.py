@@ -548,8 +548,8 @@ class LabelStore(_Exports):
                 f"{sorted(ROUND_FIELDS)}."
             )
         self._check_open(writing=True)
-        rnd = self._round if round is None else int(round)
         with self._lock, self._transaction() as conn:
+            rnd = self._round if round is None else int(round)
             row = conn.execute("SELECT data FROM rounds WHERE round = ?", (rnd,)).fetchone()
             data = self._round_data(row[0]) if row else {"round": rnd}
             data.update(fields)

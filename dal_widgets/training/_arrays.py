@@ -18,7 +18,7 @@ import numpy as np
 from torch import nn
 
 from dal_widgets.training._inference import INFERABLE, predict
-from dal_widgets.training._trainer import ModelVersion, Trainer
+from dal_widgets.training._trainer import ModelVersion, Snapshot, Trainer
 
 __all__ = ["MODEL_ARRAYS", "PoolArrays"]
 
@@ -68,14 +68,18 @@ class PoolArrays:
         self.device = device
         self.seed = seed
         self._lock = threading.Lock()
+        self._computing = threading.Lock()
         self._version: ModelVersion | None = None
         self._arrays: dict[str, np.ndarray] = {}
         #: Full-pool inference passes run so far (one predict call each); for tests/benchmarks.
         self.passes = 0
 
-    def compute(self, needs: Iterable[str], strategy: str) -> dict[str, np.ndarray]:
-        """What ``strategy`` asks for: raw ``features`` and the newest model's arrays (clear
-        errors for arrays this data or this training cannot give)."""
+    def compute(
+        self, needs: Iterable[str], strategy: str, snapshot: Snapshot | None = None
+    ) -> dict[str, np.ndarray]:
+        """What ``strategy`` asks for: raw ``features`` and the model's arrays (clear errors
+        for arrays this data or this training cannot give). ``snapshot``: the model to use
+        (default: the trainer's newest, read once)."""
         needs = set(needs)
         arrays: dict[str, np.ndarray] = {}
         if "features" in needs:
@@ -98,11 +102,10 @@ class PoolArrays:
                 "this dataset is single-label."
             )
         if needs & MODEL_ARRAYS:
-            trainer = self.trainer
-            # one consistent snapshot: the version and its models are replaced together
-            model, members, version = trainer.model, trainer.members, trainer.version
-            if model is None or version is None:
+            current = snapshot if snapshot is not None else self.trainer.current
+            if current is None:
                 raise RuntimeError("No trained model yet: call train() (and wait()) first.")
+            model, members, version = current.model, current.members, current.version
             if "member_probs" in needs and len(members) < 2:
                 raise ValueError(
                     f"Strategy {strategy!r} needs an ensemble ('member_probs'), and the newest "
@@ -121,26 +124,31 @@ class PoolArrays:
     ) -> dict[str, np.ndarray]:
         """The arrays in ``needs`` (a subset of :data:`MODEL_ARRAYS`) for ``version``."""
         needs = set(needs)
-        with self._lock:  # a second caller waits and reuses what the first computed
-            if self._version != version:
-                self._version, self._arrays = version, {}
-            missing = needs - set(self._arrays)
+        with self._lock:  # a cached read never waits for a computation
+            if self._version == version and needs <= set(self._arrays):
+                return {k: self._arrays[k] for k in needs}
+        with self._computing:  # one computation at a time; a second caller then reuses it
+            with self._lock:
+                if self._version != version:
+                    self._version, self._arrays = version, {}
+                have = dict(self._arrays)
+            missing = needs - set(have)
             if missing & _FORWARD:
                 missing |= {"label_probs" if self.multi_label else "probs", "embeddings"}
-                missing -= set(self._arrays)
+                missing -= set(have)
+            new: dict[str, np.ndarray] = {}
             computed = missing & INFERABLE
             if computed:
-                self._arrays.update(self._predict(model, computed, version))
+                new.update(self._predict(model, computed, version))
             if "member_probs" in missing:
-                self._arrays["member_probs"] = np.stack(
+                new["member_probs"] = np.stack(
                     [self._predict(m, {"probs"}, version)["probs"] for m in members], axis=1
                 )
-            return {k: self._arrays[k] for k in needs}
-
-    def cached(self, version: ModelVersion | None) -> set[str]:
-        """Names already computed for ``version``."""
-        with self._lock:
-            return set(self._arrays) if version is not None and version == self._version else set()
+            with self._lock:
+                if self._version == version:
+                    self._arrays.update(new)
+            have.update(new)
+            return {k: have[k] for k in needs}
 
     def clear(self) -> None:
         """Drop every array (the model was let go)."""

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from dal_widgets._checks import DataNotFoundError, param_error, short_repr
-from dal_widgets._files import write_atomically
+from dal_widgets._files import check_path_param, write_atomically
 from dal_widgets.training._models import Standardize
 
 __all__ = [
@@ -123,9 +123,7 @@ def _json_default(value: Any) -> Any:
 
 
 def _check_target(path: Any, where: str) -> Path:
-    if not isinstance(path, (str, os.PathLike)):
-        raise param_error("path", where, "a file path (str or os.PathLike)", path, TypeError)
-    target = Path(path)
+    target = Path(check_path_param(path, "path", where))
     if target.suffix.lower() == ".json":
         raise CheckpointError(
             f"The 'path' parameter of {where} must name a torch file, such as 'model.pt': a "
@@ -413,8 +411,7 @@ def load_checkpoint(
         Nothing is unpickled beyond tensors and plain values.
     """
     where = "load_checkpoint"
-    if not isinstance(path, (str, os.PathLike)):
-        raise param_error("path", where, "a file path (str or os.PathLike)", path, TypeError)
+    check_path_param(path, "path", where)
     if not isinstance(model, nn.Module):
         raise param_error("model", where, "a torch.nn.Module", model, TypeError)
     target = Path(path)

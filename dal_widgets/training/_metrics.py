@@ -27,23 +27,18 @@ def held_out_metrics(probs: np.ndarray, y_eval: np.ndarray, multi_label: bool) -
     return {"accuracy": float((probs.argmax(1) == y_eval).mean())}
 
 
-def evaluate_model(
-    model: nn.Module,
-    X_eval: Any,
-    y_eval: np.ndarray,
-    *,
-    multi_label: bool,
-    config: Any,
-    device: Any,
-) -> dict[str, Any]:
-    """:func:`held_out_metrics` of ``model`` on a held-out split (chunked inference)."""
-    key = "label_probs" if multi_label else "probs"
+def evaluate_model(model: nn.Module, dataset: Any, *, config: Any, device: Any) -> dict[str, Any]:
+    """:func:`held_out_metrics` of ``model`` on ``dataset``'s held-out split (chunked
+    inference), with ``n_eval``."""
+    assert dataset.X_eval is not None and dataset.y_eval is not None
+    key = "label_probs" if dataset.multi_label else "probs"
     probs = predict(
         model,
-        X_eval,
+        dataset.X_eval,
         [key],
         device=device,
         batch_size=config.inference_batch_size,
         precision=config.precision,
     )[key]
-    return held_out_metrics(probs, y_eval, multi_label)
+    metrics = held_out_metrics(probs, dataset.y_eval, dataset.multi_label)
+    return {**metrics, "n_eval": len(dataset.y_eval)}

@@ -29,11 +29,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from dal_widgets._threads import start_daemon
 from dal_widgets.training._fit import Callback, EarlyStopping, FitResult, FitState, TrainConfig, fit
 from dal_widgets.training._inference import predict
 from dal_widgets.training._models import classifier_layer
 
-__all__ = ["ModelVersion", "Trainer", "TrainingSet", "weights_key"]
+__all__ = ["ModelVersion", "Snapshot", "Trainer", "TrainingSet", "weights_key"]
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,16 @@ def weights_key(model: nn.Module) -> str:
         digest.update(f"{name}:{tuple(tensor.shape)}:{t.dtype}".encode())
         digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return digest.hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """The newest model with its ensemble (model first) and version, replaced as one value,
+    so a reader on another thread never pairs one fit's model with another's version."""
+
+    model: nn.Module
+    members: list[nn.Module]
+    version: ModelVersion
 
 
 @dataclass(frozen=True)
@@ -165,10 +176,9 @@ class Trainer:
         self.device = device
         self.seed = seed
         self.emit = emit
-        #: The newest finished model, its ensemble (model first) and its version.
-        self.model: nn.Module | None = None
-        self.members: list[nn.Module] = []
-        self.version: ModelVersion | None = None
+        #: The newest finished model, its ensemble and its version, as one value (None
+        #: before the first fit).
+        self.current: Snapshot | None = None
         #: Progress of the running fit, or ``{"state": "idle" | "cancelled" | "error", ...}``.
         self.progress: dict[str, Any] = {"state": "idle"}
         #: The traceback of the newest failed fit (None after a fit succeeds).
@@ -180,7 +190,10 @@ class Trainer:
         self._busy = False
         self._closed = False
         self._token: int | None = None  # the labeled set of the running fit
+        # Set to cancel the running fit. A request after a cancel gets a new event rather than
+        # clearing this one, so the cancelled fit still sees it and stops.
         self._cancel = threading.Event()
+        self._fit_cancel = self._cancel  # the event of the fit that runs now
         self._fit_lock = threading.Lock()
         self._thread: threading.Thread | None = None
 
@@ -190,20 +203,31 @@ class Trainer:
         with self._cond:
             if self._closed:
                 raise RuntimeError("This trainer is closed; make a new Session to train.")
-            if self._busy and not self._pending and token is not None and token == self._token:
+            if (
+                self._busy
+                and not self._pending
+                and not self._cancel.is_set()
+                and token is not None
+                and token == self._token
+            ):
                 return  # the running fit already has exactly these labels
             self._pending = True
-            self._cancel.clear()
+            if self._cancel.is_set():
+                self._cancel = threading.Event()
             if self._thread is None or not self._thread.is_alive():
-                self._thread = threading.Thread(
-                    target=self._loop, name="dal-widgets-trainer", daemon=True
+                self._thread = start_daemon(
+                    self._loop, name="dal-widgets-trainer", on_error=self._loop_failed
                 )
-                self._thread.start()
                 _LIVE.add(self)
             self._cond.notify_all()
 
     def wait(self, timeout: float | None = None) -> bool:
-        """Block until no fit runs or is queued; False if ``timeout`` seconds passed first."""
+        """Block until no fit runs or is queued; False if ``timeout`` seconds passed first.
+
+        On the trainer's own thread (an observer of its events) it returns False at once:
+        the thread cannot wait for itself."""
+        if threading.current_thread() is self._thread:
+            return False
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._cond:
             while self._pending or self._busy:
@@ -230,28 +254,44 @@ class Trainer:
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout=timeout)
         _LIVE.discard(self)
-        self.model, self.members = None, []
+        self.current = None
+
+    @property
+    def model(self) -> nn.Module | None:
+        """The newest finished model (None before the first fit)."""
+        current = self.current
+        return None if current is None else current.model
+
+    @property
+    def members(self) -> list[nn.Module]:
+        """The newest fit's ensemble, model first (empty before the first fit)."""
+        current = self.current
+        return [] if current is None else current.members
+
+    @property
+    def version(self) -> ModelVersion | None:
+        """The newest model's version (None before the first fit)."""
+        current = self.current
+        return None if current is None else current.version
 
     @property
     def running(self) -> bool:
         """Whether a fit runs or is queued."""
         return self._busy or self._pending
 
-    @property
-    def closed(self) -> bool:
-        return self._closed
-
     def set_model(self, model: nn.Module, n_labels: int) -> ModelVersion:
-        """Make ``model`` the newest (e.g. loaded from a checkpoint) as the next version.
+        """Make ``model`` the newest (e.g. loaded from a checkpoint) as the next version; a
+        running or queued fit is cancelled first, so it cannot replace it.
 
         Emits nothing: the caller announces it as it sees fit."""
-        with self._fit_lock:
-            model = model.to(self.device).eval()
-            number = 1 if self.version is None else self.version.version + 1
-            version = ModelVersion(
-                number, n_labels, 0.0, 0, float("nan"), time.time(), weights_key(model)
-            )
-            self.model, self.members, self.version = model, [model], version
+        self.cancel()
+        self.wait()
+        model = model.to(self.device).eval()
+        number = 1 if self.version is None else self.version.version + 1
+        version = ModelVersion(
+            number, n_labels, 0.0, 0, float("nan"), time.time(), weights_key(model)
+        )
+        self.current = Snapshot(model, [model], version)
         return version
 
     # ------------------------------------------------------------------ the thread
@@ -275,12 +315,23 @@ class Trainer:
                     self._busy = False
                     self._cond.notify_all()
 
+    def _loop_failed(self, _exc: BaseException, text: str) -> None:
+        """The loop itself broke (not a fit: those are caught per fit): keep it for the views."""
+        self.error = text
+        self.progress = {"state": "error"}
+
     def _set_progress(self, progress: dict[str, Any]) -> None:
         self.progress = progress
         self.emit("train_progress", progress=progress)
 
     def _fit_once(self) -> None:
-        cancel = self._cancel
+        version = self._fit_locked()
+        if version is not None:  # outside the lock: observers may load, train or wait
+            self.emit("trained", version=version)
+
+    def _fit_locked(self) -> ModelVersion | None:
+        """One fit of the plan; the new version once it is published, else None."""
+        cancel = self._fit_cancel = self._cancel
         with self._fit_lock:
             data = self.data()
             self._token = data.token
@@ -304,9 +355,9 @@ class Trainer:
                 self._fit_with_oom_retry(member, X, y, [_Progress(self)], fit_seed + m)
                 members.append(member)
                 result = result if not cancel.is_set() else replace(result, cancelled=True)
-            if result.cancelled:
+            if result.cancelled or self._closed:
                 self._set_progress({"state": "cancelled"})
-                return
+                return None
             version = ModelVersion(
                 number,
                 n_labels,
@@ -316,9 +367,9 @@ class Trainer:
                 time.time(),
                 weights_key(model),
             )
-            self.model, self.members, self.version = model, members, version
+            self.current = Snapshot(model, members, version)
             self.progress = {"state": "idle", "version": number, "loss": result.loss}
-            self.emit("trained", version=version)
+            return version
 
     def _seeded_model(self, seed: int) -> nn.Module:
         with torch.random.fork_rng(devices=[]):
@@ -423,7 +474,7 @@ class Trainer:
                     y,
                     config=config,
                     callbacks=callbacks,
-                    stop_event=self._cancel,
+                    stop_event=self._fit_cancel,
                     seed=fit_seed,
                 )
             except torch.cuda.OutOfMemoryError:

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import html
 import threading
-import traceback
 from typing import Any
 
 from dal_widgets._checks import param_error
+from dal_widgets._threads import start_daemon
 from dal_widgets.widgets._view import View
 
 __all__ = ["CompareWidget"]
@@ -103,8 +103,7 @@ class CompareWidget(View):
         self.progress.max = max(self._total, 1)
         self.progress.value = 0
         self.status.value = "starting…"
-        self._thread = threading.Thread(target=self._work, daemon=True, name="dal-compare")
-        self._thread.start()
+        self._thread = start_daemon(self._work, name="dal-compare", on_error=self._failed)
 
     def stop(self) -> None:
         """End after the current round; the curves keep what finished."""
@@ -120,22 +119,22 @@ class CompareWidget(View):
     def _work(self) -> None:
         from dal_widgets.simulation import simulate
 
-        try:
-            res = simulate(
-                self.dataset,
-                self.strategies,
-                progress=self._on_record,
-                stop=self._stop,
-                **self.kwargs,
-            )
-            self.result = res
-            self._draw(final=True)
-            self.status.value = "stopped" if self._stop.is_set() else "done"
-        except Exception as exc:  # noqa: BLE001 (shown in the widget: a thread must not print)
-            self.error = traceback.format_exc()
-            self.status.value = (
-                f"<span style='color:#c62828'>{html.escape(f'{type(exc).__name__}: {exc}')}</span>"
-            )
+        res = simulate(
+            self.dataset,
+            self.strategies,
+            progress=self._on_record,
+            stop=self._stop,
+            **self.kwargs,
+        )
+        self.result = res
+        self._draw(final=True)
+        self.status.value = "stopped" if self._stop.is_set() else "done"
+
+    def _failed(self, exc: Exception, text: str) -> None:
+        """The run failed in its thread: kept in ``error`` / ``errors`` and shown, not printed."""
+        self.error = text
+        self.errors.append(text)
+        self._show_error(exc)
 
     def _on_record(self, record: dict[str, Any]) -> None:
         self.result.records.append(record)

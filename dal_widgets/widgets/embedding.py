@@ -286,7 +286,7 @@ class EmbeddingPlot(View):
         self._unsubscribe.append(
             session.on("map_changed", lambda projection: self._safe(self._on_map(projection)))
         )
-        self.redraw()
+        self._on_map(self.projector.current())()  # a map published before we subscribed
 
     # ------------------------------------------------------------------ display
     def _show_error(self, exc: Exception) -> None:

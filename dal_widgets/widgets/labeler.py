@@ -20,6 +20,7 @@ import anywidget
 import traitlets
 
 from dal_widgets._checks import check_choice, check_int, param_error, short_repr
+from dal_widgets._threads import start_daemon
 
 __all__ = ["LabelingWidget", "register_renderer"]
 
@@ -341,27 +342,28 @@ class LabelingWidget(anywidget.AnyWidget):
             if self._next is not None or (self._fetching is not None and self._fetching.is_alive()):
                 return
             on_screen = list(self._keys.values())
-            self._fetching = threading.Thread(
-                target=self._prefetch, args=(on_screen,), daemon=True, name="dal-labeler-prefetch"
+            self._fetching = start_daemon(
+                lambda: self._prefetch(on_screen),
+                name="dal-labeler-prefetch",
+                on_error=self._prefetch_failed,
             )
-            self._fetching.start()
 
     def _prefetch(self, on_screen: list[Any]) -> None:
-        try:
-            left = (
-                len(self.session.dataset)
-                - len(self.session.store)
-                - len(self.session.store.marked("skip"))
-            )
-            exclude = [i for i in on_screen if i not in self.session.labels]
-            n = min(self.batch_size, left - len(exclude))
-            if n > 0:
-                ids = self.session.query(n, exclude=exclude)
-                with self._lock:
-                    self._next = ids
-        except Exception:  # noqa: BLE001 (a background thread must not print: show it instead)
-            self.errors.append(traceback.format_exc())
-            self.error = "Fetching the next batch failed; press N to retry."
+        left = (
+            len(self.session.dataset)
+            - len(self.session.store)
+            - len(self.session.store.marked("skip"))
+        )
+        exclude = [i for i in on_screen if i not in self.session.labels]
+        n = min(self.batch_size, left - len(exclude))
+        if n > 0:
+            ids = self.session.query(n, exclude=exclude)
+            with self._lock:
+                self._next = ids
+
+    def _prefetch_failed(self, _exc: BaseException, text: str) -> None:
+        self.errors.append(text)
+        self.error = "Fetching the next batch failed; press N to retry."
 
     def next_batch(self) -> list[Any]:
         """Show the next batch: the prefetched one if ready, else query now. Returns its ids."""
