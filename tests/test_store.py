@@ -535,20 +535,27 @@ def _old_style_wal_store(path):
     conn.close()
 
 
-@pytest.mark.parametrize("case", ["clean", "wal-clean", "killed", "killed-no-shm"])
-def test_read_only_in_a_folder_we_cannot_write(tmp_path, path, monkeypatch, case):
-    import dal_widgets.store._file as store_mod
-
-    expected = {1: "cat", 2: "dog"}
+def _store_in_state(path, case):
+    """A store closed cleanly, left in WAL mode by an older version, or SIGKILLed mid-session;
+    returns the labels a reader must see."""
     if case == "clean":
         s = open_store(path)
         s.label([1, 2], ["cat", "dog"])
         s.close()
-    elif case == "wal-clean":
+        return {1: "cat", 2: "dog"}
+    if case == "wal-clean":
         _old_style_wal_store(path)
-    else:
-        _sigkilled_writer(path, [1, 2, 3])
-        expected = {1: "dog", 2: "dog", 3: "dog"}
+        return {1: "cat", 2: "dog"}
+    _sigkilled_writer(path, [1, 2, 3])
+    return {1: "dog", 2: "dog", 3: "dog"}
+
+
+@pytest.mark.parametrize("case", ["clean", "wal-clean", "killed", "killed-no-shm"])
+def test_read_only_in_a_folder_we_cannot_write(tmp_path, path, monkeypatch, case):
+    import dal_widgets.store._file as store_mod
+
+    expected = _store_in_state(path, case)
+    if case.startswith("killed"):
         assert (tmp_path / "labels.db-wal").stat().st_size > 0
         if case == "killed-no-shm":
             (tmp_path / "labels.db-shm").unlink()
@@ -618,16 +625,7 @@ def test_read_only_as_another_user_in_their_folder(case):
     try:
         os.chmod(folder, 0o755)
         path = os.path.join(folder, "labels.db")
-        expected = {1: "cat", 2: "dog"}
-        if case == "clean":
-            s = open_store(path)
-            s.label([1, 2], ["cat", "dog"])
-            s.close()
-        elif case == "wal-clean":
-            _old_style_wal_store(path)
-        else:
-            _sigkilled_writer(path, [1, 2, 3])
-            expected = {1: "dog", 2: "dog", 3: "dog"}
+        expected = _store_in_state(path, case)
         for name in os.listdir(folder):
             os.chmod(os.path.join(folder, name), 0o644)
         code = textwrap.dedent(f"""
