@@ -191,4 +191,19 @@ def test_app_renders_at_1280_without_overlaps_and_trains_while_idle(lab):
     )
     assert "Idle" in page.locator("#jp-main-statusbar").inner_text()
     lab.save_screenshot(page, "app-1280x800")
+    # The same App at 1920 px: still nothing overlapping, nothing past the App's right edge.
+    page.set_viewport_size({"width": 1920, "height": 1080})
+    page.wait_for_timeout(500)
+    wide = [
+        parts["labeler"].bounding_box(),
+        parts["map"].bounding_box(),
+        parts["charts"].nth(0).bounding_box(),
+        parts["charts"].nth(1).bounding_box(),
+    ]
+    app_box = page.locator(".dal-app").bounding_box()
+    for i in range(len(wide)):
+        assert wide[i]["x"] + wide[i]["width"] <= app_box["x"] + app_box["width"] + 1
+        for j in range(i + 1, len(wide)):
+            assert not overlap(wide[i], wide[j]), (i, j, wide[i], wide[j])
+    lab.save_screenshot(page, "app-1920x1080")
     lab.execute("s.stop(); s.wait()")
