@@ -17,7 +17,7 @@ import numpy as np
 from dal_widgets import strategies as _strategies
 from dal_widgets._checks import check_int, param_error
 
-__all__ = ["Query", "exclude_arg", "run_query"]
+__all__ = ["Query", "check_usable", "exclude_arg", "run_query"]
 
 
 @dataclass(frozen=True)
@@ -49,6 +49,35 @@ def exclude_arg(exclude: Any, where: str) -> list[Any]:
     return list(exclude)
 
 
+def check_usable(
+    name: str, where: str, *, dataset: Any, ensemble_size: int | None, model: Any
+) -> None:
+    """Raise a ValueError naming the strategy, what it needs and what this session has, when
+    the session cannot feed strategy ``name`` (see :func:`run_query` for the arguments)."""
+    # No model yet: nothing of it to check (the default models have dropout, and get a loss
+    # head when a fit starts with a strategy that needs one).
+    dropout = loss_head = True
+    if model is not None:
+        from dal_widgets.training import has_dropout
+
+        dropout = has_dropout(model)
+        loss_head = getattr(model, "loss_head", None) is not None
+    facts: dict[str, Any] = {
+        "multi_label": bool(dataset.multi_label),
+        # None: not known here, so not checked; the pool arrays still refuse a committee
+        # strategy when the newest fit trained one model.
+        "ensemble_size": 2 if ensemble_size is None else ensemble_size,
+        "dropout": dropout,
+        "loss_head": loss_head,
+    }
+    reason = _strategies.unusable_reason(name, **facts)
+    if reason is not None:
+        raise ValueError(
+            f"{where}: strategy {name!r} cannot run in this session: {reason}. "
+            f"Strategies that can: {', '.join(_strategies.usable(**facts))}."
+        )
+
+
 def run_query(
     name: str,
     cold_start: str,
@@ -62,16 +91,26 @@ def run_query(
     seed: int,
     rnd: int,
     device: Any,
+    ensemble_size: int | None = None,
+    model: Any = None,
 ) -> Query:
     """Pick ``n`` unmasked samples with strategy ``name`` (``cold_start`` while no model
-    exists and it needs one), seeded by ``(seed, rnd)``."""
+    exists and it needs one), seeded by ``(seed, rnd)``.
+
+    A strategy this session cannot feed is refused first, before any inference (and before a
+    cold start stands in for it), with :func:`~dal_widgets.strategies.unusable_reason`'s
+    reason: from the data (``dataset.multi_label``), the training (``ensemble_size``, the
+    TrainConfig's; None: not checked here) and the model the query will use (``model``; None
+    before the first fit, when nothing about the model is checked yet).
+    """
+    strategy = _strategies.get(name)
+    check_usable(strategy.name, where, dataset=dataset, ensemble_size=ensemble_size, model=model)
     available = int((~mask).sum())
     if available == 0:
         raise ValueError(
             f"{where}: every sample is labeled, skipped or excluded; nothing is left to query."
         )
     n = check_int(n, "n", where, lo=1, hi=available)
-    strategy = _strategies.get(name)
     used = _strategies.get(cold_start) if strategy.needs_model and not have_model else strategy
     t0 = time.perf_counter()
     arrays = compute(used.arrays_for(have_model))

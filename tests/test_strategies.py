@@ -889,3 +889,169 @@ def test_torch_strategies_agree_on_cuda():
         assert len(set(gpu.tolist())) == 8
         if name in ("coreset",):
             assert (cpu == gpu).all()
+
+
+# --------------------------------------------------------------------------- what a session can run
+
+# The built-in strategies, read before any test registers its own.
+BUILT_IN = tuple(strategies.available())
+
+
+def test_unusable_reason_reads_the_needs_against_the_data_and_the_training():
+    single = {"multi_label": False, "ensemble_size": 1}
+    assert strategies.unusable_reason("entropy", **single) is None
+    assert strategies.unusable_reason("random", multi_label=True, ensemble_size=1) is None
+    reason = strategies.unusable_reason("vote_entropy", **single)
+    assert "'member_probs'" in reason and "ensemble_size=5" in reason and "1 model" in reason
+    assert strategies.unusable_reason("vote_entropy", multi_label=False, ensemble_size=2) is None
+    reason = strategies.unusable_reason("multilabel_margin", **single)
+    assert reason.startswith("for multi-label data only") and "single-label" in reason
+    for name in ("entropy", "bald", "badge", "consensus_kl"):  # the data first: no config fixes it
+        reason = strategies.unusable_reason(name, multi_label=True, ensemble_size=1)
+        assert reason.startswith("for single-label data only"), name
+    assert "dropout" in strategies.unusable_reason("bald", **single, dropout=False)
+    assert strategies.unusable_reason("entropy", **single, dropout=False) is None
+    reason = strategies.unusable_reason("learning_loss", **single, loss_head=False)
+    assert "loss-prediction head" in reason and "TrainConfig(loss_head=True)" in reason
+    # numpy scalars, as a session's attributes may hold them, are fine.
+    assert strategies.unusable_reason(
+        "entropy", multi_label=np.bool_(True), ensemble_size=np.int64(2)
+    )
+    # Read from the needs, so a composed or user strategy is judged like the built-in ones.
+    strategies.compose("entropy_coreset_test", prefilter="entropy", then="coreset", replace=True)
+    assert "multi-label" in strategies.unusable_reason(
+        "entropy_coreset_test", multi_label=True, ensemble_size=3
+    )
+
+
+def test_usable_lists_the_strategies_without_a_reason_in_picker_order():
+    for multi_label, size, dropout, head in itertools.product(
+        [False, True], [1, 2], *[[False, True]] * 2
+    ):
+        facts = {
+            "multi_label": multi_label,
+            "ensemble_size": size,
+            "dropout": dropout,
+            "loss_head": head,
+        }
+        expected = [n for n in strategies.available() if not strategies.unusable_reason(n, **facts)]
+        assert strategies.usable(**facts) == expected
+    assert set(strategies.usable(multi_label=True, ensemble_size=1)) & set(BUILT_IN) == {
+        "coreset", "dfal", "kmeans", "learning_loss", "multilabel_entropy",
+        "multilabel_margin", "probcover", "random", "typiclust",
+    }  # fmt: skip
+    committee = {"vote_entropy", "consensus_kl"}
+    assert not committee & set(strategies.usable(multi_label=False, ensemble_size=1))
+    assert committee <= set(strategies.usable(multi_label=False, ensemble_size=2))
+
+
+@pytest.mark.parametrize(
+    "kwargs, exc, match",
+    [
+        ({"multi_label": "yes"}, TypeError, "'multi_label' parameter .* must be a bool. Got 'yes'"),
+        ({"multi_label": None}, TypeError, "'multi_label' parameter .* a bool. Got None"),
+        (
+            {"ensemble_size": 0},
+            ValueError,
+            r"'ensemble_size' parameter .* an int in \[1, inf\]. Got 0",
+        ),
+        ({"ensemble_size": 2.0}, TypeError, "'ensemble_size' parameter .* Got 2.0"),
+        ({"ensemble_size": True}, TypeError, "'ensemble_size' parameter .* Got True"),
+        ({"dropout": 1}, TypeError, "'dropout' parameter .* a bool. Got 1"),
+        ({"loss_head": "no"}, TypeError, "'loss_head' parameter .* a bool. Got 'no'"),
+    ],
+)
+def test_unusable_reason_and_usable_name_a_bad_argument(kwargs, exc, match):
+    args = {"multi_label": False, "ensemble_size": 1, **kwargs}
+    with pytest.raises(exc, match="of strategies.unusable_reason must"):
+        strategies.unusable_reason("entropy", **args)
+    with pytest.raises(exc, match=match):
+        strategies.unusable_reason("entropy", **args)
+    with pytest.raises(exc, match="of strategies.usable must"):
+        strategies.usable(**args)
+
+
+def test_unusable_reason_names_a_bad_strategy_name():
+    with pytest.raises(KeyError, match="Did you mean 'entropy'"):
+        strategies.unusable_reason("entropi", multi_label=False, ensemble_size=1)
+    with pytest.raises(TypeError, match="'name' parameter of strategies.unusable_reason .* Got 3"):
+        strategies.unusable_reason(3, multi_label=False, ensemble_size=1)
+    with pytest.raises(TypeError, match="ensemble_size"):  # the facts have no silent default
+        strategies.unusable_reason("entropy", multi_label=False)
+
+
+def _blobs_and_tags() -> dict:
+    """A small single-label dataset (three blobs) and a small multi-label one (three tags)."""
+    import dal_widgets as dal
+
+    rng = np.random.default_rng(0)
+    y = np.arange(120) % 3
+    X = np.array([[0, 0], [4, 0], [0, 4]], dtype=float)[y] + rng.normal(scale=1.5, size=(120, 2))
+    Xm = rng.normal(size=(120, 3)).astype(np.float32)
+    Y = np.stack([Xm[:, 0] > 0, Xm[:, 1] > 0, Xm[:, 2] > 0.5], 1).astype(np.uint8)
+    return {
+        "single": dal.datasets.from_arrays(X, y=np.array(["a", "b", "c"])[y], name="blobs"),
+        "multi": dal.datasets.from_arrays(Xm, y=Y, classes=["red", "round", "rare"], name="tags"),
+    }
+
+
+@pytest.mark.parametrize(
+    "data, model, config",
+    [
+        ("single", "auto", {}),  # one model, no loss head (it was fitted for "random")
+        ("single", "auto", {"ensemble_size": 2, "loss_head": True}),
+        ("single", "no dropout", {}),
+        ("multi", "auto", {}),
+    ],
+)
+def test_unusable_reason_agrees_with_what_a_fitted_session_runs(data, model, config):
+    from torch import nn
+
+    import dal_widgets as dal
+    from dal_widgets.training import TrainConfig, has_dropout
+
+    ds = _blobs_and_tags()[data]
+    if model == "no dropout":
+        model = nn.Sequential(nn.Linear(2, 8), nn.ReLU(), nn.Linear(8, 3))
+    cfg = TrainConfig(steps=20, deepfool_iters=5, **config)
+    s = dal.Session(
+        ds, strategy="random", model=model, store=None, device="cpu", retrain="manual",
+        train_config=cfg,
+    )  # fmt: skip
+    ids = ds.ids[:40].tolist()
+    s.label(ids, ds.targets[ds.positions(ids)].tolist())
+    s.train(block=True)  # once; every strategy then queries this model
+    facts = {
+        "multi_label": s.multi_label,
+        "ensemble_size": s.train_config.ensemble_size,
+        "dropout": has_dropout(s.model),
+        "loss_head": getattr(s.model, "loss_head", None) is not None,
+    }
+    for name in BUILT_IN:
+        reason = strategies.unusable_reason(name, **facts)
+        s.strategy = name
+        passes = s.arrays.passes
+        if reason is None:
+            picks = s.query(3)
+            assert len(set(picks)) == 3 and s.store.queries()[-1]["strategy"] == name
+            continue
+        with pytest.raises(ValueError) as err:
+            s.query(3)
+        message = str(err.value)
+        assert f"Session.query: strategy {name!r} cannot run in this session: {reason}." in message
+        assert message.endswith(f"Strategies that can: {', '.join(strategies.usable(**facts))}.")
+        assert s.arrays.passes == passes, name  # refused before any inference
+    s.close()
+
+
+def test_an_unusable_strategy_is_refused_before_a_cold_start_stands_in():
+    import dal_widgets as dal
+
+    s = dal.Session(_blobs_and_tags()["multi"], strategy="entropy", store=None, device="cpu")
+    with pytest.raises(ValueError, match="'entropy' cannot run in this session: for single-label"):
+        s.query(3)
+    assert s.round == 0 and s.store.queries() == []
+    s.strategy = "multilabel_entropy"  # no model yet: the cold start stands in
+    assert len(s.query(3)) == 3
+    assert s.store.queries()[-1]["strategy"] == "random (cold start for multilabel_entropy)"
+    s.close()

@@ -17,8 +17,10 @@ The library follows the taxonomy of Ren et al., "A survey of deep active learnin
 * multi-label, on per-class ``label_probs``: multilabel_entropy, multilabel_margin;
 * composed: margin_coreset (see :func:`compose`).
 
-:func:`describe` gives each one's one-line description. To add your own, see :func:`register`
-(a score or a batch function in about ten lines) and :func:`compose` (pre-filter + diversity).
+:func:`describe` gives each one's one-line description; :func:`usable` the ones a session's
+data and training can feed (a picker's options), :func:`unusable_reason` why another cannot run
+there. To add your own, see :func:`register` (a score or a batch function in about ten lines)
+and :func:`compose` (pre-filter + diversity).
 """
 
 from __future__ import annotations
@@ -48,6 +50,8 @@ from dal_widgets.strategies._registry import (
     register,
     scores,
     select,
+    unusable_reason,
+    usable,
 )
 
 __all__ = [
@@ -61,4 +65,6 @@ __all__ = [
     "register",
     "scores",
     "select",
+    "unusable_reason",
+    "usable",
 ]
