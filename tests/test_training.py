@@ -686,3 +686,38 @@ def test_a_standardized_model_trains_and_checkpoints_on_cuda(tmp_path):
     other = default_model((4,), 2, "tabular", inputs=X[:10]).cuda()
     load_checkpoint(tmp_path / "m.pt", other)
     assert other.standardize.mean.is_cuda and _same_weights(other.cpu(), model.cpu())
+
+
+def test_held_out_metrics_confusion_and_per_class_accuracy_by_hand():
+    from dal_widgets.training import held_out_metrics
+
+    # 4 classes; class 3 has no held-out sample. (true, pred) pairs:
+    # (0,0) (0,0) (0,1) (1,1) (1,2) (2,2) (2,2) (2,0)
+    y = np.array([0, 0, 0, 1, 1, 2, 2, 2])
+    pred = np.array([0, 0, 1, 1, 2, 2, 2, 0])
+    probs = np.full((8, 4), 0.1)
+    probs[np.arange(8), pred] = 0.7
+    m = held_out_metrics(probs, y, multi_label=False)
+    assert m["confusion"] == [[2, 1, 0, 0], [0, 1, 1, 0], [1, 0, 2, 0], [0, 0, 0, 0]]
+    assert m["per_class_accuracy"] == [2 / 3, 1 / 2, 2 / 3, None]
+    assert m["accuracy"] == 5 / 8
+    json.dumps(m)  # plain lists, ints, floats and None
+    assert all(type(v) is int for row in m["confusion"] for v in row)
+    with pytest.raises(ValueError, match=r"'y_eval' parameter of held_out_metrics.*\[0, 3\]"):
+        held_out_metrics(probs, y + 2, multi_label=False)
+
+
+def test_held_out_metrics_per_class_f1_for_multi_label_data():
+    from dal_widgets.training import held_out_metrics
+
+    y = np.array([[1, 0, 0, 1], [1, 1, 0, 0], [0, 1, 0, 0], [0, 0, 0, 1]], dtype=np.uint8)
+    probs = np.array(
+        [[0.9, 0.1, 0.2, 0.4], [0.8, 0.3, 0.1, 0.7], [0.2, 0.9, 0.1, 0.1], [0.6, 0.1, 0.3, 0.8]]
+    )
+    m = held_out_metrics(probs, y, multi_label=True)
+    # class 0: tp 2, fp 1, fn 0 -> 4/5; class 1: tp 1, fn 1 -> 2/3; class 2: undefined;
+    # class 3: tp 1, fp 1, fn 1 -> 1/2
+    assert m["per_class_f1"] == [pytest.approx(4 / 5), pytest.approx(2 / 3), None, 0.5]
+    assert m["accuracy"] == pytest.approx(2 * 4 / (6 + 6))  # micro-F1: tp 4, 6 predicted, 6 true
+    assert m["subset_accuracy"] == 0.25 and "confusion" not in m
+    json.dumps(m)
