@@ -25,6 +25,7 @@ SESSION_EVENTS = {
     "train_progress": "progress (dict)",
     "trained": "version (ModelVersion)",
     "train_failed": "error (str, with traceback)",
+    "train_idle": "(nothing): no fit runs or is queued any more",
     "evaluated": "result (dict)",
     "class_added": "name",
     "map_changed": "projection (Projection)",

@@ -7,13 +7,15 @@ id; for multi-label data, sets of classes (names, indices, or a 0/1 row per id).
 
 from __future__ import annotations
 
+import hashlib
+import json
 from typing import Any
 
 import numpy as np
 
 from dal_widgets._checks import param_error, short_repr
 
-__all__ = ["class_name", "label_names", "sample_ids", "targets"]
+__all__ = ["class_name", "label_names", "labels_key", "sample_ids", "targets", "training_set"]
 
 _ONE = (str, int, np.integer)
 
@@ -133,3 +135,30 @@ def targets(labels: list[Any], classes: list[str], multi_label: bool) -> np.ndar
     for row, names in enumerate(labels):
         y[row, [index[c] for c in names]] = 1.0
     return y
+
+
+def labels_key(labels: dict[Any, Any]) -> str:
+    """A short hash of a labeled set (ids and labels, in no particular order)."""
+    items = sorted(((str(k), type(k).__name__, v) for k, v in labels.items()), key=lambda t: t[:2])
+    text = json.dumps(items, default=list, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def training_set(
+    dataset: Any, labels: dict[Any, Any], classes: list[str], token: int, device: Any
+) -> Any:
+    """The labeled set as a :class:`~dal_widgets.training.TrainingSet` on ``device``, in pool
+    order (one set, one order, one model), keyed by ``token`` and :func:`labels_key`."""
+    import torch
+
+    from dal_widgets.training import TrainingSet
+
+    pos = np.sort(dataset.positions(list(labels)))
+    y = targets([labels[i] for i in dataset.ids[pos].tolist()], classes, dataset.multi_label)
+
+    def unlabeled() -> np.ndarray:
+        return dataset.X[np.setdiff1d(np.arange(len(dataset)), pos)]
+
+    X = torch.as_tensor(dataset.X[pos]).to(device)
+    y_t = torch.as_tensor(y).to(device)
+    return TrainingSet(X, y_t, len(classes), token, unlabeled, labels_key(labels))

@@ -7,7 +7,10 @@ from typing import Any
 
 from dal_widgets._checks import check_choice, check_int
 
-__all__ = ["RetrainPolicy"]
+__all__ = ["FIRST_FIT_LABELS", "RetrainPolicy"]
+
+#: The first model is fitted as soon as this many labels of at least two classes exist.
+FIRST_FIT_LABELS = 5
 
 
 class RetrainPolicy:
@@ -15,6 +18,8 @@ class RetrainPolicy:
 
     ``"batch"``: when every sample of a query batch is labeled or skipped (the newest four
     batches are watched); an int k: after every k new labels; ``"manual"``: never by itself.
+    Before the first model, ``"batch"`` and k also fit once :data:`FIRST_FIT_LABELS` labels of
+    two classes exist, so the rest of the first batch already gets suggestions.
     """
 
     def __init__(self, value: str | int, where: str = "Session") -> None:
@@ -53,3 +58,11 @@ class RetrainPolicy:
         if due:
             self._new = 0
         return due
+
+    def first_fit_due(self, labels: dict[Any, Any]) -> bool:
+        """Whether the first model may be fitted now (the caller knows there is none yet)."""
+        if self._value == "manual" or len(labels) < FIRST_FIT_LABELS:
+            return False
+        values = iter(labels.values())
+        first = next(values)
+        return any(v != first for v in values)

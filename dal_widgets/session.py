@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from torch import nn
 
 from dal_widgets import strategies as _strategies
@@ -21,9 +20,11 @@ from dal_widgets._checks import check_int, check_real, param_error
 from dal_widgets._events import SESSION_EVENTS as EVENTS
 from dal_widgets._events import Events
 from dal_widgets._explain import PickNotes, suggestion
-from dal_widgets._labels import label_names, sample_ids, targets
+from dal_widgets._labels import label_names, sample_ids, training_set
+from dal_widgets._persist import ModelMemory, model_config
 from dal_widgets._query import Query, exclude_arg, run_query
 from dal_widgets._retrain import RetrainPolicy
+from dal_widgets._status import session_status
 from dal_widgets.data import Dataset
 from dal_widgets.store import open_store
 from dal_widgets.training import (
@@ -57,7 +58,9 @@ class Session:
         of the model's ``classifier`` attribute, or of its last ``nn.Linear``.
     store : str or path
         The SQLite label store (created if missing, resumed if present). ``":memory:"`` keeps
-        labels in memory only.
+        labels in memory only. The newest model is kept beside it (``<store>.dal/model.pt``)
+        and comes back when the store is opened again; if the labels changed since, a refit
+        starts by itself (unless ``retrain="manual"``).
     seed : int
         Seeds queries (per round) and fits (per labeled-set size): the same seed, labels and
         device give the same picks and, on the CPU, the same model.
@@ -153,6 +156,16 @@ class Session:
         self._label_epoch = 0  # bumped by every change of the labeled set
         if self.pending:  # the last query batch survives a restart, and so does its fit
             self._retrain.watch(self.pending)
+        self._memory = ModelMemory(self.store.side_dir, self._trainer)
+        if self.store.labels:  # the model kept beside the store, refitted if labels changed
+            self.evaluation = self._memory.restore(
+                self._new_model(),
+                labels=self.store.labels,
+                classes=self.classes,
+                fingerprint=dataset.fingerprint,
+                refit=self._retrain.value != "manual" and not read_only,
+                token=self._label_epoch,
+            )
         # When the store closes (close(), or a new Session on the same file takes it over),
         # this session stops its worker and lets go of its model and pool-sized arrays. A
         # weak reference: the store never keeps the session alive.
@@ -183,9 +196,14 @@ class Session:
         self._retrain.value = value
 
     def _after_labels(self, ids: list[Any]) -> None:
-        """Apply the retrain policy after labels or skips were committed."""
+        """Apply the retrain policy after labels or skips were committed (and fit the first
+        model as soon as the labels allow, without waiting for the batch's end)."""
         self._label_epoch += 1
-        if self._retrain.due(len(ids), set(self.store.labels) | self.store.marked("skip")):
+        labels = self.store.labels
+        first = self.model_version is None and not self.training
+        if self._retrain.due(len(ids), set(labels) | self.store.marked("skip")) or (
+            first and self._retrain.first_fit_due(labels)
+        ):
             self._trainer.request(self._label_epoch)
 
     @property
@@ -321,6 +339,8 @@ class Session:
                 where=where,
                 dataset=self.dataset,
                 have_model=snapshot is not None,
+                ensemble_size=self.train_config.ensemble_size,
+                model=None if snapshot is None else snapshot.model,
                 compute=lambda needs: self.arrays.compute(needs, self.strategy, snapshot),
                 seed=self.seed,
                 rnd=self.round + 1,
@@ -436,14 +456,19 @@ class Session:
             return
         version = payload["version"]
         # The fit succeeded whatever follows: failing to record or evaluate it is not a failed fit.
-        self._events.guard(
-            lambda: self.store.update_round(
-                train_s=version.seconds, n_labels=version.n_labels, model_version=version.version
+        if writable := not self.store.read_only:
+            self._events.guard(
+                lambda: self.store.update_round(
+                    train_s=version.seconds,
+                    n_labels=version.n_labels,
+                    model_version=version.version,
+                )
             )
-        )
         self._events.emit(event, **payload)
         if self.evaluate_after_fit and self.dataset.has_holdout:
             self._events.guard(self.evaluate)
+        if (model := self.model) is not None and writable and self.model_version == version:
+            self._memory.save(model, model_config(self, model, version))
 
     def map(self, method: str = "umap", **options: Any) -> Any:
         """The session's map service for ``method`` ("umap" or "pca"): one per method, made on
@@ -458,28 +483,16 @@ class Session:
             )
         return self._maps.get(method, **options)
 
+    status = property(session_status, doc=session_status.__doc__)
+
     @property
     def staleness(self) -> int:
         """Labels added since the newest model was trained (all of them before the first fit)."""
         seen = 0 if self.model_version is None else self.model_version.n_labels
         return max(0, len(self.store) - seen)
 
-    def _training_data(self) -> TrainingSet:
-        """The labeled set as the trainer takes it (called on its thread when a fit starts)."""
-        token = self._label_epoch
-        labels = self.store.labels
-        pos = np.sort(self.dataset.positions(list(labels)))  # one set, one order, one model
-        y = targets(
-            [labels[i] for i in self.dataset.ids[pos].tolist()], self.classes, self.multi_label
-        )
-        X = torch.as_tensor(self.dataset.X[pos]).to(self.device)
-
-        def unlabeled() -> np.ndarray:
-            return self.dataset.X[np.setdiff1d(np.arange(len(self.dataset)), pos)]
-
-        return TrainingSet(
-            X, torch.as_tensor(y).to(self.device), len(self.classes), token, unlabeled
-        )
+    def _training_data(self) -> TrainingSet:  # on the trainer's thread, when a fit starts
+        return training_set(self.dataset, self.labels, self.classes, self._label_epoch, self.device)
 
     def export_model(self, path: Any) -> Path:
         """Save the newest model to one file: its weights and a JSON config (classes, dataset
@@ -487,38 +500,25 @@ class Session:
 
         Load it back with :meth:`load_model` (``torch.load(..., weights_only=True)``).
         """
-        from dal_widgets.training import checkpoint_config, save_checkpoint
+        from dal_widgets.training import save_checkpoint
 
         model, version = self.model, self.model_version
         if model is None or version is None:
             raise RuntimeError("No trained model yet: call train() (and wait()) first.")
-        config = checkpoint_config(
-            model,
-            input_shape=self.dataset.X.shape[1:],
-            classes=self.classes,
-            version=version,
-            dataset_name=self.dataset.name,
-            fingerprint=self.dataset.fingerprint,
-            train_config=self.train_config,
-        )
-        return save_checkpoint(path, model, config)
+        return save_checkpoint(path, model, model_config(self, model, version))
 
     def load_model(self, path: Any, *, allow_other_dataset: bool = False) -> None:
         """Load a checkpoint saved by :meth:`export_model` into a fresh model; it becomes the
         newest. One made for another dataset or class list is refused unless
         ``allow_other_dataset``."""
-        from dal_widgets.training import load_checkpoint
-
-        model = self._new_model()
-        config = load_checkpoint(
+        version = self._memory.load_file(
             path,
-            model,
+            self._new_model(),
+            labels=self.store.labels,
             classes=self.classes,
-            fingerprint=self.dataset.fingerprint,
-            dataset_name=self.dataset.name,
+            dataset=self.dataset,
             allow_other_dataset=allow_other_dataset,
         )
-        version = self._trainer.set_model(model, int(config.get("n_labels", 0)))
         self._on_trainer_event("trained", version=version)  # recorded, announced, evaluated
 
     # ------------------------------------------------------------------ evaluation
@@ -528,10 +528,10 @@ class Session:
         Softmax rows for single-label data; independent per-class sigmoids for multi-label.
         """
         key = "label_probs" if self.multi_label else "probs"
-        probs = self.compute_arrays({key})[key]  # the pool's, shared with queries and the map
-        if ids is None:
-            return probs
-        return probs[self.dataset.positions(self.sample_ids(ids, where="Session.predict_proba"))]
+        if ids is None:  # the pool's, shared with queries and the map
+            return self.compute_arrays({key})[key]
+        ids = self.sample_ids(ids, where="Session.predict_proba")
+        return self.arrays.at(self.dataset.positions(ids), key)  # no pool pass for a few ids
 
     def evaluate(self) -> dict[str, Any]:
         """Accuracy of the newest model on the dataset's held-out split.

@@ -185,7 +185,9 @@ def test_training_error_is_captured_and_next_train_works(ds):
             nn.Linear(16, n_classes),
         )
 
-    s = dal.Session(ds, model=factory, store=None, device="cpu", train_config=FAST)
+    s = dal.Session(
+        ds, model=factory, store=None, device="cpu", train_config=FAST, retrain="manual"
+    )
     errors = []
     s.on("train_failed", lambda error: errors.append(error))
     ids = ds.ids[:30].tolist()
@@ -561,7 +563,9 @@ def test_a_takeover_stops_and_releases_the_old_session(ds, tmp_path):
 
 
 def test_a_closed_session_fails_at_once_without_fitting(ds, tmp_path):
-    s = dal.Session(ds, store=str(tmp_path / "c.db"), device="cpu", train_config=FAST)
+    s = dal.Session(
+        ds, store=str(tmp_path / "c.db"), device="cpu", train_config=FAST, retrain="manual"
+    )
     s.label(ds.ids[:6].tolist(), oracle(ds, ds.ids[:6]))
     started = []
     s.on("train_started", lambda **kw: started.append(kw))
@@ -801,3 +805,119 @@ def test_trained_observers_may_wait_and_load_without_deadlock(ds, tmp_path):
     assert slow.evaluation is not None  # a loaded model is evaluated like a trained one
     s.close()
     slow.close()
+
+
+# ---------------------------------------------------------------- the model after a restart
+def _trained(ds, path, n=20, **kw):
+    s = dal.Session(ds, store=path, device="cpu", train_config=FAST, **kw)
+    ids = ds.ids[:n].tolist()
+    s.label(ids, oracle(ds, ids))
+    s.train(block=True)
+    assert s.wait(60)
+    return s
+
+
+def test_the_model_comes_back_after_a_restart(ds, tmp_path):
+    path = str(tmp_path / "m.db")
+    s = _trained(ds, path)
+    probs, evaluation = s.predict_proba(ds.ids[50:60]), s.evaluation
+    s.close()
+    assert (tmp_path / "m.db.dal" / "model.pt").is_file()
+    again = dal.Session(ds, store=path, device="cpu", train_config=FAST)
+    assert again.model_version is not None and again.model_version.n_labels == 20
+    assert not again.training  # the labels are those it saw: no refit
+    np.testing.assert_allclose(again.predict_proba(ds.ids[50:60]), probs, atol=1e-6)
+    assert again.evaluation["accuracy"] == evaluation["accuracy"]
+    assert again.explain([ds.ids[50]])[0]["predicted"] is not None  # suggestions at once
+    again.close()
+
+
+def test_labels_changed_since_the_saved_model_start_a_refit(ds, tmp_path):
+    path = str(tmp_path / "m.db")
+    _trained(ds, path).close()
+    manual = dal.Session(ds, store=path, device="cpu", train_config=FAST, retrain="manual")
+    assert manual.model_version.n_labels == 20 and not manual.training
+    manual.label(ds.ids[20:25].tolist(), oracle(ds, ds.ids[20:25]))
+    manual.close()
+    again = dal.Session(ds, store=path, device="cpu", train_config=FAST)
+    assert again.model_version.n_labels == 20  # the saved one, shown while the refit runs
+    assert again.wait(60) and again.model_version.n_labels == 25
+    again.close()
+    third = dal.Session(ds, store=path, device="cpu", train_config=FAST)
+    assert third.model_version.n_labels == 25 and not third.training
+    third.close()
+
+
+@pytest.mark.parametrize("damage", ["missing", "garbage", "other classes"])
+def test_a_missing_or_unusable_saved_model_costs_a_refit(ds, tmp_path, damage):
+    path = str(tmp_path / "m.db")
+    _trained(ds, path).close()
+    saved = tmp_path / "m.db.dal" / "model.pt"
+    if damage == "missing":
+        saved.unlink()
+    elif damage == "garbage":
+        saved.write_bytes(b"not a torch file")
+    else:
+        other = dal.datasets.from_arrays(np.zeros((6, 2)), y=np.array(["x", "y"] * 3), name="other")
+        o = dal.Session(other, store=str(tmp_path / "o.db"), device="cpu", train_config=FAST)
+        o.label(other.ids.tolist(), oracle(other, other.ids))
+        o.train(block=True)
+        o.export_model(saved)
+        o.close()
+    if damage == "missing":
+        again = dal.Session(ds, store=path, device="cpu", train_config=FAST)
+    else:
+        with pytest.warns(dal.DalWarning, match="could not be loaded, so a new one"):
+            again = dal.Session(ds, store=path, device="cpu", train_config=FAST)
+    assert again.wait(60) and again.model_version.n_labels == 20 and again.train_error is None
+    again.close()
+
+
+def test_a_read_only_session_gets_the_saved_model_and_never_fits(ds, tmp_path):
+    path = str(tmp_path / "m.db")
+    writer = _trained(ds, path)
+    writer.label(ds.ids[20:23].tolist(), oracle(ds, ds.ids[20:23]))  # newer than the model
+    writer.wait(60)
+    before = (tmp_path / "m.db.dal" / "model.pt").stat().st_mtime_ns
+    ro = dal.Session(ds, store=path, device="cpu", read_only=True)
+    assert ro.model_version is not None and not ro.training
+    assert ro.explain([ds.ids[40]])[0]["predicted"] is not None
+    ro.close()
+    writer.close()
+    assert (tmp_path / "m.db.dal" / "model.pt").stat().st_mtime_ns == before
+
+
+# ---------------------------------------------------------------- one status, the first fit early
+def test_status_says_training_while_a_fit_runs_and_idle_after_it(ds):
+    s = dal.Session(ds, store=None, device="cpu", train_config=TrainConfig(steps=300))
+    seen = []
+    s.on("trained", lambda **kw: seen.append(("trained", s.status["worker"])))
+    s.on("train_idle", lambda **kw: seen.append(("idle", s.status["worker"])))
+    s.label(ds.ids[:12].tolist(), oracle(ds, ds.ids[:12]))
+    s.train()
+    assert s.status["worker"] == "training" and s.status["worker_text"].startswith("training")
+    assert s.wait(60)
+    deadline = time.monotonic() + 10
+    while len(seen) < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    # "trained" comes while the worker still holds the fit; "train_idle" tells views it ended
+    assert seen[-1] == ("idle", "idle")
+    status = s.status
+    assert status["model_version"] == s.model_version.version and status["staleness"] == 0
+    assert (status["labeled"], status["worker_text"], status["train_error"]) == (12, "idle", False)
+    s.close()
+
+
+def test_the_first_model_comes_after_five_labels_of_two_classes(ds):
+    s = dal.Session(ds, store=None, device="cpu", train_config=FAST)
+    first = ds.targets == ds.targets[0]
+    s.label(ds.ids[first][:5].tolist(), oracle(ds, ds.ids[first][:5]))  # one class: too early
+    assert not s.training and s.model_version is None
+    other = ds.ids[~first][0]
+    s.label(other, oracle(ds, [other])[0])
+    assert s.wait(60) and s.model_version is not None and s.model_version.n_labels == 6
+    s.close()
+    manual = dal.Session(ds, store=None, device="cpu", train_config=FAST, retrain="manual")
+    manual.label(ds.ids[:10].tolist(), oracle(ds, ds.ids[:10]))
+    assert not manual.training and manual.model_version is None
+    manual.close()

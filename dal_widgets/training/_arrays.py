@@ -150,6 +150,34 @@ class PoolArrays:
             have.update(new)
             return {k: have[k] for k in needs}
 
+    @property
+    def cached_version(self) -> ModelVersion | None:
+        """The model version whose arrays are held now (None when none are)."""
+        with self._lock:
+            return self._version if self._arrays else None
+
+    def at(self, positions: Any, key: str) -> np.ndarray:
+        """``key`` ("probs" or "label_probs") of the newest model for the pool rows at
+        ``positions`` only: sliced from the pool's arrays when this version has them, else
+        inferred for those rows alone and not kept (a few tiles must not wait for a pass over
+        the whole pool)."""
+        current = self.trainer.current
+        if current is None:
+            raise RuntimeError("No trained model yet: call train() (and wait()) first.")
+        with self._lock:
+            if self._version == current.version and key in self._arrays:
+                return self._arrays[key][positions]
+        cfg = self.config
+        rows = np.asarray(positions, dtype=np.int64)
+        return predict(
+            current.model,
+            self.X[rows],
+            [key],
+            device=self.device,
+            batch_size=cfg.inference_batch_size,
+            precision=cfg.precision,
+        )[key]
+
     def clear(self) -> None:
         """Drop every array (the model was let go)."""
         with self._lock:

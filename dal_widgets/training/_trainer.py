@@ -50,6 +50,8 @@ class ModelVersion:
     #: What identifies the model across kernels (a hash of its weights): caches key on this,
     #: never on ``version``, which restarts at 1 in every process.
     key: str = ""
+    #: A hash of the labeled set it was trained on (``TrainingSet.labels_key``; "" if unknown).
+    labels_key: str = ""
 
 
 def weights_key(model: nn.Module) -> str:
@@ -86,6 +88,9 @@ class TrainingSet:
     n_classes: int
     token: int
     unlabeled: Callable[[], np.ndarray]
+    #: A hash of the labels themselves, kept in the model's version (what a saved model was
+    #: trained on survives the process; ``token`` does not).
+    labels_key: str = ""
 
     @property
     def n_labels(self) -> int:
@@ -156,8 +161,9 @@ class Trainer:
         Each fit is seeded by ``(seed, n_labels)``: the same labels give the same model.
     emit : callable
         ``emit(event, **payload)`` for ``train_started`` (version, n_labels),
-        ``train_progress`` (progress), ``trained`` (version) and ``train_failed`` (error).
-        Called on the worker thread.
+        ``train_progress`` (progress), ``trained`` (version), ``train_failed`` (error) and
+        ``train_idle`` (no payload: no fit runs or is queued any more). Called on the worker
+        thread.
     """
 
     def __init__(
@@ -279,7 +285,7 @@ class Trainer:
         """Whether a fit runs or is queued."""
         return self._busy or self._pending
 
-    def set_model(self, model: nn.Module, n_labels: int) -> ModelVersion:
+    def set_model(self, model: nn.Module, n_labels: int, labels_key: str = "") -> ModelVersion:
         """Make ``model`` the newest (e.g. loaded from a checkpoint) as the next version; a
         running or queued fit is cancelled first, so it cannot replace it.
 
@@ -289,7 +295,7 @@ class Trainer:
         model = model.to(self.device).eval()
         number = 1 if self.version is None else self.version.version + 1
         version = ModelVersion(
-            number, n_labels, 0.0, 0, float("nan"), time.time(), weights_key(model)
+            number, n_labels, 0.0, 0, float("nan"), time.time(), weights_key(model), labels_key
         )
         self.current = Snapshot(model, [model], version)
         return version
@@ -313,7 +319,10 @@ class Trainer:
             finally:
                 with self._cond:
                     self._busy = False
+                    idle = not self._pending
                     self._cond.notify_all()
+            if idle:  # after "trained": views that read ``running`` now see the truth
+                self.emit("train_idle")
 
     def _loop_failed(self, _exc: BaseException, text: str) -> None:
         """The loop itself broke (not a fit: those are caught per fit): keep it for the views."""
@@ -366,6 +375,7 @@ class Trainer:
                 result.loss,
                 time.time(),
                 weights_key(model),
+                data.labels_key,
             )
             self.current = Snapshot(model, members, version)
             self.progress = {"state": "idle", "version": number, "loss": result.loss}

@@ -1,0 +1,145 @@
+"""The session's newest model, kept beside its store so a restarted kernel has it back.
+
+After each finished fit the session writes ``<store>.dal/model.pt`` (one atomic torch file: the
+weights and a JSON config that records the classes, the dataset fingerprint and a hash of the
+labeled set the model saw, see :func:`~dal_widgets._labels.labels_key`). When the store is opened again the session
+loads it with ``torch.load(..., weights_only=True)``; if the labels changed since (or no model
+file exists for a store that has labels), a refit starts by itself.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from dal_widgets._checks import DalWarning
+from dal_widgets._labels import labels_key
+
+__all__ = ["ModelMemory", "model_config"]
+
+#: The file name, inside the store's side folder.
+MODEL_FILE = "model.pt"
+
+
+def model_config(session: Any, model: nn.Module, version: Any) -> dict[str, Any]:
+    """The config saved with a session's model (see
+    :func:`~dal_widgets.training.checkpoint_config`), plus the labeled set's hash and the
+    newest held-out evaluation of this version."""
+    from dal_widgets.training import checkpoint_config
+
+    config = checkpoint_config(
+        model,
+        input_shape=session.dataset.X.shape[1:],
+        classes=session.classes,
+        version=version,
+        dataset_name=session.dataset.name,
+        fingerprint=session.dataset.fingerprint,
+        train_config=session.train_config,
+    )
+    config["labels_key"] = version.labels_key
+    evaluation = session.evaluation
+    if evaluation is not None and evaluation.get("model_version") == version.version:
+        config["evaluation"] = {k: v for k, v in evaluation.items() if k != "model_version"}
+    return config
+
+
+class ModelMemory:
+    """``<store>.dal/model.pt``: written after each fit, read when the store is opened.
+
+    ``folder`` None (an in-memory store) keeps nothing. Failures never reach the caller as
+    exceptions: a model that cannot be saved or loaded costs a refit, not the session; they are
+    reported as a :class:`~dal_widgets.DalWarning` (loading) or kept in ``error`` (saving, which
+    runs on the training thread).
+    """
+
+    def __init__(self, folder: Path | None, trainer: Any) -> None:
+        self.path = None if folder is None else Path(folder) / MODEL_FILE
+        self.trainer = trainer
+        #: Why the newest save failed (None after a save succeeds).
+        self.error: str | None = None
+
+    def save(self, model: nn.Module, config: dict[str, Any]) -> None:
+        """Write the model and its config (atomically; creates the folder)."""
+        if self.path is None:
+            return
+        from dal_widgets.training import save_checkpoint
+
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            save_checkpoint(self.path, model, config)
+        except (OSError, ValueError, RuntimeError) as exc:
+            self.error = f"{type(exc).__name__}: {exc}"
+        else:
+            self.error = None
+
+    def restore(
+        self,
+        model: nn.Module,
+        *,
+        labels: dict[Any, Any],
+        classes: list[str],
+        fingerprint: str,
+        refit: bool,
+        token: int,
+    ) -> dict[str, Any] | None:
+        """Load the saved weights into ``model`` (fresh, of the session's architecture) and
+        make it the trainer's newest; request a fit (when ``refit``) if the labels changed
+        since it was trained or nothing could be loaded. Returns the saved evaluation of that
+        model (None if none)."""
+        config = self._load(model, classes, fingerprint)
+        key = labels_key(labels)
+        evaluation = None
+        if config is not None:
+            version = self.trainer.set_model(
+                model, int(config.get("n_labels", 0)), str(config.get("labels_key", ""))
+            )
+            if isinstance(config.get("evaluation"), dict):
+                evaluation = {**config["evaluation"], "model_version": version.version}
+        if refit and (config is None or config.get("labels_key") != key):
+            self.trainer.request(token)
+        return evaluation
+
+    def load_file(
+        self,
+        path: Any,
+        model: nn.Module,
+        *,
+        labels: dict[Any, Any],
+        classes: list[str],
+        dataset: Any,
+        allow_other_dataset: bool,
+    ) -> Any:
+        """Load a checkpoint file the user names into ``model`` (errors raise) and make it the
+        trainer's newest, as trained on the current ``labels``; returns its ModelVersion."""
+        from dal_widgets.training import load_checkpoint
+
+        config = load_checkpoint(
+            path,
+            model,
+            classes=classes,
+            fingerprint=dataset.fingerprint,
+            dataset_name=dataset.name,
+            allow_other_dataset=allow_other_dataset,
+        )
+        return self.trainer.set_model(model, int(config.get("n_labels", 0)), labels_key(labels))
+
+    def _load(
+        self, model: nn.Module, classes: list[str], fingerprint: str
+    ) -> dict[str, Any] | None:
+        if self.path is None or not self.path.is_file():
+            return None
+        from dal_widgets.training import load_checkpoint
+
+        try:
+            return load_checkpoint(self.path, model, classes=classes, fingerprint=fingerprint)
+        except (OSError, ValueError, TypeError, RuntimeError, KeyError) as exc:
+            warnings.warn(
+                f"The model saved beside the store ({self.path}) could not be loaded, so a new "
+                f"one will be trained: {exc}",
+                DalWarning,
+                stacklevel=4,
+            )
+            return None

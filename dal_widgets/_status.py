@@ -1,0 +1,58 @@
+"""One status of a session that every view reads: the worker, the model and the labels.
+
+The labeler's header and the App's panel both draw :func:`session_status`, so they cannot
+disagree; views redraw it on the session's events (``train_idle`` tells them a fit ended and
+nothing is queued).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["session_status", "worker_text"]
+
+
+def worker_text(worker: str, progress: dict[str, Any]) -> str:
+    """How a view words the worker state (``progress`` is the session's)."""
+    if worker == "training":
+        if progress.get("state") != "training":
+            return "training: starting"
+        rate = progress.get("samples_per_second") or 0
+        return (
+            f"training: epoch {progress.get('epoch')}/{progress.get('epochs')}, "
+            f"step {progress.get('step')}/{progress.get('steps')}, {rate:.0f} samples/s"
+        )
+    return {"error": "last fit failed", "cancelled": "fit cancelled"}.get(worker, "idle")
+
+
+def session_status(session: Any) -> dict[str, Any]:
+    """The session's state as views show it.
+
+    Keys: ``worker`` ("training" while a fit runs or is queued, else "idle", "error" after a
+    failed fit, "cancelled" after a stopped one), ``worker_text`` (the same in words, with the
+    running fit's epoch, step and speed), ``model_version`` and ``model_labels`` (None before
+    the first model), ``staleness`` (labels added since that model), ``labeled``, ``skipped``,
+    ``round``, ``strategy``, ``device`` and ``train_error`` (bool).
+    """
+    progress = dict(session.progress)
+    state = progress.get("state")
+    if session.training:
+        worker = "training"
+    elif state in ("error", "cancelled"):
+        worker = str(state)
+    else:
+        worker = "idle"
+    version = session.model_version
+    return {
+        "worker": worker,
+        "worker_text": worker_text(worker, progress),
+        "model_version": None if version is None else version.version,
+        "model_labels": None if version is None else version.n_labels,
+        "staleness": session.staleness,
+        "labeled": len(session.store),
+        "skipped": len(session.store.marked("skip")),
+        "round": session.round,
+        "strategy": session.strategy,
+        "device": session.device.type,
+        "train_error": session.train_error is not None,
+    }
