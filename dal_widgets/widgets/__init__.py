@@ -14,6 +14,7 @@ __all__ = [
     "EmbeddingPlot",
     "LabelingWidget",
     "LineChart",
+    "QualityPanel",
     "register_renderer",
 ]
 
@@ -23,6 +24,7 @@ _LAZY = {
     "LineChart": "dal_widgets.widgets.chart",
     "EmbeddingPlot": "dal_widgets.widgets.embedding",
     "LabelingWidget": "dal_widgets.widgets.labeler",
+    "QualityPanel": "dal_widgets.widgets.quality",
     "register_renderer": "dal_widgets.widgets.labeler",
 }
 

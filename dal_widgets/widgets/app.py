@@ -64,6 +64,7 @@ class App(View):
         from dal_widgets.widgets.chart import LineChart
         from dal_widgets.widgets.embedding import EmbeddingPlot
         from dal_widgets.widgets.labeler import LabelingWidget
+        from dal_widgets.widgets.quality import QualityPanel
 
         if not isinstance(session, Session):
             raise param_error("session", "App", "a dal_widgets.Session", session, TypeError)
@@ -95,9 +96,19 @@ class App(View):
             else "no held-out split",
         )
 
-        descriptions = strategies.describe()
+        facts: dict[str, Any] = {
+            "multi_label": session.multi_label,
+            "ensemble_size": session.train_config.ensemble_size,
+        }
+        usable = strategies.usable(**facts)
+        #: Strategies this session cannot run, with the reason (left out of the picker).
+        self.unusable = {
+            name: strategies.unusable_reason(name, **facts)
+            for name in strategies.describe()
+            if name not in usable
+        }
         self.strategy = W.Dropdown(
-            options=list(descriptions),
+            options=usable if session.strategy in usable else [session.strategy, *usable],
             value=session.strategy,
             description="strategy",
             layout=W.Layout(width="240px"),
@@ -116,20 +127,21 @@ class App(View):
             layout=W.Layout(width="230px"),
         )
         self.fit_button = W.Button(description="Fit on all labels", icon="play")
-        self.stop_button = W.Button(description="Stop", icon="stop", button_style="warning")
+        self.stop_button = W.Button(description="Stop", icon="stop", disabled=True)
         self.export_labels_button = W.Button(description="Export labels", icon="download")
         self.export_model_button = W.Button(description="Export model", icon="download")
         self.status = W.HTML()
         self.error_box = W.HTML()
         self.notice = W.HTML()
+        self.quality = QualityPanel(session, budget=budget)
 
-        self.strategy.observe(lambda c: self._safe(lambda: self.set_strategy(c["new"])), "value")
-        self.batch.observe(lambda c: self._safe(lambda: self.set_batch_size(c["new"])), "value")
-        self.retrain.observe(lambda c: self._safe(lambda: self.set_retrain(c["new"])), "value")
-        self.fit_button.on_click(lambda _b: self._safe(self.fit_all))
-        self.stop_button.on_click(lambda _b: self._safe(self.stop))
-        self.export_labels_button.on_click(lambda _b: self._safe(self.export_labels))
-        self.export_model_button.on_click(lambda _b: self._safe(self.export_model))
+        self.strategy.observe(lambda c: self._act(lambda: self.set_strategy(c["new"])), "value")
+        self.batch.observe(lambda c: self._act(lambda: self.set_batch_size(c["new"])), "value")
+        self.retrain.observe(lambda c: self._act(lambda: self.set_retrain(c["new"])), "value")
+        self.fit_button.on_click(lambda _b: self._act(self.fit_all))
+        self.stop_button.on_click(lambda _b: self._act(self.stop))
+        self.export_labels_button.on_click(lambda _b: self._act(self.export_labels))
+        self.export_model_button.on_click(lambda _b: self._act(self.export_model))
 
         controls = W.HBox(
             [
@@ -147,19 +159,19 @@ class App(View):
         # open file browser at 1280 px): rows wrap instead of overflowing.
         self.labeler.layout = W.Layout(flex="1 1 480px", min_width="0", margin="0 8px 8px 0")
         self.map.widget.layout = W.Layout(flex="1 1 440px", min_width="0")
-        side = W.VBox(
-            [self.status, self.error_box, self.notice],
-            layout=W.Layout(flex="1 1 220px", min_width="0"),
-        )
+        side = W.VBox([self.status], layout=W.Layout(flex="1 1 220px", min_width="0"))
+        self.quality.widget.layout = W.Layout(flex="1 1 320px", min_width="0")
         self.loss_chart.layout = W.Layout(flex="1 1 300px", min_width="0")
         self.curve_chart.layout = W.Layout(flex="1 1 300px", min_width="0")
         wrap = W.Layout(width="100%", flex_flow="row wrap", align_items="flex-start")
         self.widget = W.VBox(
             [
                 controls,
+                self.error_box,  # next to the controls whose action failed or succeeded
+                self.notice,
                 self.strategy_help,
                 W.HBox([self.labeler, self.map.widget], layout=wrap),
-                W.HBox([self.loss_chart, self.curve_chart, side], layout=wrap),
+                W.HBox([self.loss_chart, self.curve_chart, side, self.quality.widget], layout=wrap),
             ],
             layout=W.Layout(width="100%"),
         )
@@ -173,6 +185,7 @@ class App(View):
             session.on("trained", lambda **kw: self._safe(self._on_trained)),
             session.on("evaluated", lambda **kw: self._safe(self._update_curve)),
             session.on("train_failed", lambda error: self._safe(lambda: self._on_failed(error))),
+            session.on("train_idle", lambda **kw: self._safe(self._update_status)),
             session.on("labeled", lambda **kw: self._safe(self._update_status)),
             session.on("undone", lambda **kw: self._safe(self._update_status)),
         ]
@@ -183,6 +196,12 @@ class App(View):
         self._follow_cursor()
 
     # ------------------------------------------------------------------ display
+    def _act(self, action: Any) -> None:
+        """Run a control's action: its error shows under the controls; success clears it."""
+        done = self._safe(lambda: (action(), True)[1])
+        if done:
+            self.error_box.value = ""
+
     def _show_error(self, exc: Exception) -> None:
         self.error_box.value = (
             f"<div style='color:#c62828'>{html.escape(f'{type(exc).__name__}: {exc}')}</div>"
@@ -240,10 +259,21 @@ class App(View):
 
         s = strategies.get(self.session.strategy)
         needs = ", ".join(sorted(s.needs)) or "nothing"
-        self.strategy_help.value = (
+        text = (
             f"<span style='color:var(--jp-ui-font-color2,#666)'>{html.escape(s.description)} "
             f"(needs: {html.escape(needs)})</span>"
         )
+        if self.unusable:
+            rows = "".join(
+                f"<li><b>{html.escape(name)}</b>: {html.escape(str(why))}</li>"
+                for name, why in self.unusable.items()
+            )
+            text += (
+                "<details style='color:var(--jp-ui-font-color2,#666)'><summary>"
+                f"{len(self.unusable)} more strategies cannot run in this session</summary>"
+                f"<ul style='margin:2px 0'>{rows}</ul></details>"
+            )
+        self.strategy_help.value = text
 
     def _on_train_started(self) -> None:
         with self._lock:
@@ -296,29 +326,22 @@ class App(View):
         )
 
     def _update_status(self) -> None:
-        s = self.session
-        version = s.model_version
-        p = s.progress
-        if p.get("state") == "training":
-            state = f"training: epoch {p.get('epoch')}/{p.get('epochs')}, step {p.get('step')}/{p.get('steps')}, {p.get('samples_per_second', 0):.0f} samples/s"
-        elif p.get("state") == "error":
-            state = "last fit failed"
-        elif p.get("state") == "cancelled":
-            state = "fit cancelled"
-        else:
-            state = "idle"
+        status = self.session.status  # the one status the labeler's header reads too
         model = (
             "no model yet"
-            if version is None
-            else f"model v{version.version} ({version.n_labels} labels, {s.staleness} behind)"
+            if status["model_version"] is None
+            else f"model v{status['model_version']} ({status['model_labels']} labels, "
+            f"{status['staleness']} behind)"
         )
         lines = [
-            f"device: {s.device.type}",
+            f"device: {status['device']}",
             model,
-            f"worker: {state}",
-            f"{len(s.store)} labeled, round {s.round}",
+            f"worker: {status['worker_text']}",
+            f"{status['labeled']} labeled, round {status['round']}",
         ]
         self.status.value = "<br>".join(html.escape(x) for x in lines)
+        self.stop_button.button_style = "warning" if status["worker"] == "training" else ""
+        self.stop_button.disabled = status["worker"] != "training"
 
     def _follow_cursor(self) -> None:
         sid = self.labeler.current_id
@@ -327,6 +350,7 @@ class App(View):
 
     def close(self) -> None:
         """Close the App and its parts (the session stays open)."""
+        self.quality.close()
         self.map.close()
         self.labeler.close()
         super().close()
