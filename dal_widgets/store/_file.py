@@ -160,7 +160,9 @@ class _StoreFile(_Schema):
                     raise StoreLockedError(
                         f"The label store {self.path!r} is open in another process. One process writes a "
                         "store at a time: close the other session (session.close()), or open this one "
-                        "with read_only=True to read and export."
+                        f"only to read and export: dal_widgets.Session(dataset, store={self.path!r}, "
+                        f"read_only=True) or dal_widgets.store.LabelStore.open({self.path!r}, "
+                        "read_only=True)."
                     )
                 st = os.fstat(fd)
                 if st.st_nlink > 1:
