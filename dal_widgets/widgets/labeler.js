@@ -12,6 +12,14 @@ function h(tag, cls, text) {
   return e;
 }
 
+// A probability as a percentage; "100%" only when the model is certain, so a 99.6% guess does
+// not read as a sure one.
+function fmtPct(p) {
+  const v = typeof p === "number" ? p : 0;
+  if (v >= 0.995 && v < 1) return ">99%";
+  return `${Math.round(v * 100)}%`;
+}
+
 function fmtNumber(v) {
   if (typeof v !== "number") return String(v);
   if (Number.isInteger(v)) return v.toLocaleString();
@@ -57,22 +65,35 @@ function render({ model, el }) {
   const barFill = h("div", "dal-bar-fill");
   bar.appendChild(barFill);
   const buttons = h("div", "dal-buttons");
-  const mkButton = (label, title, onClick) => {
+  const mkButton = (label, title, onClick, parent = buttons) => {
     const b = h("button", "dal-btn", label);
     b.type = "button";
     b.title = title;
     b.addEventListener("click", (e) => { e.stopPropagation(); onClick(); el.focus(); });
-    buttons.appendChild(b);
+    parent.appendChild(b);
     return b;
   };
   const viewBtn = mkButton("Single", "Toggle grid / one at a time (V)", () => act({ action: "view" }));
   mkButton("Undo", "Undo the last action (Backspace)", () => act({ action: "undo" }));
   mkButton("Skip", "Skip this sample (S)", () => act({ action: "skip" }));
-  mkButton("Next batch", "Show the next batch (N)", () => act({ action: "next" }));
+  const acceptBtn = mkButton("Accept page", "Label every pending sample here with the model's suggestion (Shift+Enter); Backspace undoes it", () => acceptPage());
+  acceptBtn.classList.add("dal-accept");
+  const nextBtn = mkButton("Next batch", "Show the next batch (N)", () => act({ action: "next" }));
   mkButton("?", "Keyboard shortcuts (?)", () => toggleHelp());
   const headLeft = h("div", "dal-head-left");
   headLeft.append(progressText, bar);
   header.append(headLeft, buttons);
+
+  // The open review (a map selection, the labeled samples of a class, ...): what it shows,
+  // its page and its buttons. Hidden while the query batch is shown.
+  const reviewBar = h("div", "dal-review");
+  const reviewText = h("div", "dal-review-text");
+  const reviewButtons = h("div", "dal-buttons");
+  reviewBar.append(reviewText, reviewButtons);
+  const prevBtn = mkButton("\u2039 Previous", "Previous page (P or PageUp)", () => act({ action: "page", delta: -1 }), reviewButtons);
+  const nextPageBtn = mkButton("Next page \u203a", "Next page (N or PageDown)", () => act({ action: "page", delta: 1 }), reviewButtons);
+  mkButton("Back to batch", "End the review: back to the query batch (B)", () => act({ action: "end_review" }), reviewButtons);
+  reviewBar.style.display = "none";
 
   const body = h("div", "dal-body");
   const gallery = h("div", "dal-gallery");
@@ -102,7 +123,7 @@ function render({ model, el }) {
   zoomLayer.style.display = "none";
   zoomLayer.addEventListener("click", () => closeZoom());
 
-  el.append(header, body, classBar, footer, help, zoomLayer);
+  el.append(header, reviewBar, body, classBar, footer, help, zoomLayer);
 
   // ---- state local to the view
   let inflight = 0; // seq of the message Python has not acknowledged yet (0 = none)
@@ -116,6 +137,9 @@ function render({ model, el }) {
   const showLabel = (v) => (Array.isArray(v) ? (v.length ? v.join(", ") : "(none)") : String(v));
 
   const items = () => model.get("items") || [];
+  const review = () => model.get("review_info") || {};
+  const reviewing = () => Boolean(review().pages);
+  let reviewToken = review().token; // a review opened after this view was drawn takes the focus
   const states = () => model.get("states") || {};
   const classes = () => model.get("classes") || [];
   const cursor = () => Math.min(model.get("cursor") || 0, Math.max(items().length - 1, 0));
@@ -201,6 +225,18 @@ function render({ model, el }) {
     drawClasses();
   }
 
+  // The tiles the person sees now go with the message, so a Shift+Enter typed while a page
+  // turn is in flight never accepts the samples of a page nobody looked at.
+  function acceptable() {
+    const st = states();
+    return items().filter((it) => it.suggestion !== null && it.suggestion !== undefined
+      && (st[it.key] || { status: "pending" }).status === "pending" && !saving.has(it.key));
+  }
+
+  function acceptPage() {
+    act({ action: "accept_page", keys: acceptable().map((it) => it.key) });
+  }
+
   function commit() {
     // Multi-label: save the toggled set; with nothing toggled, accept the model's set.
     if (model.get("multi_label") && selection.size && selectionKey === cursorKey()) {
@@ -250,11 +286,18 @@ function render({ model, el }) {
       const badge = h("div", "dal-badge");
       const toggled = model.get("multi_label") && i === cur && selectionKey === it.key && selection.size;
       if (toggled) badge.textContent = [...selection].join(" + ") + " \u2026 Enter";
-      else if (s.status === "done") badge.textContent = "\u2713 " + showLabel(s.label);
+      else if (s.status === "done") {
+        badge.textContent = "\u2713 " + showLabel(s.label);
+        // A review of labels: where the model thinks otherwise, say so (likely label errors).
+        if (it.suggestion !== null && it.suggestion !== undefined && showLabel(it.suggestion) !== showLabel(s.label)) {
+          badge.appendChild(h("span", "dal-disagree", ` \u00b7 model: ${showLabel(it.suggestion)} ${fmtPct(it.prob)}`));
+          tile.classList.add("dal-disagrees");
+        }
+      }
       else if (s.status === "skipped") badge.textContent = "skipped";
       else if (tile.dataset.status === "saving") badge.textContent = "saving\u2026";
       else if (it.suggestion !== null && it.suggestion !== undefined) {
-        badge.textContent = `${showLabel(it.suggestion)}? ${Math.round((it.prob || 0) * 100)}%`;
+        badge.textContent = `${showLabel(it.suggestion)}? ${fmtPct(it.prob)}`;
         badge.classList.add("dal-suggest");
       }
       tile.appendChild(badge);
@@ -267,6 +310,7 @@ function render({ model, el }) {
       gallery.appendChild(tile);
     });
     if (!its.length) gallery.appendChild(h("div", "dal-empty", model.get("loading") ? "Picking samples\u2026" : "Nothing to label."));
+    acceptBtn.style.display = acceptable().length ? "" : "none";
     drawCard();
   }
 
@@ -276,7 +320,7 @@ function render({ model, el }) {
     if (!it) return;
     card.appendChild(h("div", "dal-card-title", "Why this sample"));
     if (it.suggestion !== null && it.suggestion !== undefined) {
-      card.appendChild(h("div", "dal-card-line", `Suggestion: ${showLabel(it.suggestion)} (${Math.round(it.prob * 100)}%) \u2014 Enter accepts`));
+      card.appendChild(h("div", "dal-card-line", `Suggestion: ${showLabel(it.suggestion)} (${fmtPct(it.prob)}) \u2014 Enter accepts`));
     } else {
       card.appendChild(h("div", "dal-card-line", "No model yet: no suggestion."));
     }
@@ -364,6 +408,28 @@ function render({ model, el }) {
     el.focus();
   }
 
+  function drawReview() {
+    const r = review();
+    const on = reviewing();
+    reviewBar.style.display = on ? "" : "none";
+    nextBtn.style.display = on ? "none" : "";
+    if (on) {
+      const n = fmtNumber(r.n);
+      reviewText.textContent = `Review: ${n} sample${r.n === 1 ? "" : "s"}${r.title ? " " + r.title : ""} \u00b7 page ${r.page}/${r.pages} \u00b7 ${r.how || ""}`;
+      prevBtn.disabled = r.page <= 1;
+      nextPageBtn.textContent = r.page >= r.pages ? "Done \u203a" : "Next page \u203a";
+      nextPageBtn.title = r.page >= r.pages ? "Last page: end the review (N)" : "Next page (N or PageDown)";
+    }
+    // A review opened after this view was drawn (e.g. "Label these" on the map, whose button
+    // had the focus) takes the keyboard, unless the person is typing somewhere else.
+    if (on && r.token !== reviewToken) {
+      const a = document.activeElement;
+      const typing = a && !el.contains(a) && (a.isContentEditable || ["INPUT", "TEXTAREA", "SELECT"].includes(a.tagName));
+      if (!typing) el.focus();
+    }
+    reviewToken = r.token;
+  }
+
   function drawMessages() {
     message.textContent = model.get("message") || "";
     errorLine.textContent = model.get("error") || "";
@@ -388,13 +454,17 @@ function render({ model, el }) {
   const HELP = [
     ["class keys", "label (shown on each class button: 1\u20139 and 0, or the class name when it is one character)"],
     ["Enter / Space", "accept the model's suggestion (multi-label: save the toggled classes)"],
+    ["Shift+Enter", "accept every suggestion on the page (or batch) at once; Backspace undoes them"],
     ["\u2190 \u2191 \u2192 \u2193", "move between samples"],
     ["Backspace", "undo the last action"],
     ["S", "skip"],
     ["F", "flag for review"],
     ["V", "grid / one at a time"],
     ["Z", "larger view"],
-    ["N", "next batch"],
+    ["N", "next batch (in a review: next page; after the last one, back to the batch)"],
+    ["P", "previous page of a review"],
+    ["PageDown / PageUp", "next / previous page of a review"],
+    ["B", "end the review: back to the query batch"],
     ["/", "type a class name (more than 10 classes)"],
     ["?", "this help"],
     ["Esc", "leave the widget (keys go back to the notebook)"],
@@ -464,6 +534,8 @@ function render({ model, el }) {
     const classKey = keysFor(cls).indexOf(k.length === 1 ? k.toLowerCase() : k);
     if (classKey >= 0) {
       labelWith(cls[classKey]);
+    } else if (k === "Enter" && e.shiftKey) {
+      acceptPage();
     } else if (k === "Enter" || k === " ") {
       commit();
     } else if (k === "ArrowRight") {
@@ -487,8 +559,12 @@ function render({ model, el }) {
     } else if (k === "z" || k === "Z") {
       if ((model.get("zoomed") || {}).sample) closeZoom();
       else act({ action: "zoom" });
-    } else if (k === "n" || k === "N") {
-      act({ action: "next" });
+    } else if (k === "n" || k === "N" || (k === "PageDown" && reviewing())) {
+      act({ action: "next" }); // Python turns the review's page, or shows the next batch
+    } else if ((k === "p" || k === "P" || k === "PageUp") && reviewing()) {
+      act({ action: "page", delta: -1 });
+    } else if ((k === "b" || k === "B") && reviewing()) {
+      act({ action: "end_review" });
     } else if (k === "?") {
       toggleHelp();
     } else if (k === "/") {
@@ -513,19 +589,31 @@ function render({ model, el }) {
     setTimeout(() => { if (!el.contains(document.activeElement) || document.activeElement === document.body) el.focus(); }, 0);
   });
 
-  const onItems = () => { drawTiles(); drawZoom(); };
-  model.on("change:items", onItems);
-  model.on("change:states", drawTiles);
-  model.on("change:cursor", drawTiles);
-  model.on("change:view", drawTiles);
-  model.on("change:loading", drawTiles);
-  model.on("change:classes", () => { drawClasses(); drawTiles(); });
-  model.on("change:cursor", () => {
+  // Redrawing removes elements; if the focus was inside the widget and went with them (a
+  // button hidden, a page replaced), it comes back to the widget, so the keys keep working.
+  const keepingFocus = (draw) => () => {
+    const had = el.contains(document.activeElement);
+    draw();
+    if (had && !el.contains(document.activeElement)) el.focus({ preventScroll: true });
+  };
+  const onItems = keepingFocus(() => { drawTiles(); drawZoom(); });
+  const onStates = keepingFocus(drawTiles);
+  const onReview = keepingFocus(drawReview);
+  const onClasses = () => { drawClasses(); drawTiles(); };
+  const onCursorSelection = () => {
     if (selection.size && selectionKey !== cursorKey()) {
       selection.clear();
       drawClasses();
     }
-  });
+  };
+  model.on("change:items", onItems);
+  model.on("change:states", onStates);
+  model.on("change:review_info", onReview);
+  model.on("change:cursor", drawTiles);
+  model.on("change:view", drawTiles);
+  model.on("change:loading", drawTiles);
+  model.on("change:classes", onClasses);
+  model.on("change:cursor", onCursorSelection);
   model.on("change:progress", drawProgress);
   model.on("change:message", drawMessages);
   model.on("change:error", drawMessages);
@@ -535,11 +623,15 @@ function render({ model, el }) {
   drawClasses();
   drawTiles();
   drawMessages();
+  drawReview();
   drawHint();
 
   return () => {
     model.off("change:items", onItems);
-    model.off("change:states", drawTiles);
+    model.off("change:states", onStates);
+    model.off("change:review_info", onReview);
+    model.off("change:classes", onClasses);
+    model.off("change:cursor", onCursorSelection);
     model.off("change:cursor", drawTiles);
     model.off("change:view", drawTiles);
     model.off("change:loading", drawTiles);
