@@ -1,9 +1,15 @@
-"""Server-side cost of one label action in the labeling widget.
+"""Server-side cost of one label action in the labeling widget, of a new model's suggestions
+reaching the tiles on screen, and of "accept page".
 
 One action = the frontend's message arrives (as Jupyter delivers it to the widget), the label
 is committed to the SQLite store (WAL, synchronous=FULL), the tile state and progress traits
 are updated, the cursor moves. Measured without a browser, on the embedded digits data, with the
 store on disk. Target (issue 5): median under 10 ms.
+
+Suggestions follow the model (issue 21): the time from a finished fit (the session's "trained"
+event) to the 12 tiles on screen holding that model's suggestions, over repeated fits; target
+p95 under 500 ms on 2 CPU cores. "Accept page" (issue 21): labeling the 12 suggested tiles of a
+review page as one store action; target median under 50 ms server side.
 
     python benchmarks/widgets.py [--actions 300] [--quick]
 
@@ -19,6 +25,58 @@ import time
 from pathlib import Path
 
 from _harness import Measurement, Report
+
+
+def suggestions_after_fit(fits: int) -> list[float]:
+    """Seconds from each finished fit to its suggestions on a 12-tile batch (digits)."""
+    import dal_widgets as dal
+
+    ds = dal.datasets.digits()
+    s = dal.Session(
+        ds, store=None, device="cpu", retrain="manual", train_config=dal.TrainConfig(steps=20)
+    )
+    finished: list[float] = []
+    s.on("trained", lambda **kw: finished.append(time.perf_counter()))  # before the labeler's
+    w = dal.LabelingWidget(s, batch_size=12, prefetch=False)
+    ids = ds.ids[:30].tolist()
+    s.label(ids, ds.targets[ds.positions(ids)].tolist())
+    out = []
+    for _ in range(fits):
+        before = w.suggestions_at
+        s.train(block=True)
+        assert w.suggestions_at != before and all(it["suggestion"] is not None for it in w.items)
+        out.append(w.suggestions_at - finished[-1])
+    s.close()
+    return out
+
+
+def accept_pages(pages: int) -> list[float]:
+    """Seconds of one "accept page" of 12 suggested tiles (undone between runs)."""
+    import dal_widgets as dal
+
+    ds = dal.datasets.digits()
+    with tempfile.TemporaryDirectory() as tmp:
+        s = dal.Session(
+            ds,
+            store=str(Path(tmp) / "accept.db"),
+            device="cpu",
+            retrain="manual",
+            train_config=dal.TrainConfig(steps=20),
+        )
+        ids = ds.ids[:30].tolist()
+        s.label(ids, ds.targets[ds.positions(ids)].tolist())
+        s.train(block=True)
+        w = dal.LabelingWidget(s, batch_size=12, prefetch=False, start=False)
+        w.review(ds.ids[100:112].tolist(), title="benchmark")
+        out = []
+        for seq in range(1, pages + 1):
+            t0 = time.perf_counter()
+            w.receive({"action": "accept_page", "seq": seq}, [])
+            out.append(time.perf_counter() - t0)
+            assert len(s.labels) == 42, "accept page labels the 12 tiles"
+            w.undo()
+        s.close()
+    return out
 
 
 def main() -> None:
@@ -48,9 +106,7 @@ def main() -> None:
             seq += 1
             at_batch_end = sum(st["status"] == "pending" for st in w.states.values()) == 1
             t0 = time.perf_counter()
-            w.receive(
-                {"action": "label", "key": item["key"], "label": label, "seq": seq}, []
-            )
+            w.receive({"action": "label", "key": item["key"], "label": label, "seq": seq}, [])
             dt = time.perf_counter() - t0
             assert w.ack == seq and sid in s.labels
             if not at_batch_end:  # a batch change shows the next batch: reported apart
@@ -103,6 +159,35 @@ def main() -> None:
     if args.quick:
         report.note(f"--quick: {actions} actions; indicative only.")
     report.data.update(action_s=action, store_commit_s=commit, batch_change_s=batch_times)
+
+    follow = Measurement.from_times(suggestions_after_fit(10 if args.quick else 40))
+    accept = Measurement.from_times(accept_pages(10 if args.quick else 50))
+    print(
+        f"finished fit to suggestions on 12 tiles: median {follow.median * 1e3:.1f} ms, "
+        f"p95 {follow.p95 * 1e3:.1f} ms"
+    )
+    print(f"accept page (12 tiles, one store action): median {accept.median * 1e3:.2f} ms")
+    report.table(
+        "A new model's suggestions on screen, and accepting a page (digits, 12 tiles)",
+        ["operation", "n", "median ms", "p95 ms", "max ms"],
+        [
+            row("finished fit -> suggestions on the 12 tiles", follow),
+            row("accept page: 12 suggested tiles, one store action", accept),
+        ],
+    )
+    report.target(
+        "finished fit to suggestions, p95",
+        f"{follow.p95 * 1e3:.0f} ms",
+        "< 500 ms",
+        follow.p95 < 0.5,
+    )
+    report.target(
+        "accept page of 12 tiles, median",
+        f"{accept.median * 1e3:.1f} ms",
+        "< 50 ms",
+        accept.median < 0.05,
+    )
+    report.data.update(suggestions_s=follow, accept_page_s=accept)
 
     import numpy as np
 

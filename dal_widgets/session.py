@@ -48,8 +48,9 @@ class Session:
     ----------
     dataset : Dataset
         From :mod:`dal_widgets.datasets`.
-    strategy : str
-        A name from ``dal_widgets.strategies.available()``.
+    strategy : str, optional
+        A name from ``dal_widgets.strategies.available()`` (default: ``"entropy"``, or
+        ``"multilabel_entropy"`` for multi-label data).
     model : "auto", torch.nn.Module or callable
         ``"auto"`` sizes a default model from the data (an MLP for tabular data, texts and 8x8
         images, a small CNN with dropout for larger images). A module is copied fresh for every
@@ -80,7 +81,7 @@ class Session:
     def __init__(
         self,
         dataset: Dataset,
-        strategy: str = "entropy",
+        strategy: str | None = None,
         model: Any = "auto",
         store: Any = "labels.db",
         seed: int = 0,
@@ -101,7 +102,7 @@ class Session:
             raise param_error("dataset", where, "a non-empty Dataset", dataset)
         self.dataset = dataset
         self.seed = check_int(seed, "seed", where, lo=0)
-        self.strategy = strategy  # validated by the property setter
+        self.strategy = strategy or ("multilabel_entropy" if dataset.multi_label else "entropy")
         self.cold_start = cold_start
         _strategies.get(cold_start)
         self.device = resolve_device(device, where)
@@ -196,8 +197,7 @@ class Session:
         self._retrain.value = value
 
     def _after_labels(self, ids: list[Any]) -> None:
-        """Apply the retrain policy after labels or skips were committed (and fit the first
-        model as soon as the labels allow, without waiting for the batch's end)."""
+        """Apply the retrain policy after labels or skips (the first model as early as can be)."""
         self._label_epoch += 1
         labels = self.store.labels
         first = self.model_version is None and not self.training

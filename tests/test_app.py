@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import re
+import time
 
 import numpy as np
 import pytest
@@ -210,3 +211,80 @@ def test_app_renders_at_1280_without_overlaps_and_trains_while_idle(lab):
             assert not overlap(wide[i], wide[j]), (i, j, wide[i], wide[j])
     lab.save_screenshot(page, "app-1920x1080")
     lab.execute("s.stop(); s.wait()")
+
+
+_FOLLOW_CELLS = [
+    "import dal_widgets as dal\n"
+    "ds = dal.datasets.digits()\n"
+    "s = dal.Session(ds, strategy='margin', store='follow.db', device='cpu',\n"
+    "                train_config=dal.TrainConfig(steps=200))\n"
+    "app = dal.App(s, batch_size=10, map_method='pca')\n"
+    "app",
+]
+
+_HEADER_AND_PANEL_JS = """() => {
+  const header = document.querySelector('.dal-app .dal-progress-text');
+  const panel = [...document.querySelectorAll('.dal-app .widget-html-content')]
+    .map((e) => e.textContent).find((t) => t.includes('worker:'));
+  return [header ? header.textContent : null, panel || null];
+}"""
+
+
+def _agree(page):
+    """The labeler's header and the App's panel say the same about the worker."""
+    header, panel = page.evaluate(_HEADER_AND_PANEL_JS)
+    assert header is not None and panel is not None
+    assert ("training\u2026" in header) == ("worker: training" in panel), (header, panel)
+    return header, panel
+
+
+@pytest.mark.e2e
+def test_suggestions_follow_the_model_and_come_back_after_a_restart(lab):
+    from _lab import wait_until
+
+    (lab.root_dir / "follow.db").unlink(missing_ok=True)
+    page = lab.open_notebook(_FOLLOW_CELLS, name="follow.ipynb")
+    page.set_viewport_size({"width": 1280, "height": 900})
+    truths = lab.execute(
+        "print(*[ds.classes[ds.targets[ds.positions([i])[0]]] for i in app.labeler.batch_ids])"
+    ).split()
+    assert len(truths) == 10
+    labeler = page.locator(".dal-app .dal-labeler")
+    labeler.locator(".dal-hint").click()
+    # Six labels by keyboard: the first model is fitted from five labels of two classes on.
+    for key in truths[:6]:
+        page.keyboard.press(key)
+        page.wait_for_timeout(120)
+        _agree(page)
+    wait_until(lambda: "model v" in _agree(page)[0], timeout=60, what="model v1 in the header")
+    seen = time.monotonic()
+    suggested = labeler.locator(".dal-tile[data-status='pending'] .dal-badge.dal-suggest")
+    wait_until(
+        lambda: suggested.count() == 4, timeout=2, interval=0.05, what="suggestions on 4 tiles"
+    )
+    assert time.monotonic() - seen < 2
+    for key in truths[6:10]:  # the batch ends: the next batch comes, a fit runs
+        page.keyboard.press(key)
+        page.wait_for_timeout(120)
+        _agree(page)
+    wait_until(lambda: "worker: idle" in _agree(page)[1], timeout=60, what="the fit to end")
+    assert "training\u2026" not in _agree(page)[0]
+    assert lab.execute("print(len(s.labels), s.model_version.n_labels)").split() == ["10", "10"]
+    lab.save_screenshot(page, "follow-1280x900")
+
+    # A new kernel (the old one shut down) runs the notebook again: the model is back at once.
+    lab.server.shutdown_kernels()
+    page.close()
+    again = lab.open_notebook(_FOLLOW_CELLS, name="follow.ipynb")
+    again.set_viewport_size({"width": 1280, "height": 900})
+    state = lab.execute("print(len(s.labels), s.model_version.n_labels, s.training)").split()
+    assert state == ["10", "10", "False"]  # the saved model, no refit needed
+    pending = again.locator(".dal-app .dal-tile[data-status='pending']")
+    assert pending.count() == 10
+    wait_until(
+        lambda: again.locator(".dal-app .dal-tile .dal-badge.dal-suggest").count() == 10,
+        timeout=5,
+        what="suggestions on the resumed batch without a key press",
+    )
+    _agree(again)
+    lab.save_screenshot(again, "follow-after-restart-1280x900")
