@@ -50,9 +50,8 @@ from dal_widgets.strategies._registry import (
     register,
     scores,
     select,
-    unusable_reason,
-    usable,
 )
+from dal_widgets.strategies._usable import unusable_reason, usable
 
 __all__ = [
     "ARRAYS",
