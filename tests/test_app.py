@@ -288,3 +288,24 @@ def test_suggestions_follow_the_model_and_come_back_after_a_restart(lab):
     )
     _agree(again)
     lab.save_screenshot(again, "follow-after-restart-1280x900")
+
+
+def test_review_menu_opens_reviews_and_errors_clear(app):
+    label_batch(app)
+    assert app.session.wait(60)
+    first = next(i for i in app.session.dataset.ids.tolist() if i not in app.session.labels)
+    app.session.skip(first)
+    app.review_menu.value = ("skipped", None)
+    assert app.labeler.reviewing is not None and app.labeler.batch_ids == [first]
+    assert app.review_menu.value is None  # back to "choose…"
+    app.review_menu.value = ("flagged", None)  # nothing flagged: the error shows
+    assert "flagged" in app.error_box.value and "ValueError" in app.error_box.value
+    cls = app.session.labels[next(iter(app.session.labels))]
+    ids = app.review("labels", cls)
+    assert ids and all(app.session.labels[i] == cls for i in ids)
+    app.review_menu.value = ("labels", cls)  # the next action that works clears the error
+    assert app.error_box.value == ""
+    with pytest.raises(ValueError, match="'what'"):
+        app.review("everything")
+    app.labeler.end_review()
+    assert app.labeler.reviewing is None

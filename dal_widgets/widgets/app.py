@@ -126,6 +126,12 @@ class App(View):
             description="retrain",
             layout=W.Layout(width="230px"),
         )
+        self.review_menu = W.Dropdown(
+            options=self._review_options(),
+            value=None,
+            description="review",
+            layout=W.Layout(width="260px"),
+        )
         self.fit_button = W.Button(description="Fit on all labels", icon="play")
         self.stop_button = W.Button(description="Stop", icon="stop", disabled=True)
         self.export_labels_button = W.Button(description="Export labels", icon="download")
@@ -138,6 +144,7 @@ class App(View):
         self.strategy.observe(lambda c: self._act(lambda: self.set_strategy(c["new"])), "value")
         self.batch.observe(lambda c: self._act(lambda: self.set_batch_size(c["new"])), "value")
         self.retrain.observe(lambda c: self._act(lambda: self.set_retrain(c["new"])), "value")
+        self.review_menu.observe(lambda c: self._on_review_menu(c["new"]), "value")
         self.fit_button.on_click(lambda _b: self._act(self.fit_all))
         self.stop_button.on_click(lambda _b: self._act(self.stop))
         self.export_labels_button.on_click(lambda _b: self._act(self.export_labels))
@@ -148,6 +155,7 @@ class App(View):
                 self.strategy,
                 self.batch,
                 self.retrain,
+                self.review_menu,
                 self.fit_button,
                 self.stop_button,
                 self.export_labels_button,
@@ -188,6 +196,7 @@ class App(View):
             session.on("train_idle", lambda **kw: self._safe(self._update_status)),
             session.on("labeled", lambda **kw: self._safe(self._update_status)),
             session.on("undone", lambda **kw: self._safe(self._update_status)),
+            session.on("class_added", lambda **kw: self._safe(self._refresh_review_menu)),
         ]
         self.labeler.observe(lambda _c: self._safe(self._follow_cursor), names=["cursor", "items"])
         self._describe_strategy()
@@ -227,6 +236,40 @@ class App(View):
         self.session.retrain = policy
         if self.retrain.value != policy and any(v == policy for _, v in _RETRAIN):
             self.retrain.value = policy
+
+    def review(self, what: str, label: str | None = None) -> list[Any]:
+        """Open a review in the labeler: ``"disagree"`` (labels the newest model predicts
+        otherwise: likely label errors), ``"skipped"``, ``"flagged"``, ``"labels"`` (all
+        labels, or those of class ``label``). Returns the ids in review order."""
+        from dal_widgets._checks import check_choice
+
+        what = check_choice(
+            what, "what", "App.review", ["disagree", "skipped", "flagged", "labels"]
+        )
+        if what == "labels":
+            return self.labeler.review_labeled(label=label)
+        return self.labeler.review_labeled(
+            disagree=what == "disagree", skipped=what == "skipped", flagged=what == "flagged"
+        )
+
+    def _review_options(self) -> list[tuple[str, Any]]:
+        fixed = [
+            ("labels the model disagrees with", ("disagree", None)),
+            ("skipped samples", ("skipped", None)),
+            ("flagged samples", ("flagged", None)),
+            ("all labels", ("labels", None)),
+        ]
+        by_class = [(f"labels of class {c}", ("labels", c)) for c in self.session.classes]
+        return [("choose…", None), *fixed, *by_class]
+
+    def _refresh_review_menu(self) -> None:
+        self.review_menu.options = self._review_options()
+
+    def _on_review_menu(self, choice: Any) -> None:
+        if choice is None:
+            return
+        self._act(lambda: self.review(*choice))
+        self.review_menu.value = None  # a menu of actions: it shows "choose…" again
 
     def fit_all(self) -> None:
         """Fit a fresh model on all labels now, in the background."""
