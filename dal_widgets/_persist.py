@@ -87,7 +87,7 @@ class ModelMemory:
     ) -> dict[str, Any] | None:
         """Load the saved weights into ``model`` (fresh, of the session's architecture) and
         make it the trainer's newest; request a fit (when ``refit``) if the labels changed
-        since it was trained or nothing could be loaded. Returns the saved evaluation of that
+        since it was trained, nothing could be loaded, or the session trains ensembles. Returns the saved evaluation of that
         model (None if none)."""
         config = self._load(model, classes, fingerprint)
         key = labels_key(labels)
@@ -98,7 +98,9 @@ class ModelMemory:
             )
             if isinstance(config.get("evaluation"), dict):
                 evaluation = {**config["evaluation"], "model_version": version.version}
-        if refit and (config is None or config.get("labels_key") != key):
+        # Only the newest model is kept: an ensemble's other members come from a refit.
+        ensemble = self.trainer.config.ensemble_size > 1
+        if refit and (config is None or config.get("labels_key") != key or ensemble):
             self.trainer.request(token)
         return evaluation
 

@@ -921,3 +921,17 @@ def test_the_first_model_comes_after_five_labels_of_two_classes(ds):
     manual.label(ds.ids[:10].tolist(), oracle(ds, ds.ids[:10]))
     assert not manual.training and manual.model_version is None
     manual.close()
+
+
+def test_a_restarted_ensemble_session_refits_for_its_committee(ds, tmp_path):
+    path = str(tmp_path / "e.db")
+    config = TrainConfig(steps=40, batch_size=32, ensemble_size=2)
+    s = dal.Session(ds, strategy="vote_entropy", store=path, device="cpu", train_config=config)
+    s.label(ds.ids[:20].tolist(), oracle(ds, ds.ids[:20]))
+    s.train(block=True)
+    s.close()
+    again = dal.Session(ds, strategy="vote_entropy", store=path, device="cpu", train_config=config)
+    assert again.model_version is not None  # the saved model shows at once
+    assert again.wait(60)  # the refit gives the committee back
+    assert again.compute_arrays({"member_probs"})["member_probs"].shape[1] == 2
+    again.close()
