@@ -7,9 +7,7 @@ action has a public Python method, which is how the tests drive it without a bro
 
 from __future__ import annotations
 
-import base64
 import collections
-import dataclasses
 import threading
 import time
 import traceback
@@ -18,96 +16,29 @@ from pathlib import Path
 from typing import Any
 
 import anywidget
-import numpy as np
 import traitlets
 
 from dal_widgets._checks import check_choice, check_int, param_error, short_repr
-from dal_widgets._threads import start_daemon
+from dal_widgets.widgets._label_messages import handle
+from dal_widgets.widgets._label_prefetch import Prefetcher, unlabeled_left
+from dal_widgets.widgets._label_tiles import (
+    accepted_message,
+    next_pending,
+    pending,
+    progress_line,
+    resolve,
+    suggested,
+    tile_key,
+    tile_states,
+    tiles,
+    with_suggestions,
+)
+from dal_widgets.widgets._renderers import register_renderer, zoom_payload
+from dal_widgets.widgets._review import Reviews, Selection, select_given, select_labeled
 
 __all__ = ["LabelingWidget", "register_renderer"]
 
 _HERE = Path(__file__).parent
-
-# kind -> renderer(dataset, sample_id) -> payload {"type": "image"|"text"|"table", ...}
-_RENDERERS: dict[str, Callable[[Any, Any], dict[str, Any]]] = {}
-
-
-def register_renderer(kind: str, renderer: Callable[[Any, Any], dict[str, Any]]) -> None:
-    """Teach the labeler to show samples of a dataset kind.
-
-    ``renderer(dataset, sample_id)`` returns one of ``{"type": "image", "png": bytes}``,
-    ``{"type": "text", "text": str}`` or ``{"type": "table", "row": {column: value}}``. The view
-    shows all of them as data (images as images, everything else through ``textContent``), so a
-    renderer cannot inject markup.
-    """
-    if not isinstance(kind, str) or not kind:
-        raise param_error("kind", "register_renderer", "a non-empty str", kind, TypeError)
-    if not callable(renderer):
-        raise param_error(
-            "renderer", "register_renderer", "a callable(dataset, sample_id)", renderer, TypeError
-        )
-    _RENDERERS[kind] = renderer
-
-
-register_renderer("image", lambda ds, sid: {"type": "image", "png": ds.render(sid)})
-register_renderer("text", lambda ds, sid: {"type": "text", "text": ds.render(sid)})
-register_renderer("tabular", lambda ds, sid: {"type": "table", "row": ds.render(sid)})
-
-
-#: Pools up to this size are queried again when a newer model arrived since a prefetch.
-_REQUERY_POOL = 20_000
-
-
-def _why(explained: dict[str, Any]) -> dict[str, Any]:
-    """A tile's suggestion and "why this sample" fields, from one ``Session.explain`` row."""
-    fields = ("probs", "prob", "score", "rank", "candidates", "strategy")
-    return {"suggestion": explained.get("predicted"), **{k: explained.get(k) for k in fields}}
-
-
-@dataclasses.dataclass
-class _Review:
-    """An open review: samples in review order, shown ``size`` tiles a page."""
-
-    ids: list[Any]
-    title: str  # e.g. "from the map"; untrusted text, the view shows it through textContent
-    how: str  # how the samples are ordered, for the message
-    size: int
-    relabel: bool  # of labeled samples: the cursor walks every tile, not only pending ones
-    token: int  # one per review opened, so the view takes the keyboard focus once
-    page: int = 0
-
-    @property
-    def pages(self) -> int:
-        return max(1, -(-len(self.ids) // self.size))
-
-    def page_ids(self) -> list[Any]:
-        return self.ids[self.page * self.size : (self.page + 1) * self.size]
-
-    def page_of(self, sample_id: Any) -> int | None:
-        try:
-            return self.ids.index(sample_id) // self.size
-        except ValueError:
-            return None
-
-
-def _review_order(probs: np.ndarray | None, groups: np.ndarray) -> np.ndarray:
-    """Positions in review order: by group (ascending), then least sure first (``probs`` is
-    the model's confidence in each sample's group; None keeps the given order in a group)."""
-    if probs is None:
-        return np.argsort(groups, kind="stable")
-    return np.lexsort((probs, groups))  # stable: ties keep the given order
-
-
-def _payload(dataset: Any, sample_id: Any) -> dict[str, Any]:
-    renderer = _RENDERERS.get(dataset.kind)
-    if renderer is None:
-        raise KeyError(
-            f"No renderer for dataset kind {dataset.kind!r}; add one with register_renderer()."
-        )
-    out = dict(renderer(dataset, sample_id))
-    if out.get("type") == "image":
-        out["src"] = "data:image/png;base64," + base64.b64encode(out.pop("png")).decode("ascii")
-    return out
 
 
 class LabelingWidget(anywidget.AnyWidget):
@@ -196,14 +127,10 @@ class LabelingWidget(anywidget.AnyWidget):
         #: suggestions (None before); for benchmarks.
         self.suggestions_at: float | None = None
         self._keys: dict[str, Any] = {}  # str(id) -> sample id, for the ids on screen
-        self._next: list[Any] | None = None
-        self._next_version: Any = None  # the model version the prefetched batch was picked with
-        self._fetching: threading.Thread | None = None
+        self._prefetcher = Prefetcher(session, self._prefetch_failed)
         self._acting: int | None = None  # the thread running one of this widget's actions
         self._lock = threading.RLock()
-        self._review: _Review | None = None
-        self._reviews_opened = 0
-        self._batch: list[Any] = []  # the query batch a review replaced, shown when it ends
+        self._reviews = Reviews()
         self._times: collections.deque[float] = collections.deque(maxlen=200)
         self.classes = list(session.classes)
         self.multi_label = session.multi_label
@@ -243,30 +170,22 @@ class LabelingWidget(anywidget.AnyWidget):
     def reviewing(self) -> dict[str, Any] | None:
         """The open review (``title``, ``page`` counted from 1, ``pages``, ``n`` samples), or
         None while the query batch is shown."""
-        r = self._review
-        if r is None:
-            return None
-        return {"title": r.title, "page": r.page + 1, "pages": r.pages, "n": len(r.ids)}
+        review = self._reviews.current
+        return None if review is None else review.summary()
 
     @property
     def prefetched(self) -> list[Any] | None:
         """The next batch, queried in the background while this one is labeled (None until
         it is ready)."""
-        with self._lock:
-            return None if self._next is None else list(self._next)
+        return self._prefetcher.ids
 
     def wait_prefetch(self, timeout: float | None = None) -> bool:
         """Block until a background query of the next batch is done; False on timeout."""
-        fetching = self._fetching
-        if fetching is not None:
-            fetching.join(timeout)
-            return not fetching.is_alive()
-        return True
+        return self._prefetcher.wait(timeout)
 
     def drop_prefetched(self) -> None:
         """Forget the prefetched batch (the strategy changed): the next one is queried anew."""
-        with self._lock:
-            self._next = None
+        self._prefetcher.drop()
 
     def receive(self, message: Any, buffers: Any = None) -> None:
         """Act on a message as the browser sends it (``{"action": ..., "seq": ...}``); what
@@ -274,51 +193,17 @@ class LabelingWidget(anywidget.AnyWidget):
         self._on_frontend_msg(self, message, buffers)
 
     # ------------------------------------------------------------------ helpers
-    def _key(self, sample_id: Any) -> str:
-        return str(sample_id)
-
     def _resolve(self, sample_id: Any, where: str) -> Any:
         """The sample id to act on: the given one, or the one under the cursor."""
-        if sample_id is None:
-            if not self.items:
-                raise ValueError(f"{where}: there is no sample on screen; call next_batch() first.")
-            return self._keys[self.items[self.cursor]["key"]]
-        key = self._key(sample_id)
-        if key in self._keys:
-            return self._keys[key]
-        self.session.dataset.positions([sample_id], where=where)  # KeyError for unknown ids
-        return self.session.dataset.python_id(sample_id)
+        return resolve(self.session, sample_id, self.items, self.cursor, self._keys, where)
 
     def _set_state(self, ids: list[Any]) -> None:
         """Read the committed status of ids from the session and publish it."""
-        labels = self.session.labels
-        skipped = self.session.store.marked("skip")
-        flagged = self.session.store.marked("flag")
-        states = dict(self.states)
-        for sid in ids:
-            key = self._key(sid)
-            if key not in self._keys:
-                continue
-            status = "done" if sid in labels else "skipped" if sid in skipped else "pending"
-            states[key] = {"status": status, "label": labels.get(sid), "flagged": sid in flagged}
-        self.states = states
+        self.states = tile_states(self.session, ids, self._keys, self.states)
 
     def _refresh_progress(self) -> None:
-        s = self.session
         now = time.time()
-        recent = [t for t in self._times if now - t <= 300]
-        per_minute = 0.0
-        if len(recent) >= 2:
-            # at least a 30 s window, so a burst of fast key presses does not read as thousands
-            per_minute = 60.0 * len(recent) / max(now - recent[0], 30.0)
-        status = s.status  # the one status every view reads
-        self.progress = {
-            **{k: status[k] for k in ("labeled", "model_version", "staleness", "round")},
-            **{k: status[k] for k in ("strategy", "worker", "worker_text", "train_error")},
-            "training": status["worker"] == "training",
-            "budget": self.budget,
-            "per_minute": round(per_minute, 1),
-        }
+        self.progress = progress_line(self.session.status, self._times, self.budget, now)
 
     def _set_classes(self) -> None:
         self.classes = list(self.session.classes)
@@ -328,37 +213,33 @@ class LabelingWidget(anywidget.AnyWidget):
 
         In a review the page never turns by itself (a second key press must not act on a
         page nobody looked at): the cursor moves on, and N turns the page."""
-        keys = [it["key"] for it in self.items]
-        pending = [
-            i for i, k in enumerate(keys) if self.states.get(k, {}).get("status") == "pending"
-        ]
-        if self._review is not None:
-            if self._review.relabel or not pending:
-                self.cursor = min(self.cursor + 1, max(len(keys) - 1, 0))
+        waiting = pending(self.items, self.states)
+        review = self._reviews.current
+        if review is not None:
+            if review.relabel or not waiting:
+                self.cursor = min(self.cursor + 1, max(len(self.items) - 1, 0))
             else:
-                after = [i for i in pending if i > self.cursor]
-                self.cursor = after[0] if after else pending[0]
-            if not pending and not self._review.relabel:
-                self.message = self._page_done_message()
+                self.cursor = next_pending(waiting, self.cursor)
+            if not waiting and not review.relabel:
+                self.message = review.page_done_message(self._done())
             return
-        if not pending:
+        if not waiting:
             self.next_batch()
             return
-        after = [i for i in pending if i > self.cursor]
-        self.cursor = after[0] if after else pending[0]
-        if self.prefetch and len(pending) <= max(1, len(keys) // 5):
+        self.cursor = next_pending(waiting, self.cursor)
+        if self.prefetch and len(waiting) <= max(1, len(self.items) // 5):
             self._start_prefetch()
 
     def _external(self, ids: list[Any]) -> None:
         if self._acting == threading.get_ident():
             return  # the echo of this widget's own action, which redraws itself once
-        if any(self._key(i) in self._keys for i in ids):
+        if any(tile_key(i) in self._keys for i in ids):
             self._set_state(ids)
         self._refresh_progress()
 
     def _advance_from(self, sample_id: Any) -> None:
         """After an action on the sample under the cursor, move on (or to the next batch)."""
-        if self.items and self.items[self.cursor]["key"] == self._key(sample_id):
+        if self.items and self.items[self.cursor]["key"] == tile_key(sample_id):
             self._advance()
 
     def _record(self, ids: list[Any]) -> None:
@@ -385,14 +266,7 @@ class LabelingWidget(anywidget.AnyWidget):
     # ------------------------------------------------------------------ batches
     def _show(self, ids: list[Any]) -> None:
         """Replace the items on screen with ``ids`` (rendered, with the model's suggestions)."""
-        ds = self.session.dataset
-        explain = {r["id"]: r for r in self.session.explain(ids)} if ids else {}
-        items: list[dict[str, Any]] = []
-        keys = {}
-        for sid in ids:
-            key = self._key(sid)
-            keys[key] = sid
-            items.append({"key": key, "sample": _payload(ds, sid), **_why(explain.get(sid, {}))})
+        keys, items = tiles(self.session, ids)
         with self._lock, self.hold_sync():  # the lock: _on_trained must not redraw an old page
             self._keys = keys
             self.states = {}
@@ -401,11 +275,7 @@ class LabelingWidget(anywidget.AnyWidget):
             self._set_state(ids)
             self.zoomed = {}
             self._refresh_progress()
-            first = next(
-                (i for i, it in enumerate(items) if self.states[it["key"]]["status"] == "pending"),
-                0,
-            )
-            self.cursor = first
+            self.cursor = (pending(items, self.states) or [0])[0]
 
     def _on_trained(self) -> None:
         """A new model (on the training thread): the tiles on screen gain its suggestions and
@@ -413,46 +283,17 @@ class LabelingWidget(anywidget.AnyWidget):
         self._refresh_progress()
         with self._lock:
             items = self.items
-        ids = [self._keys[it["key"]] for it in items if it["key"] in self._keys]
-        if not ids:
+        updated = with_suggestions(self.session, items, self._keys)
+        if updated is None:
             return
-        explain = {r["id"]: r for r in self.session.explain(ids)}
         with self._lock:
             if self.items is not items:  # another batch came meanwhile; it has this model's
                 return
-            self.items = [{**it, **_why(explain.get(self._keys[it["key"]], {}))} for it in items]
+            self.items = updated
         self.suggestions_at = time.perf_counter()
 
     def _start_prefetch(self) -> None:
-        with self._lock:
-            if self._next is not None or (self._fetching is not None and self._fetching.is_alive()):
-                return
-            on_screen = list(self._keys.values())
-            self._fetching = start_daemon(
-                lambda: self._prefetch(on_screen),
-                name="dal-labeler-prefetch",
-                on_error=self._prefetch_failed,
-            )
-
-    def _prefetch(self, on_screen: list[Any]) -> None:
-        left = (
-            len(self.session.dataset)
-            - len(self.session.store)
-            - len(self.session.store.marked("skip"))
-        )
-        exclude = [i for i in on_screen if i not in self.session.labels]
-        n = min(self.batch_size, left - len(exclude))
-        if n > 0:
-            version = self.session.model_version
-            ids = self.session.query(n, exclude=exclude)
-            with self._lock:
-                self._next, self._next_version = ids, version
-
-    def _cheap(self) -> bool:
-        """Whether a query now costs little: the newest model's pool arrays are there already,
-        or the pool is small (a pass over it takes well under a second)."""
-        s = self.session
-        return s.arrays.cached_version == s.model_version or len(s.dataset) <= _REQUERY_POOL
+        self._prefetcher.start(list(self._keys.values()), self.batch_size)
 
     def _prefetch_failed(self, _exc: BaseException, text: str) -> None:
         self.errors.append(text)
@@ -466,33 +307,23 @@ class LabelingWidget(anywidget.AnyWidget):
         """
 
         def action() -> list[Any]:
-            fetching = self._fetching
-            if fetching is not None and fetching.is_alive():
+            if self._prefetcher.running:
                 self.loading = True
-                fetching.join()
-            with self._lock:
-                ids, self._next = self._next, None
-            ids = [i for i in (ids or []) if i not in self.session.labels]
-            if ids and self._next_version != self.session.model_version and self._cheap():
-                ids = []  # picked before the newest model: pick again with it
+                self._prefetcher.wait()
+            ids = self._prefetcher.take()
             if not ids:
-                left = (
-                    len(self.session.dataset)
-                    - len(self.session.store)
-                    - len(self.session.store.marked("skip"))
-                )
+                left = unlabeled_left(self.session)
                 if left <= 0:
-                    if self._review is not None:
-                        self._batch = []
-                        self.message = "Every sample is labeled or skipped."
-                        return []
-                    self._show([])
+                    if self._reviews.current is not None:
+                        self._reviews.batch = []
+                    else:
+                        self._show([])
                     self.message = "Every sample is labeled or skipped."
                     return []
                 self.loading = True
                 ids = self.session.query(min(self.batch_size, left))
-            if self._review is not None:  # never clobber a review: the batch waits for its end
-                self._batch = list(ids)
+            if self._reviews.current is not None:  # never clobber a review: the batch waits
+                self._reviews.batch = list(ids)
                 self.message = (
                     f"Round {self.session.round}: the next {len(ids)} samples are ready; "
                     "B shows them (ends the review)."
@@ -529,7 +360,7 @@ class LabelingWidget(anywidget.AnyWidget):
 
         def action() -> None:
             sid = self._resolve(sample_id, "LabelingWidget.accept_suggestion")
-            item = next((it for it in self.items if it["key"] == self._key(sid)), None)
+            item = next((it for it in self.items if it["key"] == tile_key(sid)), None)
             if item is None or item.get("suggestion") is None:  # (an empty set is a suggestion)
                 raise ValueError(
                     "There is no model suggestion for this sample yet (no model trained)."
@@ -569,23 +400,21 @@ class LabelingWidget(anywidget.AnyWidget):
             if not ids:
                 self.message = "Nothing to undo."
                 return ids
-            review = self._review
-            if review is not None and self._key(ids[0]) not in self._keys:
+            review = self._reviews.current
+            if review is not None and tile_key(ids[0]) not in self._keys:
                 page = review.page_of(ids[0])
                 if page is not None:  # back to the review's page that holds it
                     review.page = page
                     self._show_page()
-            missing = [i for i in ids if self._key(i) not in self._keys]
-            if review is not None:  # those of other review pages stay there
-                in_review = set(review.ids)
-                missing = [i for i in missing if i not in in_review]
+            in_review = set(() if review is None else review.ids)  # (they stay on their page)
+            missing = [i for i in ids if tile_key(i) not in self._keys and i not in in_review]
             if missing:
                 current = list(self._keys.values())
                 self._show(missing + current)
             self._set_state(ids)
             self._refresh_progress()
             keys = [it["key"] for it in self.items]
-            self.cursor = keys.index(self._key(ids[0]))
+            self.cursor = keys.index(tile_key(ids[0]))
             self.message = f"Undid {len(ids)} sample(s)."
             return ids
 
@@ -599,7 +428,7 @@ class LabelingWidget(anywidget.AnyWidget):
 
     def select(self, sample_id: Any) -> None:
         """Put the cursor on a sample of the batch."""
-        key = self._key(sample_id)
+        key = tile_key(sample_id)
         keys = [it["key"] for it in self.items]
         if key not in keys:
             raise KeyError(
@@ -648,18 +477,9 @@ class LabelingWidget(anywidget.AnyWidget):
         where = "LabelingWidget.review"
 
         def action() -> list[Any]:
-            check_choice(order, "order", where, ["prediction", "given"])
-            if title is not None and not isinstance(title, str):
-                raise param_error("title", where, "a str or None", title, TypeError)
-            chosen = list(dict.fromkeys(self.session.sample_ids(ids, where=where)))
-            if order == "given":
-                how = "in the given order"
-            elif self.session.model is None:
-                how = "in the given order (no model yet)"
-            else:
-                chosen, how = self._arranged(chosen), "grouped by suggestion, least sure first"
-            self._open_review(chosen, title or "", how, relabel=False)
-            return chosen
+            chosen = select_given(self.session, ids, order=order, title=title, where=where)
+            self._open_review(chosen, relabel=False)
+            return chosen.ids
 
         return self._guard(action)
 
@@ -698,75 +518,17 @@ class LabelingWidget(anywidget.AnyWidget):
         where = "LabelingWidget.review_labeled"
 
         def action() -> list[Any]:
-            s = self.session
-            if label is not None:
-                check_choice(label, "label", where, s.classes)
-            if annotator is not None and not isinstance(annotator, str):
-                raise param_error("annotator", where, "a str (a name)", annotator, TypeError)
-            for name, value in (("disagree", disagree), ("skipped", skipped), ("flagged", flagged)):
-                if not isinstance(value, (bool, np.bool_)):
-                    raise param_error(name, where, "a bool", value, TypeError)
-            if disagree and s.model is None:
-                raise ValueError(
-                    f"The 'disagree' parameter of {where} needs a trained model to compare "
-                    "the labels with. Got True before the first model; call session.train()."
-                )
-            labels = s.labels
-            by_label = label is not None or annotator is not None or disagree
-            if skipped or flagged:
-                marks = [
-                    s.store.marked(f) for f, on in (("skip", skipped), ("flag", flagged)) if on
-                ]
-                chosen = sorted(set.intersection(*marks), key=str)
-                if chosen:  # in pool order
-                    chosen = [chosen[i] for i in np.argsort(s.dataset.positions(chosen))]
-                if by_label:
-                    chosen = [i for i in chosen if i in labels]
-            else:
-                chosen = list(labels)
-            if annotator is not None:
-                records = s.store.records()
-                names = sorted({r["annotator"] for r in records if isinstance(r["annotator"], str)})
-                if names:
-                    check_choice(annotator, "annotator", where, names)
-                gave = {r["sample_id"] for r in records if r["annotator"] == annotator}
-                chosen = [i for i in chosen if i in gave]
-            if label is not None:
-                chosen = [
-                    i
-                    for i in chosen
-                    if (label in labels[i] if self.multi_label else labels[i] == label)
-                ]
-            if disagree and chosen:
-                chosen = self._disagreements(chosen, [labels[i] for i in chosen])
-                how = "the model's most confident disagreements first"
-            elif chosen:
-                how = "grouped by label" + (", least sure first" if s.model is not None else "")
-                chosen = self._arranged(chosen, [labels.get(i) for i in chosen])
-            if not chosen:
-                given = {"label": label, "annotator": annotator, "disagree": disagree}
-                given |= {"skipped": skipped, "flagged": flagged}
-                text = ", ".join(f"{k}={v!r}" for k, v in given.items() if v not in (None, False))
-                raise ValueError(
-                    f"The filters of {where} must match at least one sample. Got "
-                    f"{text or 'none'}, which match none ({len(labels)} labeled, "
-                    f"{len(s.store.marked('skip'))} skipped, {len(s.store.marked('flag'))} "
-                    "flagged)."
-                )
-            marks_text = " and ".join(
-                n for n, on in (("skipped", skipped), ("flagged", flagged)) if on
+            chosen = select_labeled(
+                self.session,
+                label=label,
+                annotator=annotator,
+                disagree=disagree,
+                skipped=skipped,
+                flagged=flagged,
+                where=where,
             )
-            parts = [marks_text] if marks_text else []
-            if label is not None:
-                parts.append(f"labeled {label}")
-            elif not parts:
-                parts.append("labeled")
-            if annotator is not None:
-                parts.append(f"by {annotator}")
-            if disagree:
-                parts.append("where the model disagrees")
-            self._open_review(chosen, " ".join(parts), how, relabel=True)
-            return chosen
+            self._open_review(chosen, relabel=True)
+            return chosen.ids
 
         return self._guard(action)
 
@@ -775,7 +537,7 @@ class LabelingWidget(anywidget.AnyWidget):
         on screen."""
 
         def action() -> list[Any]:
-            review = self._open("LabelingWidget.next_page")
+            review = self._reviews.required("LabelingWidget.next_page")
             if review.page + 1 >= review.pages:
                 return self.end_review()
             review.page += 1
@@ -788,7 +550,7 @@ class LabelingWidget(anywidget.AnyWidget):
         """Show the review's previous page (the first page stays). Returns the ids on screen."""
 
         def action() -> list[Any]:
-            review = self._open("LabelingWidget.previous_page")
+            review = self._reviews.required("LabelingWidget.previous_page")
             if review.page == 0:
                 self.message = self._review_message("This is the first page")
                 return self.batch_ids
@@ -803,11 +565,11 @@ class LabelingWidget(anywidget.AnyWidget):
         it is finished). Nothing happens without a review. Returns the ids on screen."""
 
         def action() -> list[Any]:
-            if self._review is None:
+            if self._reviews.current is None:
                 return self.batch_ids
-            back, self._review, self._batch = self._batch, None, []
+            back = self._reviews.end()
             self.review_info = {}
-            done = set(self.session.labels) | self.session.store.marked("skip")
+            done = self._done()
             if any(i not in done for i in back):
                 self._show(back)
                 self.message = f"Back to the batch of round {self.session.round}."
@@ -837,21 +599,7 @@ class LabelingWidget(anywidget.AnyWidget):
         where = "LabelingWidget.accept_page"
 
         def action() -> list[Any]:
-            only = None
-            if sample_ids is not None:
-                only = {self._key(i) for i in sample_ids}
-                unknown = sorted(only - set(self._keys))
-                if unknown:
-                    raise KeyError(f"{where}: samples {short_repr(unknown)} are not on screen.")
-            states = self.states
-            ids, labels = [], []
-            for it in self.items:
-                key = it["key"]
-                if it.get("suggestion") is None or (only is not None and key not in only):
-                    continue
-                if states.get(key, {}).get("status") == "pending":
-                    ids.append(self._keys[key])
-                    labels.append(it["suggestion"])
+            ids, labels = suggested(self.items, self.states, self._keys, sample_ids, where)
             if not ids:
                 self.message = "Nothing to accept: no pending sample here has a suggestion."
                 return []
@@ -860,160 +608,47 @@ class LabelingWidget(anywidget.AnyWidget):
                 self._record(ids)
                 # the cursor moves to a sample still pending, if any; neither the page nor the
                 # batch turns by itself (a second Shift+Enter must not accept unseen samples)
-                states = self.states
-                pending = [
-                    i
-                    for i, it in enumerate(self.items)
-                    if states.get(it["key"], {}).get("status") == "pending"
-                ]
-                if pending:
-                    after = [i for i in pending if i > self.cursor]
-                    self.cursor = after[0] if after else pending[0]
-                where_text = "this page" if self._review is not None else "this batch"
-                turn = "N next page" if self._review is not None else "N next batch"
-                self.message = (
-                    f"Accepted {len(ids)} suggestion{'s' if len(ids) != 1 else ''} on "
-                    f"{where_text} (Backspace undoes them) · {turn}."
-                )
-            if self._review is None and self.prefetch:
+                waiting = pending(self.items, self.states)
+                if waiting:
+                    self.cursor = next_pending(waiting, self.cursor)
+                paging = self._reviews.current is not None
+                self.message = accepted_message(len(ids), paging=paging)
+            if self._reviews.current is None and self.prefetch:
                 self._start_prefetch()
             return ids
 
         return self._guard(action)
 
-    def _open(self, where: str) -> _Review:
-        if self._review is None:
-            raise ValueError(f"{where}: no review is open; call review(ids) first.")
-        return self._review
+    def _done(self) -> set[Any]:
+        """The labeled and the skipped samples."""
+        return set(self.session.labels) | self.session.store.marked("skip")
 
-    def _probs(self, ids: list[Any]) -> np.ndarray | None:
-        """The newest model's probabilities for ``ids`` (None before the first model)."""
-        if self.session.model is None:
-            return None
-        return np.asarray(self.session.predict_proba(ids), dtype=np.float64)
-
-    def _arranged(self, ids: list[Any], labels: list[Any] | None = None) -> list[Any]:
-        """``ids`` grouped by class, least sure first: the class is the label where one is
-        given, else the model's suggestion; "sure" is the model's probability of that class
-        (multi-label: of that set of classes). Without a model: by label, else as given."""
-        probs = self._probs(ids)
-        classes = self.session.classes
-        index = {c: k for k, c in enumerate(classes)}
-        n, width = len(ids), len(classes)
-        given: list[Any] = labels if labels is not None else [None] * n
-        known = np.array([lab is not None for lab in given], dtype=bool)
-        if self.multi_label:
-            hot = np.zeros((n, width), dtype=bool)
-            for row in np.flatnonzero(known):
-                hot[row, [index[c] for c in given[row]]] = True
-            sure = None
-            if probs is not None:
-                p = np.zeros((n, width))
-                p[:, : probs.shape[1]] = probs[:, :width]
-                hot[~known] = p[~known] >= 0.5
-                sure = np.where(hot, p, 1.0 - p).min(axis=1)
-            groups = np.unique(hot, axis=0, return_inverse=True)[1].reshape(-1)
-            if probs is None:
-                groups[~known] = groups.max() + 1  # neither label nor suggestion: last
-        else:
-            groups = np.full(n, width)  # neither label nor suggestion: last
-            for row in np.flatnonzero(known):
-                groups[row] = index[given[row]]
-            sure = None
-            if probs is not None:
-                groups[~known] = probs[~known].argmax(axis=1)
-                inside = groups < probs.shape[1]  # a class added after the model: prob 0
-                sure = np.zeros(n)
-                sure[inside] = probs[np.flatnonzero(inside), groups[inside]]
-        return [ids[i] for i in _review_order(sure, groups)]
-
-    def _disagreements(self, ids: list[Any], labels: list[Any]) -> list[Any]:
-        """The ids whose label the newest model predicts otherwise, its surest first."""
-        probs = self._probs(ids)
-        assert probs is not None  # checked by the caller
-        classes = self.session.classes
-        if self.multi_label:
-            index = {c: k for k, c in enumerate(classes)}
-            hot = np.zeros((len(ids), probs.shape[1]), dtype=bool)
-            for row, lab in enumerate(labels):
-                hot[row, [index[c] for c in lab if index[c] < probs.shape[1]]] = True
-            predicted = probs >= 0.5
-            differs = (predicted != hot).any(axis=1)
-            sure = np.where(predicted, probs, 1.0 - probs).min(axis=1)
-        else:
-            names = np.asarray(classes[: probs.shape[1]], dtype=object)
-            predicted_names = names[probs.argmax(axis=1)]
-            differs = predicted_names != np.asarray(labels, dtype=object)
-            sure = probs.max(axis=1)
-        rows = np.flatnonzero(differs)
-        rows = rows[np.argsort(-sure[rows], kind="stable")]
-        return [ids[i] for i in rows]
-
-    def _open_review(self, ids: list[Any], title: str, how: str, *, relabel: bool) -> None:
-        if self._review is None:  # a review opened from a review goes back to the same batch
-            self._batch = self.batch_ids
-        self._reviews_opened += 1
-        self._review = _Review(
-            ids, title, how, self.batch_size, relabel=relabel, token=self._reviews_opened
-        )
+    def _open_review(self, chosen: Selection, *, relabel: bool) -> None:
+        self._reviews.start(chosen, self.batch_size, relabel=relabel, on_screen=self.batch_ids)
         self._show_page()
 
     def _show_page(self) -> None:
-        review = self._review
+        review = self._reviews.current
         assert review is not None
         with self.hold_sync():
             self._show(review.page_ids())
             if review.relabel:
                 self.cursor = 0  # every tile is up for review, not only the pending ones
-            self.review_info = {
-                "title": review.title,
-                "page": review.page + 1,
-                "pages": review.pages,
-                "n": len(review.ids),
-                "how": review.how,
-                "relabel": review.relabel,
-                "token": review.token,
-            }
+            self.review_info = review.info()
             self.message = self._review_message()
 
     def _review_message(self, lead: str = "") -> str:
-        """What the review shows, and its keys (the footer)."""
-        r = self._review
-        assert r is not None
-        n = len(r.ids)
-        what = f"Review: {n} sample{'s' if n != 1 else ''}" + (f" {r.title}" if r.title else "")
-        if r.relabel:
-            keys = "a class key relabels, N/P pages, B back to the batch"
-        else:
-            accept = ", Shift+Enter accepts the page" if self.session.model is not None else ""
-            keys = f"N/P pages{accept}, B back to the batch"
-        return " · ".join(x for x in (lead, what, f"page {r.page + 1}/{r.pages}", r.how, keys) if x)
-
-    def _page_done_message(self) -> str:
-        r = self._review
-        assert r is not None
-        done = set(self.session.labels) | self.session.store.marked("skip")
-        if all(i in done for i in r.ids):
-            return f"All {len(r.ids)} samples of this review are done: B back to the batch."
-        if r.page + 1 < r.pages:
-            return f"Page {r.page + 1}/{r.pages} done: N for the next page."
-        return f"Page {r.page + 1}/{r.pages} done: P goes back, N or B back to the batch."
+        review = self._reviews.current
+        assert review is not None
+        return review.message(lead, model=self.session.model is not None)
 
     def zoom(self, *, sample_id: Any = None, size: int = 320) -> None:
         """Show a larger view of an image sample (rendered from the original on demand)."""
 
         def action() -> None:
             sid = self._resolve(sample_id, "LabelingWidget.zoom")
-            payload = (
-                _payload(self.session.dataset, sid)
-                if self.session.dataset.kind != "image"
-                else {
-                    "type": "image",
-                    "src": "data:image/png;base64,"
-                    + base64.b64encode(self.session.dataset.render(sid, size=size)).decode("ascii"),
-                }
-            )
-            self.zoomed = {"key": self._key(sid), "sample": payload}
+            sample = zoom_payload(self.session.dataset, sid, size)
+            self.zoomed = {"key": tile_key(sid), "sample": sample}
 
         self._guard(action)
 
@@ -1023,76 +658,6 @@ class LabelingWidget(anywidget.AnyWidget):
         super().close()
 
     # ------------------------------------------------------------------ frontend messages
-    _ACTIONS = (
-        "label",
-        "accept",
-        "skip",
-        "flag",
-        "undo",
-        "next",
-        "move",
-        "select",
-        "view",
-        "zoom",
-        "add_class",
-        "accept_page",
-        "page",
-        "end_review",
-    )
-
     def _on_frontend_msg(self, _widget: Any, content: Any, _buffers: Any) -> None:
         """Dispatch a message from the browser to the public method of the same action."""
-        if not isinstance(content, dict) or content.get("action") not in self._ACTIONS:
-            return
-        action = content["action"]
-        key = content.get("key")
-        sid = self._keys.get(key) if key is not None else None
-        try:
-            if action == "label":
-                self.label(content.get("label"), sample_id=sid)
-            elif action == "accept":
-                self.accept_suggestion(sample_id=sid)
-            elif action == "skip":
-                self.skip(sample_id=sid)
-            elif action == "flag":
-                self.flag(sample_id=sid)
-            elif action == "undo":
-                self.undo()
-            elif action == "next":  # N: the review's next page, else the next batch
-                if self._review is not None:
-                    self.next_page()
-                else:
-                    self.next_batch()
-            elif action == "move":
-                self.move(int(content.get("delta", 0)))
-            elif action == "select" and sid is not None:
-                self.select(sid)
-            elif action == "view":
-                self.toggle_view(content.get("view"))
-            elif action == "zoom":
-                self.zoom(sample_id=sid)
-            elif action == "add_class":
-                self.add_class(str(content.get("name", "")))
-            elif action == "accept_page":
-                keys = content.get("keys")
-                if isinstance(keys, list):  # the tiles the person saw; gone ones are left out
-                    seen = [self._keys[k] for k in keys if isinstance(k, str) and k in self._keys]
-                    self.accept_page(sample_ids=seen)
-                else:
-                    self.accept_page()
-            elif action == "page" and self._review is not None:
-                delta = int(content.get("delta", 0))
-                if delta > 0:
-                    self.next_page()
-                elif delta < 0:
-                    self.previous_page()
-            elif action == "end_review":
-                self.end_review()
-        except Exception:  # noqa: BLE001 (already shown in the widget and kept in errors)
-            if not self.error:
-                self.errors.append(traceback.format_exc())
-                self.error = traceback.format_exc().strip().splitlines()[-1]
-        finally:
-            seq = content.get("seq")
-            if isinstance(seq, int):
-                self.ack = seq
+        handle(self, content, self._keys)
