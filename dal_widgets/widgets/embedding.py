@@ -15,6 +15,17 @@ class takes that class's color, one with several classes a dark "several" color 
 with none of the classes a mid grey (unlabeled samples stay light grey). This holds for given
 labels, true labels and predictions (the classes predicted with probability >= 0.5). Coloring
 a set by its first class would hide exactly the samples where classes overlap.
+
+Every color mode has a legend (:attr:`EmbeddingPlot.legend` says what it shows): class colors
+are listed in a second plotly legend on the right, with the grey "unlabeled" (and the
+multi-label "several" / "none") colors where the mode has them; numbers (the strategy's score,
+the round of labeling) get a color bar whose title says what the number is. Class names are
+escaped before plotly draws them (plotly renders its text as a subset of HTML). The colors
+and their legend are computed and drawn in :mod:`dal_widgets.widgets._legend`.
+
+The figure follows the notebook's light or dark theme: transparent backgrounds, text in a
+neutral grey that reads on both (:data:`~dal_widgets.widgets._figures.NEUTRAL_TEXT`), replaced
+in JupyterLab by the theme's own text color through a small stylesheet.
 """
 
 from __future__ import annotations
@@ -26,10 +37,29 @@ from typing import Any
 import numpy as np
 
 from dal_widgets._checks import check_choice, check_int, param_error
-from dal_widgets.widgets._figures import PALETTE as _PALETTE
+from dal_widgets.widgets._figures import (
+    fit_to_container,
+    plotly_text,
+    plotly_theme_css,
+    theme_layout,
+)
+from dal_widgets.widgets._legend import (
+    Coloring,
+    Legend,
+    categorical_marker,
+    colorbar,
+    compute_coloring,
+    draw_legend,
+    legend_layout,
+    set_values,
+)
+from dal_widgets.widgets._resize import FitWidth
 from dal_widgets.widgets._view import View
 
-__all__ = ["COLOR_MODES", "EmbeddingPlot"]
+__all__ = ["COLOR_MODES", "EmbeddingPlot", "Legend"]
+
+#: "Label these" opens at most this many samples of a selection (in pages of a batch).
+_MAX_REVIEW = 2000
 
 #: What the points are colored by.
 COLOR_MODES = {
@@ -40,42 +70,7 @@ COLOR_MODES = {
     "round": "round in which it was labeled",
 }
 
-_GREY = "#d0d0d0"
-_SEVERAL = "#2b2b2b"  # multi-label: a sample with several classes
-_NO_CLASS = "#8c8c8c"  # multi-label: labeled with none of the classes
-
-
-def _categorical_scale(n_classes: int, multi_label: bool = False) -> list[list[Any]]:
-    """A stepped colorscale: value -1 is grey (unlabeled), 0..C-1 the class colors and, for
-    multi-label data, C "several classes" and C + 1 "none of the classes"."""
-    colors = [_GREY] + [_PALETTE[i % len(_PALETTE)] for i in range(n_classes)]
-    if multi_label:
-        colors += [_SEVERAL, _NO_CLASS]
-    steps = len(colors)
-    scale: list[list[Any]] = []
-    for i, c in enumerate(colors):
-        scale += [[i / steps, c], [(i + 1) / steps, c]]
-    return scale
-
-
-def _categorical_marker(n_classes: int, multi_label: bool) -> dict[str, Any]:
-    return {
-        "colorscale": _categorical_scale(n_classes, multi_label),
-        "cmin": -1,
-        "cmax": n_classes - 1 + (2 if multi_label else 0),
-        "showscale": False,
-    }
-
-
-def _set_values(hot: np.ndarray) -> np.ndarray:
-    """Color values of (N, C) class sets: the class when there is one, C for several, C + 1
-    for none."""
-    hot = np.asarray(hot, dtype=bool)
-    n_classes = hot.shape[1]
-    count = hot.sum(1)
-    return np.where(
-        count == 1, hot.argmax(1), np.where(count > 1, n_classes, n_classes + 1)
-    ).astype(np.float32)
+_N_TRACES = 5  # pool, candidates, picks, labeler's sample, labeled; legend entries follow
 
 
 def _label_text(label: Any) -> str:
@@ -135,7 +130,7 @@ class EmbeddingPlot(View):
         self._replay: int | None = None  # None = live, else the round shown
         ds = session.dataset
         coords = self.projector.current().coords
-        start = _categorical_marker(len(session.classes), session.multi_label)
+        start = categorical_marker(len(session.classes), session.multi_label)
 
         self.figure = go.FigureWidget(
             data=[
@@ -165,7 +160,7 @@ class EmbeddingPlot(View):
                     marker={
                         "size": 8,
                         "symbol": "diamond-open",
-                        "color": "#555",
+                        "color": "#8a8a8a",  # a grey seen on white and on dark themes
                         "line": {"width": 1},
                     },
                 ),
@@ -191,7 +186,8 @@ class EmbeddingPlot(View):
                     marker={
                         "size": 18,
                         "symbol": "square-open",
-                        "color": "#111",
+                        # Magenta: seen on white and on dark themes (black vanished on dark).
+                        "color": "#d500f9",
                         "line": {"width": 2},
                     },
                 ),
@@ -214,12 +210,19 @@ class EmbeddingPlot(View):
                 dragmode="select",
                 hovermode=False,
                 uirevision="keep",
-                xaxis={"visible": False},
-                yaxis={"visible": False, "scaleanchor": "x"},
-                legend={"orientation": "h", "y": 1.0, "x": 0, "bgcolor": "rgba(255,255,255,0.6)"},
             ),
         )
+        self.figure.update_layout(theme_layout())
+        self.figure.update_layout(
+            xaxis={"visible": False},
+            yaxis={"visible": False, "scaleanchor": "x"},
+            # The overlays (candidates, picks, the labeler's sample), over the map's top edge:
+            # a faint grey veil keeps the text readable over points on light and dark themes.
+            legend={"orientation": "h", "y": 1.0, "x": 0, "bgcolor": "rgba(128,128,128,0.12)"},
+            legend2=legend_layout(),  # the colors (see ``legend``), right of the map
+        )
         self.figure.add_class("dal-map")
+        fit_to_container(self.figure)  # with FitWidth (below): the map takes its column's width
         self.color_by = W.Dropdown(
             options=[(v, k) for k, v in COLOR_MODES.items()],
             value=color_by,
@@ -249,14 +252,27 @@ class EmbeddingPlot(View):
         self.detail = W.Output(layout=W.Layout(width="220px", min_height="120px"))
         self.detail.add_class("dal-map-detail")
         self.detail_box = W.VBox([W.HTML("<b>Sample</b>"), self.detail])
+        # The map's text in JupyterLab's theme colors (a <style> element applies while hidden).
+        # The map fills its row; below 300 + 220 px the sample panel wraps under it (a fixed
+        # basis: "auto" would be the figure's drawn width, so it would never unwrap).
+        theme = W.HTML(
+            plotly_theme_css(".dal-map")
+            + "<style>.dal-embedding .dal-map { flex: 1 1 300px; min-width: 0; }</style>",
+            layout=W.Layout(display="none"),
+        )
         self.widget = W.VBox(
             [
                 W.HBox(
                     [self.mode, self.color_by, self.label_button, self.clear_button],
                     layout=W.Layout(flex_flow="row wrap", align_items="center"),
                 ),
-                W.HBox([self.figure, self.detail_box], layout=W.Layout(width="100%")),
+                W.HBox(
+                    [self.figure, self.detail_box],
+                    layout=W.Layout(width="100%", flex_flow="row wrap"),
+                ),
                 W.HBox([self.rounds, self.live, self.status]),
+                theme,
+                FitWidth(),  # the figure takes its column's width, and follows it
             ]
         )
         self.widget.add_class("dal-embedding")
@@ -271,6 +287,7 @@ class EmbeddingPlot(View):
         self.shown: Any = None
         self.panel: tuple[Any, Any] | None = None
         self._predicted: list[str] | None = None  # "class (p%)" per pool position
+        self._legend: Legend | None = None  # the legend drawn last
         pool = self.figure.data[0]
         pool.on_selection(
             lambda _t, points, _s: self._safe(lambda: self.select_positions(points.point_inds))
@@ -297,7 +314,8 @@ class EmbeddingPlot(View):
     def _label_positions(self, upto_round: int | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Positions, color values and rounds of the labeled samples (as of a round).
 
-        The color value is the class index; for multi-label data see :func:`_set_values`.
+        The color value is the class index; for multi-label data see
+        :func:`~dal_widgets.widgets._legend.set_values`.
         """
         records = self.session.store.records()
         if upto_round is not None:
@@ -318,7 +336,7 @@ class EmbeddingPlot(View):
         hot = np.zeros((len(sets), len(index)), dtype=bool)
         known = cols >= 0
         hot[rows[known], cols[known]] = True
-        return pos, _set_values(hot), rnd
+        return pos, set_values(hot), rnd
 
     def _picks(self, rnd: int | None) -> np.ndarray:
         log = self.session.store.queries()
@@ -329,51 +347,32 @@ class EmbeddingPlot(View):
         return self.session.dataset.positions(log[-1]["ids"])
 
     def colors(self, labeled: Any = None) -> tuple[np.ndarray, dict[str, Any]]:
-        """The per-point color values and the marker settings for the current mode
-        (``labeled``: the labeled positions, classes and rounds when already read)."""
-        ds = self.session.dataset
-        multi = self.session.multi_label
-        mode = self.color_by.value
-        values = np.full(len(ds), -1.0, dtype=np.float32)
-        categorical = _categorical_marker(len(self.session.classes), multi)
-        if mode in ("labels", "round"):
-            pos, cls, rnd = labeled if labeled is not None else self._label_positions(self._replay)
-            if mode == "labels":
-                values[pos] = cls
-                return values, categorical
-            values[:] = np.nan
-            values[pos] = rnd
-            return values, {
-                "colorscale": "Viridis",
-                "cmin": 0,
-                "cmax": max(int(rnd.max(initial=0)), 1),
-                "showscale": True,
-            }
-        if mode == "truth":
-            if ds.targets is None:
-                raise ValueError(
-                    "This dataset has no known labels to color by; choose another mode."
-                )
-            if multi:
-                return _set_values(ds.targets), categorical
-            return ds.targets.astype(np.float32), categorical
-        if self.session.model is None:
-            return values, categorical  # no model yet: everything grey
-        if mode == "prediction":
-            probs = self.session.predict_proba()  # per-class sigmoids when multi-label
-            if multi:
-                return _set_values(probs >= 0.5), categorical
-            return probs.argmax(1).astype(np.float32), categorical
-        last = self.session.last_query
-        scores = None if last is None else last.scores
-        if scores is None:
-            return values, categorical
-        return np.asarray(scores, dtype=np.float32), {
-            "colorscale": "Viridis",
-            "cmin": float(np.min(scores)),
-            "cmax": float(np.max(scores)),
-            "showscale": True,
-        }
+        """The per-point color values and the pool's marker settings for the current mode
+        (``labeled``: the labeled positions, classes and rounds when already read).
+
+        In the categorical modes a value is a class index (for multi-label data see the module
+        notes) and -1 grey; in "round" -1 is an unlabeled sample (grey) and a labeled one has
+        its round; in "score" a value is the strategy's score. :attr:`legend` says which.
+        """
+        coloring = self._coloring(labeled)
+        return coloring.values, coloring.marker
+
+    @property
+    def legend(self) -> Legend:
+        """What the map's colors mean, as drawn last (the legend beside the map, and the color
+        bar for numbers): see :class:`Legend`."""
+        if self._legend is None:  # only before the first draw
+            return self._coloring(None).legend
+        return self._legend
+
+    def _coloring(self, labeled: Any) -> Coloring:
+        """The current color mode evaluated (``labeled``: :meth:`_label_positions` of the
+        round shown, when already read)."""
+
+        def read() -> Any:
+            return self._label_positions(self._replay) if labeled is None else labeled
+
+        return compute_coloring(self.session, self.color_by.value, read)
 
     # ------------------------------------------------------------------ updates
     def redraw(self) -> None:
@@ -383,18 +382,22 @@ class EmbeddingPlot(View):
             if self._replay is None:
                 self.rounds.value = self.rounds.max
             labeled_now = self._label_positions(self._replay)  # the store is read once
-            values, marker = self.colors(labeled_now)
+            coloring = self._coloring(labeled_now)
+            values, marker, overlay = coloring.values, coloring.marker, coloring.overlay
+            bar = colorbar(coloring.legend)
             coords = self.projector.current().coords
             picks = self._picks(self._replay)
             cand = self._candidate_positions() if self._replay is None else np.zeros(0, np.int64)
             labels = self.session.labels
-            pool, cands, picked, current, labeled = self.figure.data
+            pool, cands, picked, current, labeled = self.figure.data[:_N_TRACES]
             with self.figure.batch_update():
                 pool.marker.color = values
                 pool.marker.colorscale = marker["colorscale"]
                 pool.marker.cmin = marker["cmin"]
                 pool.marker.cmax = marker["cmax"]
                 pool.marker.showscale = marker.get("showscale", False)
+                if marker.get("showscale") and bar is not None:
+                    pool.marker.colorbar = bar
                 if self.mode.value == "Inspect":
                     pool.text = self._hover_text(labels)
             at = self._current_positions()
@@ -404,9 +407,20 @@ class EmbeddingPlot(View):
             with self._lock, self.figure.batch_update():
                 labeled.x, labeled.y = coords[shown, 0], coords[shown, 1]
                 labeled.marker.color = values[shown]
-                labeled.marker.colorscale = marker["colorscale"]
-                labeled.marker.cmin, labeled.marker.cmax = marker["cmin"], marker["cmax"]
+                labeled.marker.colorscale = overlay["colorscale"]
+                labeled.marker.cmin, labeled.marker.cmax = overlay["cmin"], overlay["cmax"]
+                labeled.marker.showscale = overlay.get("showscale", False)
+                if overlay.get("showscale") and bar is not None:
+                    labeled.marker.colorbar = bar
+            self._draw_legend(coloring.legend)
             self._update_status(len(labels))
+
+    def _draw_legend(self, legend: Legend) -> None:
+        """Draw ``legend`` beside the map; nothing is sent when it did not change (most
+        redraws)."""
+        if legend != self._legend:
+            draw_legend(self.figure, legend, _N_TRACES)
+            self._legend = legend
 
     def _set_xy(self, trace: Any, xy: np.ndarray) -> None:
         """Move one trace's points.
@@ -449,7 +463,7 @@ class EmbeddingPlot(View):
                 ]
         self._predicted = pred
         return [
-            html.escape(
+            plotly_text(
                 f"id {sid} · label {_label_text(labels[sid]) if sid in labels else '-'}"
                 + ("" if pred is None else f" · predicted {pred[i]}")
             )
@@ -461,12 +475,7 @@ class EmbeddingPlot(View):
         what = f"{proj.method.upper()} of {'model v' + str(proj.model_version) + ' embeddings' if proj.source == 'embeddings' else 'raw features'}"
         busy = " · computing a newer map…" if self.projector.status.startswith("computing") else ""
         shown = "live" if self._replay is None else f"replaying round {self._replay}"
-        legend = (
-            " · dark: several classes, grey: none"
-            if self.session.multi_label and self.color_by.value in ("labels", "truth", "prediction")
-            else ""
-        )
-        self.status.value = html.escape(f"{what}{busy} · {n_labels} labeled · {shown}{legend}")
+        self.status.value = html.escape(f"{what}{busy} · {n_labels} labeled · {shown}")
 
     def _on_map(self, proj: Any) -> Any:
         def draw() -> None:
@@ -502,6 +511,14 @@ class EmbeddingPlot(View):
         """Select pool positions (what a box or lasso selection does); returns their ids."""
         pos = np.asarray(list(positions), dtype=np.int64)
         ds = self.session.dataset
+        if pos.size and (pos.min() < 0 or pos.max() >= len(ds)):
+            bad = int(pos[(pos < 0) | (pos >= len(ds))][0])
+            raise param_error(
+                "positions",
+                "EmbeddingPlot.select_positions",
+                f"pool positions in [0, {len(ds)})",
+                bad,
+            )
         self.selected_ids = [ds.python_id(i) for i in ds.ids[pos]] if pos.size else []
         n = len(self.selected_ids)
         self.label_button.description = f"Label these ({n})"
@@ -520,17 +537,17 @@ class EmbeddingPlot(View):
         self.select_positions([])
 
     def label_selection(self) -> list[Any]:
-        """Send the unlabeled part of the selection to the labeler ("Label these")."""
+        """Open the unlabeled part of the selection in the labeler as a paged review, grouped
+        by the model's suggestion ("Label these"); returns the ids in review order."""
         if self.labeler is None:
             raise ValueError(
                 "This map is not linked to a labeler (pass labeler= to EmbeddingPlot)."
             )
         labeled = self.session.labels
-        ids = [i for i in self.selected_ids if i not in labeled][:200]
+        ids = [i for i in self.selected_ids if i not in labeled][:_MAX_REVIEW]
         if not ids:
             raise ValueError("The selection holds no unlabeled samples.")
-        self.labeler.show(ids)
-        return ids
+        return list(self.labeler.review(ids, title="from the map"))
 
     def highlight(self, ids: Any) -> None:
         """Mark samples as this round's picks (e.g. the labeler's batch)."""
