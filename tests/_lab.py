@@ -1,8 +1,13 @@
-"""Machinery for end-to-end tests: a private JupyterLab server driven by headless Chromium.
+"""Machinery for end-to-end tests: a private Jupyter server driven by headless Chromium.
+
+The server serves JupyterLab (``jupyter lab``) or Notebook 7 (``jupyter notebook``); the
+differences between the two front ends (page URL, where the kernel state shows) live in
+:data:`_FRONT_ENDS`, with what was learned about Notebook 7 in a real browser.
 
 Everything here is started lazily by the fixtures in ``conftest.py``; importing this module
-starts nothing and does not import Playwright.  One server and one browser serve a whole test
-session; each test opens its notebooks in fresh tabs and its kernels are shut down afterwards.
+starts nothing and does not import Playwright.  One server per front end and one browser serve
+a whole test session; each test opens its notebooks in fresh tabs and its kernels are shut down
+afterwards.
 
 The facts behind the choices (flags, selectors, what "ready" and "done" look like) are recorded
 in ``shared/BROWSER_TESTING.md``.
@@ -26,7 +31,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -44,7 +49,9 @@ __all__ = [
     "Markdown",
     "browser_problem",
     "chromium_path",
+    "element_boxes",
     "launch_browser",
+    "layout_problems",
     "save_screenshot",
     "wait_until",
     "write_notebook",
@@ -74,6 +81,78 @@ CHROMIUM_ARGS = [
 LAB_SETTINGS_OVERRIDES = {
     "@jupyterlab/notebook-extension:tracker": {"windowingMode": "none"},
     "@jupyterlab/apputils-extension:notification": {"fetchNews": "false", "checkForUpdates": False},
+}
+
+
+@dataclass(frozen=True)
+class _FrontEnd:
+    """What differs between JupyterLab and Notebook 7 for these tests (the rest is shared)."""
+
+    module: str  # ``python -m <module>`` starts the server
+    notebook_page: str  # page URL of a notebook, relative to the base URL
+    query: dict[str, str]  # extra query for that page
+    # JS predicate, given the kernelspec display name: the page shows a kernel of that
+    # name, idle.  Not enough on its own (see LabSession._wait_kernel_idle).
+    kernel_idle_js: str
+    kernel_text_js: str  # JS: the text that shows the kernel's state, for error messages
+
+
+_FRONT_ENDS = {
+    # JupyterLab: the status bar names the kernel and says "Idle" (BROWSER_TESTING.md).
+    # ``reset`` ignores a saved layout.
+    "lab": _FrontEnd(
+        module="jupyterlab",
+        notebook_page="lab/tree/{path}",
+        query={"reset": ""},
+        kernel_idle_js="""([name]) => {
+          const bar = document.querySelector('#jp-main-statusbar');
+          return !!bar && bar.textContent.includes(name) && bar.textContent.includes('Idle');
+        }""",
+        kernel_text_js="() => (document.querySelector('#jp-main-statusbar') || {}).textContent",
+    ),
+    # Notebook 7 (7.6.5 on JupyterLab 4.6 components), checked in headless Chromium 156:
+    # - A notebook opens at /notebooks/<path>, one page per document.  The JupyterLab
+    #   classes hold: .jp-NotebookPanel, .jp-Notebook, .jp-Cell / .jp-CodeCell /
+    #   .jp-MarkdownCell, .jp-InputPrompt, .jp-OutputArea, the menu bar (.lm-MenuBar-item
+    #   "Run") with .lm-Menu-item[data-command='runmenu:run-all'] ("Run All Cells"), and the
+    #   notebook toolbar's jp-button[data-command='docmanager:save'].
+    # - There is no status bar (#jp-main-statusbar is absent).  The kernel shows in the
+    #   notebook toolbar: .jp-KernelName holds the kernelspec's display name (taken from the
+    #   notebook's metadata, so already before a kernel exists) and
+    #   .jp-Notebook-ExecutionIndicator[data-status] goes initializing, connecting, unknown,
+    #   idle.  It read "idle" while GET /api/sessions was still empty, hence the server check
+    #   in LabSession._wait_kernel_idle.  .jp-NotebookKernelStatus (top bar) says "Kernel
+    #   Connecting" and so on, and is blank once the kernel is idle or busy.
+    # - The settings overrides apply (passed as --JupyterNotebookApp.app_settings_dir; the
+    #   schema served at /lab/api/settings then defaults windowingMode to "none"): every cell
+    #   is in the DOM, 44 of 44 in a notebook taller than the page.
+    # - The notebook is at most about 1200 px wide and centred (the View menu's
+    #   "notebook:toggle-full-width" lifts that), so the App is 1108 px wide at both 1280 and
+    #   1920 px: labeler and map side by side, about 530 px each.
+    # - Command-mode keys are JupyterLab's: "2" on a markdown cell makes it "## ...", digits
+    #   on a code cell do nothing, "m" turns a code cell into markdown.  Clicking or focusing
+    #   an element inside an output makes that output's code cell the active cell, so while
+    #   a widget has focus a leaked "m" (not a digit) is what would change a cell's type.
+    # - Every page load logs "[pageerror] Cannot read properties of undefined (reading
+    #   'schema')" from Notebook 7's own notebook_core bundle (with or without our
+    #   overrides; JupyterLab does not); nothing visible breaks.
+    "notebook": _FrontEnd(
+        module="notebook",
+        notebook_page="notebooks/{path}",
+        query={},
+        kernel_idle_js="""([name]) => {
+          const kernel = document.querySelector('.jp-NotebookPanel-toolbar .jp-KernelName');
+          const state = document.querySelector('.jp-Notebook-ExecutionIndicator');
+          return !!kernel && kernel.textContent.includes(name)
+            && !!state && state.dataset.status === 'idle';
+        }""",
+        kernel_text_js="""() => {
+          const kernel = document.querySelector('.jp-KernelName');
+          const state = document.querySelector('.jp-Notebook-ExecutionIndicator');
+          return `${kernel ? kernel.textContent : '(no kernel name)'} | `
+            + `${state ? state.dataset.status : '(no execution indicator)'}`;
+        }""",
+    ),
 }
 
 _PR_SET_PDEATHSIG = 1
@@ -177,10 +256,14 @@ def _write_kernelspec(data_dir: Path) -> None:
 
 @dataclass
 class JupyterLab:
-    """A running JupyterLab server private to the test session.
+    """A running Jupyter server private to the test session (JupyterLab or Notebook 7).
 
     Attributes
     ----------
+    app : {"lab", "notebook"}
+        The front end it serves: JupyterLab (``/lab``) or Notebook 7 (``/tree``,
+        ``/notebooks/<path>``).  Both load the other extensions, so the REST API, kernels
+        and widget managers are the same.
     base_url : str
         ``http://127.0.0.1:<port>/`` (with the trailing slash).
     token : str
@@ -194,6 +277,7 @@ class JupyterLab:
         The server's combined stdout and stderr.
     """
 
+    app: str
     base_url: str
     token: str = field(repr=False)
     root_dir: Path
@@ -202,8 +286,17 @@ class JupyterLab:
     process: subprocess.Popen[bytes] = field(repr=False)
 
     @classmethod
-    def start(cls, workdir: Path, *, timeout: float = 60.0) -> JupyterLab:
-        """Start a server whose every directory lives under ``workdir``; wait until it answers."""
+    def start(cls, workdir: Path, *, app: str = "lab", timeout: float = 60.0) -> JupyterLab:
+        """Start a server whose every directory lives under ``workdir``; wait until it answers.
+
+        ``app`` is ``"lab"`` (``jupyter lab``) or ``"notebook"`` (``jupyter notebook``,
+        Notebook 7); the token, kernelspec and settings isolation are the same for both.
+        """
+        if app not in _FRONT_ENDS:
+            raise ValueError(
+                f"The 'app' parameter of JupyterLab.start must be one of "
+                f"{sorted(_FRONT_ENDS)}. Got {app!r} instead."
+            )
         workdir = Path(workdir)
         dirs = {
             name: workdir / name
@@ -237,7 +330,7 @@ class JupyterLab:
         cmd = [
             sys.executable,
             "-m",
-            "jupyterlab",
+            _FRONT_ENDS[app].module,
             "--no-browser",
             "--allow-root",
             "--ServerApp.ip=127.0.0.1",
@@ -249,7 +342,12 @@ class JupyterLab:
             "--LabApp.news_url=null",
             "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
         ]
-        log_path = workdir / "jupyterlab.log"
+        if app == "notebook":
+            # Notebook 7's own app reads its overrides from its own app_settings_dir (the
+            # LabApp flags above still apply: jupyterlab's server extension loads beside it
+            # and serves the news and update checks).
+            cmd.append(f"--JupyterNotebookApp.app_settings_dir={dirs['app_settings']}")
+        log_path = workdir / f"{_FRONT_ENDS[app].module}.log"
         with open(log_path, "wb") as log:
             process = subprocess.Popen(
                 cmd,
@@ -262,6 +360,7 @@ class JupyterLab:
                 preexec_fn=_die_with_parent,
             )
         lab = cls(
+            app=app,
             base_url=f"http://127.0.0.1:{port}/",
             token=token,
             root_dir=dirs["root"],
@@ -280,7 +379,7 @@ class JupyterLab:
         def ready() -> bool:
             if self.process.poll() is not None:
                 raise RuntimeError(
-                    f"JupyterLab exited with code {self.process.returncode} before it was "
+                    f"{self.module} exited with code {self.process.returncode} before it was "
                     f"ready. End of its log ({self.log_path}):\n{self.log_tail()}"
                 )
             try:
@@ -293,11 +392,21 @@ class JupyterLab:
             ready,
             timeout=timeout,
             interval=0.1,
-            what=f"JupyterLab to answer on {self.base_url}api/status",
+            what=f"{self.module} to answer on {self.base_url}api/status",
             details=lambda: f"End of its log ({self.log_path}):\n{self.log_tail()}",
         )
 
+    @property
+    def module(self) -> str:
+        """What ``python -m`` ran: ``jupyterlab`` or ``notebook``."""
+        return _FRONT_ENDS[self.app].module
+
     # ---- HTTP ----------------------------------------------------------------------------
+
+    def notebook_url(self, path: str) -> str:
+        """URL of the page that shows the notebook at ``path`` (relative to the root)."""
+        front = _FRONT_ENDS[self.app]
+        return self.url(front.notebook_page.format(path=urllib.parse.quote(path)), **front.query)
 
     def url(self, path: str, **query: str) -> str:
         """Absolute URL of ``path`` (relative to the base URL) with the token in the query.
@@ -434,7 +543,7 @@ class JupyterLab:
             with contextlib.suppress(AssertionError):
                 wait_until(group_gone, timeout=5, what="the server's process group to exit")
         if not group_gone():
-            raise RuntimeError(f"JupyterLab's process group {proc.pid} survived SIGKILL")
+            raise RuntimeError(f"{self.module}'s process group {proc.pid} survived SIGKILL")
 
 
 # --------------------------------------------------------------------------------------------
@@ -475,6 +584,71 @@ def save_screenshot(page: Page, name: str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(path))
     return path
+
+
+# --------------------------------------------------------------------------------------------
+# Layout
+# --------------------------------------------------------------------------------------------
+
+#: A Playwright bounding box: ``{"x", "y", "width", "height"}`` in CSS pixels of the page.
+Box = dict[str, float]
+
+
+def element_boxes(page: Page, selectors: Mapping[str, str]) -> dict[str, Box]:
+    """The bounding box of the first element each selector matches, by the same names.
+
+    Selectors are Playwright's (``".dal-chart >> nth=1"`` picks the second match).  Raises
+    AssertionError naming the part when an element is missing or not rendered.
+    """
+    boxes = {}
+    for name, selector in selectors.items():
+        box = page.locator(selector).first.bounding_box()
+        if box is None:
+            raise AssertionError(f"{name} ({selector!r}) is not rendered: no bounding box")
+        boxes[name] = box
+    return boxes
+
+
+def layout_problems(parts: Mapping[str, Box], container: Box, *, slack: float = 1.0) -> list[str]:
+    """What is wrong with laying ``parts`` out in ``container``: empty when nothing is.
+
+    A problem is a part with no area, a part that reaches outside the container, or two parts
+    that overlap; ``slack`` pixels are allowed for sub-pixel rounding.  Overlap is of the
+    boxes, so a part drawn over another (an absolutely placed plot, a row that failed to
+    wrap) is caught, while a part merely touching its neighbour is not.
+    """
+
+    def right(b: Box) -> float:
+        return b["x"] + b["width"]
+
+    def bottom(b: Box) -> float:
+        return b["y"] + b["height"]
+
+    def fmt(b: Box) -> str:
+        return f"x {b['x']:.0f}..{right(b):.0f}, y {b['y']:.0f}..{bottom(b):.0f}"
+
+    problems = []
+    names = list(parts)
+    for name in names:
+        b = parts[name]
+        if b["width"] < 1 or b["height"] < 1:
+            problems.append(f"{name} has no area ({fmt(b)})")
+        if (
+            b["x"] < container["x"] - slack
+            or b["y"] < container["y"] - slack
+            or right(b) > right(container) + slack
+            or bottom(b) > bottom(container) + slack
+        ):
+            problems.append(f"{name} ({fmt(b)}) reaches outside the container ({fmt(container)})")
+    for i, first in enumerate(names):
+        for second in names[i + 1 :]:
+            a, b = parts[first], parts[second]
+            if (
+                min(right(a), right(b)) - max(a["x"], b["x"]) > slack
+                and min(bottom(a), bottom(b)) - max(a["y"], b["y"]) > slack
+            ):
+                problems.append(f"{first} ({fmt(a)}) overlaps {second} ({fmt(b)})")
+    return problems
 
 
 # --------------------------------------------------------------------------------------------
@@ -526,6 +700,13 @@ _RUN_STATE_JS = """
   if (ran && !/\\[\\d+\\]/.test(prompt(last))) return 'stopped';
   return null;
 }
+"""
+
+_CELL_TYPES_JS = """
+() => [...document.querySelectorAll('.jp-Notebook .jp-Cell')].map(c =>
+  c.classList.contains('jp-CodeCell') ? 'code'
+  : c.classList.contains('jp-MarkdownCell') ? 'markdown'
+  : c.classList.contains('jp-RawCell') ? 'raw' : c.className)
 """
 
 _OUTPUTS_JS = """
@@ -600,28 +781,8 @@ class LabSession:
         page.on("console", lambda m: self.console.append(f"[{m.type}] {m.text}"))
         page.on("pageerror", lambda e: self.console.append(f"[pageerror] {e}"))
         ms = int(timeout * 1000)
-        page.goto(
-            self.server.url(f"lab/tree/{urllib.parse.quote(name)}", reset=""),
-            wait_until="domcontentloaded",
-        )
-
-        statusbar = page.locator("#jp-main-statusbar")
-        try:
-            page.wait_for_function(
-                """([name]) => {
-                  const bar = document.querySelector('#jp-main-statusbar');
-                  return !!bar && bar.textContent.includes(name) && bar.textContent.includes('Idle');
-                }""",
-                arg=[KERNEL_DISPLAY_NAME],
-                timeout=ms,
-                polling=100,
-            )
-        except PlaywrightError as exc:
-            raise AssertionError(
-                f"{name}: the status bar never showed {KERNEL_DISPLAY_NAME!r} and 'Idle' "
-                f"within {timeout:.0f} s (kernel did not start?). Status bar: "
-                f"{_text(statusbar)!r}\nServer log:\n{self.server.log_tail(30)}"
-            ) from exc
+        page.goto(self.server.notebook_url(name), wait_until="domcontentloaded")
+        self._wait_kernel_idle(page, name, timeout)
 
         page.locator(".lm-MenuBar-item", has_text=re.compile(r"^Run$")).click()
         page.locator(".lm-Menu-item[data-command='runmenu:run-all']").click()
@@ -633,8 +794,8 @@ class LabSession:
         except PlaywrightError as exc:
             raise AssertionError(
                 f"{name}: Run All did not finish within {timeout:.0f} s (no {DONE_SENTINEL} "
-                f"in the last cell, or a prompt still shows [*]).\nStatus bar: "
-                f"{_text(statusbar)!r}\nCells:\n{_safe_eval(page, _OUTPUTS_JS)}"
+                f"in the last cell, or a prompt still shows [*]).\nKernel: "
+                f"{self._kernel_text(page)!r}\nCells:\n{_safe_eval(page, _OUTPUTS_JS)}"
             ) from exc
         if state == "stopped":
             raise AssertionError(
@@ -642,6 +803,66 @@ class LabSession:
                 f"{_safe_eval(page, _OUTPUTS_JS)}"
             )
         return page
+
+    def _kernel_text(self, page: Page) -> str:
+        return _safe_eval(page, _FRONT_ENDS[self.server.app].kernel_text_js)
+
+    def _wait_kernel_idle(self, page: Page, name: str, timeout: float) -> None:
+        """Wait until the page shows the test kernel idle and the server has a kernel for it.
+
+        Both: Run All before the kernel exists opens a kernel dialog, and the page's own
+        indicators can say idle before that (Notebook 7's toolbar does).
+        """
+        from playwright.sync_api import Error as PlaywrightError
+
+        js = _FRONT_ENDS[self.server.app].kernel_idle_js
+
+        def idle() -> bool:
+            if not page.evaluate(js, [KERNEL_DISPLAY_NAME]):
+                return False
+            return any(
+                s.get("path") == name and (s.get("kernel") or {}).get("execution_state") == "idle"
+                for s in self.server.api("GET", "api/sessions")
+            )
+
+        try:
+            wait_until(
+                idle,
+                timeout=timeout,
+                interval=0.1,
+                what=f"{name} to show the kernel {KERNEL_DISPLAY_NAME!r} idle",
+                details=lambda: (
+                    f"Page shows: {self._kernel_text(page)!r}\n"
+                    f"Server log:\n{self.server.log_tail(30)}"
+                ),
+            )
+        except PlaywrightError as exc:  # the page went away while we looked
+            raise AssertionError(f"{name}: the page failed while opening: {exc}") from exc
+
+    def cell_types(self, page: Page) -> list[str]:
+        """The type of each cell the page shows, in order: ``code``, ``markdown`` or ``raw``."""
+        return page.evaluate(_CELL_TYPES_JS)
+
+    def save_notebook(self, page: Page, *, timeout: float = 30) -> Any:
+        """Save the notebook open in ``page`` with its toolbar's Save button; return it as read
+        back from disk (an ``nbformat`` node), once the file on disk has changed."""
+        import nbformat
+
+        if self.notebook is None:
+            raise RuntimeError("save_notebook() needs a notebook: call open_notebook() first")
+        path = self.root_dir / self.notebook
+        before = path.stat().st_mtime_ns
+        page.locator(".jp-NotebookPanel-toolbar jp-button[data-command='docmanager:save']").click()
+
+        def saved() -> Any:
+            if path.stat().st_mtime_ns == before:
+                return None
+            try:
+                return nbformat.read(str(path), as_version=4)
+            except (OSError, ValueError):  # caught mid-write (ValueError: truncated JSON)
+                return None
+
+        return wait_until(saved, timeout=timeout, interval=0.1, what=f"{path.name} to be saved")
 
     def execute(self, code: str, notebook: str | None = None, *, timeout: float = 30) -> str:
         """Run ``code`` in the kernel of ``notebook`` (default: the last one opened).
@@ -669,15 +890,6 @@ class LabSession:
                 pass
         self.pages.clear()
         self.server.shutdown_kernels()
-
-
-def _text(locator: Any) -> str:
-    from playwright.sync_api import Error as PlaywrightError
-
-    try:
-        return locator.text_content(timeout=1000) or ""
-    except PlaywrightError as exc:
-        return f"(unreadable: {exc})"
 
 
 def _safe_eval(page: Page, js: str) -> str:

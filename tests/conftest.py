@@ -8,8 +8,11 @@ End-to-end tests (marker ``e2e``) use the ``lab`` fixture::
         page.locator(".widget-slider").wait_for()
         assert lab.execute("print(s.value)") == "0\\n"
 
-Nothing starts unless such a test runs: one JupyterLab server and one Chromium then serve the
-whole session.  Without Playwright or Chromium the e2e tests are skipped, or fail when
+The ``nb7`` fixture is the same in Notebook 7 (``jupyter notebook``): its ``open_notebook``
+opens ``/notebooks/<path>``, and its kernels are the ones of a Notebook 7 server.
+
+Nothing starts unless such a test runs: one server per front end and one Chromium then serve
+the whole session.  Without Playwright or Chromium the e2e tests are skipped, or fail when
 ``DAL_REQUIRE_BROWSER=1`` (CI).
 """
 
@@ -22,7 +25,7 @@ from collections.abc import Iterator
 import _lab
 import pytest
 
-_BROWSER_FIXTURES = {"jupyter_lab", "browser_context", "lab"}
+_BROWSER_FIXTURES = {"jupyter_lab", "jupyter_notebook", "browser_context", "lab", "nb7"}
 _SESSION_KEY = pytest.StashKey[_lab.LabSession]()
 
 
@@ -38,7 +41,7 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
     uses_browser = bool(_BROWSER_FIXTURES & set(getattr(item, "fixturenames", ())))
     if uses_browser and not is_e2e:
         pytest.fail(
-            f"{item.nodeid} uses the JupyterLab/browser fixtures but is not marked "
+            f"{item.nodeid} uses the Jupyter server/browser fixtures but is not marked "
             "@pytest.mark.e2e; mark it so that `-m 'not e2e'` leaves it out.",
             pytrace=False,
         )
@@ -88,6 +91,14 @@ def jupyter_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[_lab.Jupyt
 
 
 @pytest.fixture(scope="session")
+def jupyter_notebook(tmp_path_factory: pytest.TempPathFactory) -> Iterator[_lab.JupyterLab]:
+    """A Notebook 7 server for the whole session (``_lab.JupyterLab`` with ``app="notebook"``)."""
+    server = _lab.JupyterLab.start(tmp_path_factory.mktemp("notebook7"), app="notebook")
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
 def browser_context(tmp_path_factory: pytest.TempPathFactory):
     """A headless Chromium (Playwright persistent context) for the whole session."""
     pw, context = _lab.launch_browser(tmp_path_factory.mktemp("chromium-profile"))
@@ -109,6 +120,22 @@ def lab(
     Its tabs are closed and every kernel is shut down after the test.
     """
     session = _lab.LabSession(jupyter_lab, browser_context, test_name=request.node.name)
+    request.node.stash[_SESSION_KEY] = session
+    yield session
+    session.close()
+
+
+@pytest.fixture
+def nb7(
+    request: pytest.FixtureRequest,
+    browser_context,
+    jupyter_notebook: _lab.JupyterLab,
+) -> Iterator[_lab.LabSession]:
+    """Like ``lab``, in Notebook 7: notebooks open at ``/notebooks/<path>``.
+
+    Its tabs are closed and every kernel of the Notebook 7 server is shut down after the test.
+    """
+    session = _lab.LabSession(jupyter_notebook, browser_context, test_name=request.node.name)
     request.node.stash[_SESSION_KEY] = session
     yield session
     session.close()

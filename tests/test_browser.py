@@ -3,15 +3,19 @@
 Each test would fail if the widget machinery it covers broke (rendering, kernel-to-browser
 sync, browser-to-kernel messages, keyboard focus, updates from a background thread, text
 escaping), so they double as smoke tests of the environment the project's widgets run in.
+
+The last tests run the App in Notebook 7 (the ``nb7`` fixture): label keys reach the store,
+no cell changes type, and the App's parts keep apart at 1280 and 1920 px.
 """
 
 from __future__ import annotations
 
+import json
 import re
 import time
 
 import pytest
-from _lab import KernelError, Markdown, wait_until
+from _lab import KernelError, Markdown, element_boxes, layout_problems, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -196,3 +200,111 @@ def test_failures_are_reported_with_the_error(lab):
     with pytest.raises(KernelError, match="NameError"):
         lab.execute("undefined_name")
     assert lab.execute("print(x + 1)\nx") == "2\n1\n"
+
+
+# --------------------------------------------------------------------------------------------
+# Notebook 7: the App works there too (issue 21)
+# --------------------------------------------------------------------------------------------
+
+#: The App's parts, which must neither overlap nor leave the App (as in test_app.py for
+#: JupyterLab).
+_APP_PARTS = {
+    "labeler": ".dal-app .dal-labeler",
+    "map": ".dal-app .js-plotly-plot.dal-map",
+    "loss chart": ".dal-app .dal-chart >> nth=0",
+    "accuracy chart": ".dal-app .dal-chart >> nth=1",
+}
+
+
+def _app_notebook(store):
+    """A notebook with the App on digits; its labels go to the SQLite file ``store``."""
+    return [
+        Markdown("# Label digits"),
+        "import dal_widgets as dal\n"
+        "session = dal.Session(\n"
+        f"    dal.datasets.digits(), store={str(store)!r}, device='cpu',\n"
+        "    train_config=dal.TrainConfig(steps=50),\n"
+        ")\n"
+        "app = dal.App(session, batch_size=8, map_method='pca')\n"
+        "app",
+        Markdown(
+            "In command mode, 1 to 6 make this a heading and M turns a code cell into markdown."
+        ),
+    ]
+
+
+def test_nb7_app_labels_with_digit_keys_and_no_cell_changes_type(nb7):
+    store = nb7.root_dir / "nb7_keys.db"
+    store.unlink(missing_ok=True)
+    page = nb7.open_notebook(_app_notebook(store))
+    types = nb7.cell_types(page)
+    assert types == ["markdown", "code", "markdown", "code"]  # the sentinel cell is last
+    batch = nb7.execute("print(*app.labeler.batch_ids)").split()
+    assert len(batch) == 8
+    assert nb7.execute("print(len(session.labels))") == "0\n"
+
+    labeler = page.locator(".dal-app .dal-labeler")
+    labeler.wait_for(state="visible", timeout=20_000)
+    labeler.locator(".dal-hint").click()  # not a tile: a click on one moves the cursor
+    page.wait_for_function(
+        "() => document.querySelector('.dal-app .dal-labeler').contains(document.activeElement)"
+    )
+    # Digits label (the digits' classes are "0" to "9"); "m" is no labeler key, so it probes
+    # whether keys the labeler does not handle leak to the notebook.
+    for key in "31415m":
+        page.keyboard.press(key)
+        page.wait_for_timeout(150)
+
+    def labels():
+        out = nb7.execute("print(len(session.labels))")
+        return int(out) >= 5
+
+    wait_until(labels, timeout=15, interval=0.3, what="5 labels in the session's store")
+    # session.labels is the store's view (SQLite at ``store``).
+    stored = json.loads(
+        nb7.execute(
+            "import json\nprint(json.dumps({str(k): v for k, v in session.labels.items()}))"
+        )
+    )
+    assert sorted(stored.values()) == sorted("31415")
+    assert set(stored) == set(batch[:5]), "the labels went to other samples than the first five"
+
+    # No cell changed type or appeared, in the page and in the notebook as saved.
+    assert nb7.cell_types(page) == types
+    saved = nb7.save_notebook(page)
+    assert [c.cell_type for c in saved.cells] == types
+    assert [c.source for c in saved.cells[:3]] == _app_notebook(store)
+
+    # Control: the same keys do reach a notebook cell in command mode (so the checks above
+    # could fail).  Click the last cell's prompt: command mode on that code cell.
+    page.keyboard.press("Escape")
+    page.locator(".jp-Notebook .jp-Cell").last.locator(".jp-InputPrompt").click()
+    page.keyboard.press("m")
+    wait_until(
+        lambda: nb7.cell_types(page)[-1] == "markdown",
+        timeout=5,
+        what="'m' in command mode to turn the last cell into markdown",
+        details=lambda: f"cells: {nb7.cell_types(page)}",
+    )
+
+
+def test_nb7_app_layout_at_1280_and_1920(nb7):
+    page = nb7.open_notebook(_app_notebook(nb7.root_dir / "nb7_layout.db"))
+    app = page.locator(".dal-app")
+    for selector in _APP_PARTS.values():
+        page.locator(selector).first.wait_for(state="visible", timeout=20_000)
+    problems = {}
+    for width, height in [(1280, 800), (1920, 1080)]:
+        page.set_viewport_size({"width": width, "height": height})
+        # The App's top at the top of the notebook's scroll area, so the picture shows it.
+        app.evaluate("el => el.scrollIntoView({block: 'start'})")
+        page.wait_for_timeout(500)  # plotly and the charts redraw on resize
+        boxes = element_boxes(page, _APP_PARTS)
+        app_box = app.bounding_box()
+        assert app_box is not None
+        nb7.save_screenshot(page, f"nb7-app-{width}x{height}")
+        found = layout_problems(boxes, app_box)
+        found += [f"{name} is narrow" for name in ("labeler", "map") if boxes[name]["width"] < 250]
+        if found:
+            problems[f"{width}x{height}"] = found
+    assert problems == {}, "the App's parts overlap or leave the App (screenshots saved)"
