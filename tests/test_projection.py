@@ -169,7 +169,9 @@ def test_a_new_kernel_s_model_v1_does_not_get_the_old_kernel_s_v1_map(tmp_path):
     old, old_key = p1.current(), s1.model_version.key
     assert p1.error is None and old.source == "embeddings" and old.model_version == 1
     s1.close()
-    # Another kernel on the same store: versions restart at 1, and its v1 is another model.
+    # Another kernel on the same store: versions restart at 1, and its v1 is another model
+    # (without the saved model, which a new kernel would load as its v1).
+    (tmp_path / "p.db.dal" / "model.pt").unlink()
     s2 = _file_session(tmp_path, ds)
     s2.label(ds.ids[30:60].tolist(), ds.targets[30:60])
     s2.train(block=True)
