@@ -245,9 +245,11 @@ def _agree(page):
 
 
 @pytest.mark.e2e
-def test_suggestions_follow_the_model_and_come_back_after_a_restart(lab):
+@pytest.mark.parametrize("frontend", ["lab", "nb7"])
+def test_suggestions_follow_the_model_and_come_back_after_a_restart(request, frontend):
     from _lab import wait_until
 
+    lab = request.getfixturevalue(frontend)  # JupyterLab 4 or Notebook 7
     for leftover in lab.root_dir.glob("follow.db*"):  # the store, its -wal/-shm, its .dal/
         shutil.rmtree(leftover) if leftover.is_dir() else leftover.unlink()
     page = lab.open_notebook(_FOLLOW_CELLS, name="follow.ipynb")
@@ -277,7 +279,7 @@ def test_suggestions_follow_the_model_and_come_back_after_a_restart(lab):
     wait_until(lambda: "worker: idle" in _agree(page)[1], timeout=60, what="the fit to end")
     assert "training\u2026" not in _agree(page)[0]
     assert lab.execute("print(len(s.labels), s.model_version.n_labels)").split() == ["10", "10"]
-    lab.save_screenshot(page, "follow-1280x900")
+    lab.save_screenshot(page, f"follow-{frontend}-1280x900")
 
     # A new kernel (the old one shut down) runs the notebook again: the model is back at once.
     lab.server.shutdown_kernels()
@@ -294,7 +296,7 @@ def test_suggestions_follow_the_model_and_come_back_after_a_restart(lab):
         what="suggestions on the resumed batch without a key press",
     )
     _agree(again)
-    lab.save_screenshot(again, "follow-after-restart-1280x900")
+    lab.save_screenshot(again, f"follow-after-restart-{frontend}-1280x900")
 
 
 def test_review_menu_opens_reviews_and_errors_clear(app):
@@ -304,7 +306,7 @@ def test_review_menu_opens_reviews_and_errors_clear(app):
     app.session.skip(first)
     app.review_menu.value = ("skipped", None)
     assert app.labeler.reviewing is not None and app.labeler.batch_ids == [first]
-    assert app.review_menu.value is None  # back to "choose…"
+    assert app.review_menu.value == "" and app.review_menu.label == "choose…"
     app.review_menu.value = ("flagged", None)  # nothing flagged: the error shows
     assert "flagged" in app.error_box.value and "ValueError" in app.error_box.value
     cls = app.session.labels[next(iter(app.session.labels))]
@@ -316,3 +318,88 @@ def test_review_menu_opens_reviews_and_errors_clear(app):
         app.review("everything")
     app.labeler.end_review()
     assert app.labeler.reviewing is None
+
+
+_REVIEW_CELLS = [
+    "import dal_widgets as dal\n"
+    "ds = dal.datasets.digits()\n"
+    "s = dal.Session(ds, strategy='margin', store=None, device='cpu', retrain='manual',\n"
+    "                train_config=dal.TrainConfig(steps=200))\n"
+    "first = ds.ids[:30].tolist()\n"
+    "s.label(first, [ds.classes[t] for t in ds.targets[ds.positions(first)]])\n"
+    "s.train(block=True)\n"
+    "app = dal.App(s, batch_size=10, map_method='pca')\n"
+    "app",
+]
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("frontend", ["lab", "nb7"])
+def test_a_box_selection_opens_as_pages_and_accept_page_is_one_undoable_action(request, frontend):
+    from _lab import wait_until
+
+    lab = request.getfixturevalue(frontend)
+    page = lab.open_notebook(_REVIEW_CELLS)
+    page.set_viewport_size({"width": 1920, "height": 1080})
+    plot = page.locator(".dal-app .js-plotly-plot.dal-map")
+    drag = plot.locator(".nsewdrag").first
+    drag.wait_for(state="visible", timeout=20_000)
+    page.wait_for_function(  # the points are there and the figure has its column's width
+        "() => { const el = document.querySelector('.dal-app .js-plotly-plot.dal-map');"
+        " return el && el.data && el.data[0].x && el.data[0].x.length === 1438"
+        " && Math.abs(el._fullLayout.width - el.getBoundingClientRect().width) <= 2; }",
+        timeout=60_000,
+    )
+    drag.scroll_into_view_if_needed()
+    box = drag.bounding_box()
+    # From below the top legend to the lower right: most of the 1,438 points.
+    page.mouse.move(box["x"] + 0.05 * box["width"], box["y"] + 0.2 * box["height"])
+    page.mouse.down()
+    page.mouse.move(box["x"] + 0.5 * box["width"], box["y"] + 0.5 * box["height"], steps=5)
+    page.mouse.move(box["x"] + 0.95 * box["width"], box["y"] + 0.97 * box["height"], steps=5)
+    page.mouse.up()
+    wait_until(
+        lambda: int(lab.execute("print(len(app.map.selected_ids))")) >= 100,
+        timeout=15,
+        what="a selection of 100+ points in Python",
+    )
+    page.locator(".dal-app button", has_text="Label these").click()
+    wait_until(
+        lambda: "page 1/" in page.locator(".dal-app .dal-labeler").inner_text(),
+        timeout=15,
+        what="the selection as pages in the labeler",
+    )
+    pages = lab.execute("print(app.labeler.reviewing['pages'], len(app.labeler.batch_ids))")
+    n_pages, on_page = map(int, pages.split())
+    assert n_pages >= 10 and on_page == 10
+    # The labeler took the keyboard: Shift+Enter accepts the page's suggestions, one action.
+    page.wait_for_function(
+        "() => document.querySelector('.dal-app .dal-labeler').contains(document.activeElement)"
+    )
+    page.keyboard.press("Shift+Enter")
+    wait_until(
+        lambda: lab.execute("print(len(s.labels))").strip() == "40",
+        timeout=15,
+        what="10 accepted labels",
+    )
+    newest = lab.execute(
+        "h = s.store.history()\n"
+        "print(sum(r['action_id'] == h[-1]['action_id'] for r in h), h[-1]['source'])"
+    )
+    assert newest.split() == ["10", "suggestion"]  # the page went in as one action
+    lab.save_screenshot(page, f"review-accepted-{frontend}-1920x1080")
+    page.keyboard.press("Backspace")
+    wait_until(
+        lambda: lab.execute("print(len(s.labels))").strip() == "30",
+        timeout=15,
+        what="one Backspace to undo the whole page",
+    )
+    # A legend in every colour mode: class entries, or a colour bar for numbers.
+    for mode in ["labels", "truth", "prediction", "score", "round"]:
+        lab.execute(f"app.map.color_by.value = {mode!r}")
+        page.wait_for_function(
+            "() => { const el = document.querySelector('.dal-app .js-plotly-plot.dal-map');"
+            " return el.querySelectorAll('g.legend2 text.legend2text').length > 0"
+            " || el.querySelectorAll('.colorbar').length > 0; }",
+            timeout=15_000,
+        )

@@ -128,7 +128,7 @@ class App(View):
         )
         self.review_menu = W.Dropdown(
             options=self._review_options(),
-            value=None,
+            value="",
             description="review",
             layout=W.Layout(width="260px"),
         )
@@ -260,16 +260,16 @@ class App(View):
             ("all labels", ("labels", None)),
         ]
         by_class = [(f"labels of class {c}", ("labels", c)) for c in self.session.classes]
-        return [("choose…", None), *fixed, *by_class]
+        return [("choose…", ""), *fixed, *by_class]
 
     def _refresh_review_menu(self) -> None:
         self.review_menu.options = self._review_options()
 
     def _on_review_menu(self, choice: Any) -> None:
-        if choice is None:
+        if not choice:
             return
         self._act(lambda: self.review(*choice))
-        self.review_menu.value = None  # a menu of actions: it shows "choose…" again
+        self.review_menu.value = ""  # a menu of actions: it shows "choose…" again
 
     def fit_all(self) -> None:
         """Fit a fresh model on all labels now, in the background."""

@@ -235,8 +235,13 @@ class EmbeddingPlot(View):
             tooltips=["box / lasso selection", "hover and click for details"],
         )
         self.mode.style.button_width = "70px"
-        self.label_button = W.Button(description="Label these (0)", disabled=True, icon="tag")
-        self.clear_button = W.Button(description="Clear", disabled=True)
+        # Buttons as wide as their text: "Label these (1,267)" is never cut.
+        self.label_button = W.Button(
+            description="Label these (0)", disabled=True, icon="tag", layout=W.Layout(width="auto")
+        )
+        self.clear_button = W.Button(
+            description="Clear", disabled=True, layout=W.Layout(width="auto")
+        )
         self.status = W.HTML()
         self.rounds = W.IntSlider(
             min=0,
