@@ -13,7 +13,7 @@ import traceback
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["start_daemon"]
+__all__ = ["joined", "start_daemon"]
 
 
 def start_daemon(
@@ -37,3 +37,11 @@ def start_daemon(
     thread = threading.Thread(target=run, name=name, daemon=True)
     thread.start()
     return thread
+
+
+def joined(thread: threading.Thread | None, timeout: float | None = None) -> bool:
+    """Wait up to ``timeout`` seconds for ``thread`` (None: nothing runs); whether it ended."""
+    if thread is None:
+        return True
+    thread.join(timeout)
+    return not thread.is_alive()

@@ -41,7 +41,7 @@ import numpy as np
 
 from dal_widgets._checks import check_choice, check_int, param_error
 from dal_widgets._files import write_atomically
-from dal_widgets._threads import start_daemon
+from dal_widgets._threads import joined, start_daemon
 
 __all__ = [
     "Projection",
@@ -329,11 +329,7 @@ class Projector:
 
     def wait(self, timeout: float | None = None) -> bool:
         """Block until no computation runs; False on timeout."""
-        thread = self._thread
-        if thread is not None:
-            thread.join(timeout)
-            return not thread.is_alive()
-        return True
+        return joined(self._thread, timeout)
 
     # ------------------------------------------------------------------ internals
     def _source_now(self) -> str:

@@ -11,7 +11,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from dal_widgets._threads import start_daemon
+from dal_widgets._threads import joined, start_daemon
 
 __all__ = ["REQUERY_POOL", "Prefetcher", "unlabeled_left"]
 
@@ -49,11 +49,7 @@ class Prefetcher:
 
     def wait(self, timeout: float | None = None) -> bool:
         """Block until the query under way is done; False on timeout."""
-        thread = self._thread
-        if thread is not None:
-            thread.join(timeout)
-            return not thread.is_alive()
-        return True
+        return joined(self._thread, timeout)
 
     def drop(self) -> None:
         """Forget the batch picked: the next one is queried anew."""
