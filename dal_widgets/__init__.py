@@ -21,9 +21,11 @@ __all__ = [
     "EmbeddingPlot",
     "LabelingWidget",
     "Session",
+    "StopMonitor",
     "TrainConfig",
     "datasets",
     "simulate",
+    "stopping",
     "strategies",
 ]
 
@@ -41,6 +43,8 @@ _LAZY = {
     "App": ("dal_widgets.widgets.app", "App"),
     "CompareWidget": ("dal_widgets.widgets.compare", "CompareWidget"),
     "projection": ("dal_widgets.projection", None),
+    "stopping": ("dal_widgets.stopping", None),
+    "StopMonitor": ("dal_widgets.stopping", "StopMonitor"),
 }
 
 

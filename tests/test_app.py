@@ -403,3 +403,13 @@ def test_a_box_selection_opens_as_pages_and_accept_page_is_one_undoable_action(r
             " || el.querySelectorAll('.colorbar').length > 0; }",
             timeout=15_000,
         )
+
+
+def test_the_stopping_panel_follows_the_fits(app):
+    assert "When to stop" in app.stopping.value and "keep labeling" in app.stopping.value
+    label_batch(app)
+    assert app.session.wait(60)
+    for _ in range(3):  # the same labels again: the model stops changing
+        app.session.train(block=True)
+    assert app.stop_monitor.signals().stable
+    assert "predictions stable" in app.stopping.value and "you could stop" in app.stopping.value

@@ -61,6 +61,7 @@ class App(View):
 
         from dal_widgets import strategies
         from dal_widgets.session import Session
+        from dal_widgets.stopping import StopMonitor
         from dal_widgets.widgets.chart import LineChart
         from dal_widgets.widgets.embedding import EmbeddingPlot
         from dal_widgets.widgets.labeler import LabelingWidget
@@ -140,6 +141,9 @@ class App(View):
         self.error_box = W.HTML()
         self.notice = W.HTML()
         self.quality = QualityPanel(session, budget=budget)
+        #: The stopping signals (recommendations only: nothing stops by itself).
+        self.stop_monitor = StopMonitor(session, budget=budget)
+        self.stopping = W.HTML()
 
         self.strategy.observe(lambda c: self._act(lambda: self.set_strategy(c["new"])), "value")
         self.batch.observe(lambda c: self._act(lambda: self.set_batch_size(c["new"])), "value")
@@ -167,7 +171,9 @@ class App(View):
         # open file browser at 1280 px): rows wrap instead of overflowing.
         self.labeler.layout = W.Layout(flex="1 1 480px", min_width="0", margin="0 8px 8px 0")
         self.map.widget.layout = W.Layout(flex="1 1 440px", min_width="0")
-        side = W.VBox([self.status], layout=W.Layout(flex="1 1 220px", min_width="0"))
+        side = W.VBox(
+            [self.status, self.stopping], layout=W.Layout(flex="1 1 220px", min_width="0")
+        )
         self.quality.widget.layout = W.Layout(flex="1 1 320px", min_width="0")
         self.loss_chart.layout = W.Layout(flex="1 1 300px", min_width="0")
         self.curve_chart.layout = W.Layout(flex="1 1 300px", min_width="0")
@@ -192,6 +198,8 @@ class App(View):
             ),
             session.on("trained", lambda **kw: self._safe(self._on_trained)),
             session.on("evaluated", lambda **kw: self._safe(self._update_curve)),
+            session.on("trained", lambda **kw: self._safe(self._update_stopping)),
+            session.on("evaluated", lambda **kw: self._safe(self._update_stopping)),
             session.on("train_failed", lambda error: self._safe(lambda: self._on_failed(error))),
             session.on("train_idle", lambda **kw: self._safe(self._update_status)),
             session.on("labeled", lambda **kw: self._safe(self._update_status)),
@@ -202,6 +210,7 @@ class App(View):
         self._describe_strategy()
         self._update_curve()
         self._update_status()
+        self._update_stopping()
         self._follow_cursor()
 
     # ------------------------------------------------------------------ display
@@ -386,6 +395,16 @@ class App(View):
         self.stop_button.button_style = "warning" if status["worker"] == "training" else ""
         self.stop_button.disabled = status["worker"] != "training"
 
+    def _update_stopping(self) -> None:
+        signals = self.stop_monitor.signals()
+        lines = signals.describe().splitlines()
+        color = "#2e7d32" if signals.recommend_stop else "var(--jp-ui-font-color2,#666)"
+        self.stopping.value = (
+            "<div style='margin-top:6px'><b>When to stop</b></div>"
+            + "".join(f"<div>{html.escape(x)}</div>" for x in lines[:-1])
+            + f"<div style='color:{color}'>{html.escape(lines[-1])}</div>"
+        )
+
     def _follow_cursor(self) -> None:
         sid = self.labeler.current_id
         if sid is not None:
@@ -394,6 +413,7 @@ class App(View):
     def close(self) -> None:
         """Close the App and its parts (the session stays open)."""
         self.quality.close()
+        self.stop_monitor.close()
         self.map.close()
         self.labeler.close()
         super().close()
