@@ -30,7 +30,10 @@ def test_runs_in_background_with_live_curves(ds):
     )
     assert w.progress.max == 2 * 2 * 3
     assert w.wait(120) and w.error is None
-    assert w.progress.value == 12 and w.status.value == "done"
+    assert w.progress.value == 12 and w.status.value == "done · 2 seeds"
+    lo, hi = w.chart.y_range  # fitted to the curves, not a fixed 0-1 axis
+    ys = [v for s in w.chart.series for k in ("y", "band_lo", "band_hi") for v in s[k]]
+    assert 0.0 <= lo <= min(ys) and max(ys) <= hi <= 1.0 and (lo, hi) != (0.0, 1.0)
     names = [s["name"] for s in w.chart.series]
     assert names == ["random", "margin"]
     assert w.chart.series[0]["x"] == [6.0, 12.0, 18.0] and "band_lo" in w.chart.series[0]
@@ -56,7 +59,7 @@ def test_stop_keeps_partial_results(ds):
         time.sleep(0.05)
     w.stop()
     assert w.wait(60)
-    assert w.status.value == "stopped" and 1 <= len(w.result.records) < 20
+    assert w.status.value.startswith("stopped") and 1 <= len(w.result.records) < 20
 
 
 def test_errors_are_shown_not_printed(ds, capsys):
@@ -88,3 +91,18 @@ def test_compare_widget_draws_curves_in_the_browser(lab):
         what="the final table",
     )
     lab.save_screenshot(page, "compare")
+
+
+def test_one_seed_says_so(ds):
+    w = dal.CompareWidget(
+        ds,
+        ["random"],
+        initial=6,
+        batch=6,
+        budget=12,
+        seeds=1,
+        device="cpu",
+        train_config=TrainConfig(steps=20),
+    )
+    assert w.wait(120) and w.error is None
+    assert "one seed: a difference between strategies may be chance" in w.status.value
