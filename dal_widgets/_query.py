@@ -37,6 +37,18 @@ class Query:
     select_s: float = 0.0
     arrays: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
 
+    def __repr__(self) -> str:
+        """``Query(round 3, margin, 10 ids [12, 7, 33, ...], infer 1.52 ms, select 545 µs,
+        scores over 1437 samples)``: the first ids, rounded times, no pool-sized arrays."""
+        from dal_widgets._repr import fmt_seconds
+
+        shown = ", ".join(repr(i) for i in self.ids[:3]) + (", ..." if len(self.ids) > 3 else "")
+        scores = "no scores" if self.scores is None else f"scores over {len(self.scores)} samples"
+        return (
+            f"Query(round {self.round}, {self.strategy}, {len(self.ids)} ids [{shown}], "
+            f"infer {fmt_seconds(self.infer_s)}, select {fmt_seconds(self.select_s)}, {scores})"
+        )
+
 
 def exclude_arg(exclude: Any, where: str) -> list[Any]:
     """``exclude`` as a list, read once (a generator is not consumed by the check)."""

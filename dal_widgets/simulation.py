@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import threading
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,9 +18,126 @@ from typing import Any
 import numpy as np
 
 from dal_widgets._checks import check_int, check_real, param_error
+from dal_widgets._repr import (
+    MISSING,
+    fmt_float,
+    fmt_fraction,
+    fmt_seconds,
+    fmt_spread,
+    html_table,
+    quartiles,
+)
 from dal_widgets.data import Dataset
 
-__all__ = ["SimulationResult", "balanced_initial", "simulate"]
+__all__ = ["LabelsToReach", "RoundSeconds", "SimulationResult", "balanced_initial", "simulate"]
+
+_STAGES = {"train_s": "train", "infer_s": "infer", "select_s": "select", "seconds": "whole round"}
+
+
+def _pandas(where: str) -> Any:
+    try:
+        import pandas as pd
+    except ImportError as err:
+        raise ImportError(
+            f"{where} needs pandas, which is not installed: pip install pandas"
+        ) from err
+    return pd
+
+
+def _seeds(n: int) -> str:
+    return "1 seed" if n == 1 else f"{n} seeds"
+
+
+class LabelsToReach(dict[str, list[int | None]]):
+    """What :meth:`SimulationResult.labels_to_reach` returns: strategy -> one number of labels
+    per seed (None where the seed never reached the accuracy), a plain dict whose repr
+    summarizes each strategy as a median with its interquartile range::
+
+        labels to reach accuracy 0.85:
+          random  70 labels (median of 5 seeds; IQR 60-80)
+          margin  50 labels (median of the 3 of 5 seeds that reached it; IQR 40-60)
+    """
+
+    def __init__(
+        self,
+        hits: dict[str, list[int | None]] | None = None,
+        *,
+        accuracy: float = math.nan,
+        budget: int = 0,
+    ) -> None:
+        super().__init__(hits or {})
+        self.accuracy = accuracy
+        self.budget = budget
+
+    def describe(self, strategy: str) -> str:
+        """One strategy's summary, e.g. ``"70 labels (median of 5 seeds; IQR 60-80)"``."""
+        hits = self[strategy]
+        reached = [h for h in hits if h is not None]
+        if not reached:
+            by = f" (budget {self.budget} labels)" if self.budget else ""
+            return f"not reached in {_seeds(len(hits))}{by}"
+        q = quartiles(reached)
+        assert q is not None
+        value = f"{fmt_float(q[1])} label{'' if q[1] == 1 else 's'}"
+        if len(hits) == 1:
+            return f"{value} (1 seed)"
+        of = (
+            f"median of {len(hits)} seeds"
+            if len(reached) == len(hits)
+            else f"median of the {len(reached)} of {len(hits)} seeds that reached it"
+        )
+        spread = "" if q[0] == q[2] else f"; IQR {fmt_float(q[0])}-{fmt_float(q[2])}"
+        return f"{value} ({of}{spread})"
+
+    def __repr__(self) -> str:
+        if not self:
+            return f"labels to reach accuracy {fmt_float(self.accuracy)}: no strategies"
+        width = max(len(s) for s in self)
+        lines = [f"labels to reach accuracy {fmt_float(self.accuracy)}:"]
+        lines += [f"  {s:<{width}}  {self.describe(s)}" for s in self]
+        return "\n".join(lines)
+
+    def to_frame(self) -> Any:
+        """A pandas DataFrame, one row per strategy: ``median``, ``q25``, ``q75`` (labels,
+        over the seeds that reached the accuracy; NaN where none did), ``reached`` and
+        ``seeds`` (counts)."""
+        pd = _pandas("LabelsToReach.to_frame")
+        rows = []
+        for s, hits in self.items():
+            q = quartiles(h for h in hits if h is not None) or (math.nan,) * 3
+            reached = sum(h is not None for h in hits)
+            rows.append([s, q[1], q[0], q[2], reached, len(hits)])
+        columns = ["strategy", "median", "q25", "q75", "reached", "seeds"]
+        return pd.DataFrame(rows, columns=columns).set_index("strategy")
+
+
+class RoundSeconds(dict[str, float]):
+    """What :meth:`SimulationResult.seconds` returns: mean seconds per round in ``train_s``,
+    ``infer_s``, ``select_s`` and ``seconds`` (the whole round), a plain dict of exact floats
+    whose repr rounds them with units::
+
+        margin, mean per round over 18 rounds: train 1.84 s, infer 10.3 µs, select 2.1 ms,
+        whole round 1.9 s
+    """
+
+    def __init__(
+        self, means: dict[str, float] | None = None, *, strategy: str = "", rounds: int = 0
+    ) -> None:
+        super().__init__(means or {})
+        self.strategy = strategy
+        self.rounds = rounds
+
+    def __repr__(self) -> str:
+        head = f"{self.strategy}, mean per round" if self.strategy else "mean per round"
+        if self.rounds:
+            head += f" over {self.rounds} round{'s' if self.rounds != 1 else ''}"
+        stages = ", ".join(f"{_STAGES.get(k, k)} {fmt_seconds(v)}" for k, v in self.items())
+        return f"{head}: {stages}"
+
+    def to_frame(self) -> Any:
+        """A one-row pandas DataFrame (index: the strategy; columns: the seconds)."""
+        pd = _pandas("RoundSeconds.to_frame")
+        return pd.DataFrame([dict(self)], index=pd.Index([self.strategy], name="strategy"))
 
 
 def balanced_initial(
@@ -65,9 +183,7 @@ class SimulationResult:
         return list(dict.fromkeys(r["strategy"] for r in self.records))
 
     def _matrix(self, strategy: str) -> tuple[np.ndarray, np.ndarray]:
-        rows = [r for r in self.records if r["strategy"] == strategy]
-        if not rows:
-            raise KeyError(f"No records for strategy {strategy!r}; have {self.strategies}.")
+        rows = self._rows(strategy)
         labels = np.array(sorted({r["labels"] for r in rows}))
         seeds = sorted({r["seed"] for r in rows})
         acc = np.full((len(seeds), labels.size), np.nan)
@@ -100,10 +216,17 @@ class SimulationResult:
         areas = ((acc[:, 1:] + acc[:, :-1]) / 2 * np.diff(labels)).sum(axis=1) / width
         return float(np.nanmean(areas))
 
-    def labels_to_reach(self, accuracy: float) -> dict[str, list[int | None]]:
-        """Per strategy and seed, the first number of labels at which ``accuracy`` was reached."""
+    def labels_to_reach(self, accuracy: float) -> LabelsToReach:
+        """Per strategy and seed, the first number of labels at which ``accuracy`` was reached.
+
+        Returns
+        -------
+        LabelsToReach
+            A dict of strategy -> list (one int or None per seed, seeds in increasing order)
+            whose repr is the median and IQR per strategy; ``to_frame()`` for a DataFrame.
+        """
         check_real(accuracy, "accuracy", "SimulationResult.labels_to_reach", lo=0.0, hi=1.0)
-        out: dict[str, list[int | None]] = {}
+        out = LabelsToReach(accuracy=float(accuracy), budget=self.budget)
         for s in self.strategies:
             labels, acc = self._matrix(s)
             hits = []
@@ -113,13 +236,96 @@ class SimulationResult:
             out[s] = hits
         return out
 
-    def seconds(self, strategy: str) -> dict[str, float]:
-        """Mean seconds per round spent in training, inference and selection."""
+    def seconds(self, strategy: str) -> RoundSeconds:
+        """Mean seconds per round spent in training, inference and selection.
+
+        Returns
+        -------
+        RoundSeconds
+            A dict with ``train_s``, ``infer_s``, ``select_s`` and ``seconds`` (the whole
+            round), whose repr rounds them with units; ``to_frame()`` for a DataFrame.
+        """
+        rows = self._rows(strategy)
+        means = {k: float(np.mean([r[k] for r in rows])) for k in _STAGES}
+        return RoundSeconds(means, strategy=strategy, rounds=len(rows))
+
+    def to_frame(self) -> Any:
+        """The records as a pandas DataFrame, one row per (strategy, seed, round)."""
+        return _pandas("SimulationResult.to_frame").DataFrame(self.to_records())
+
+    def _final(self, strategy: str) -> tuple[list[float], list[int]]:
+        """The accuracy and labels of each seed's last round, seeds in increasing order."""
+        last: dict[int, dict[str, Any]] = {}
+        for r in self._rows(strategy):
+            if r["seed"] not in last or r["round"] >= last[r["seed"]]["round"]:
+                last[r["seed"]] = r
+        seeds = sorted(last)
+        return [float(last[s]["accuracy"]) for s in seeds], [int(last[s]["labels"]) for s in seeds]
+
+    def _summary(self) -> tuple[str, list[dict[str, str]]]:
+        """The head line, and per strategy its final accuracy (median, IQR, both), the
+        labels it ended at and its AUBC, as text."""
+        strategies = self.strategies
+        head = [
+            f"{len(strategies)} strateg{'y' if len(strategies) == 1 else 'ies'}",
+            _seeds(len({r["seed"] for r in self.records})),
+        ]
+        if self.budget:
+            head.append(f"{self.initial} initial -> budget {self.budget} labels")
+        head.append(f"{len(self.records)} rounds")
+        rows = []
+        for s in strategies:
+            accs, ends = self._final(s)
+            q = quartiles(accs)
+            iqr = MISSING if q is None or len(accs) == 1 else "-".join(map(fmt_fraction, q[::2]))
+            with warnings.catch_warnings():  # a curve of NaN only: the AUBC is missing, no more
+                warnings.simplefilter("ignore", RuntimeWarning)
+                aubc = self.aubc(s)
+            rows.append(
+                {
+                    "strategy": s,
+                    "median": MISSING if q is None else fmt_fraction(q[1]),
+                    "iqr": iqr,
+                    "spread": fmt_spread(accs, fmt_fraction),
+                    "labels": f"{min(ends)}"
+                    if min(ends) == max(ends)
+                    else f"{min(ends)}-{max(ends)}",
+                    "aubc": fmt_fraction(aubc),
+                }
+            )
+        return ", ".join(head), rows
+
+    def __repr__(self) -> str:
+        """The run in a few lines: strategies, seeds, budget and each strategy's final
+        held-out accuracy (median over seeds, with its IQR)."""
+        if not self.records:
+            budget = f"; budget {self.budget} labels" if self.budget else ""
+            return f"SimulationResult(no records{budget})"
+        head, rows = self._summary()
+        n_seeds = len({r["seed"] for r in self.records})
+        width = max(len(row["strategy"]) for row in rows)
+        of = " (1 seed):" if n_seeds == 1 else f", median of {n_seeds} seeds (IQR):"
+        lines = [f"SimulationResult({head})", f"final accuracy{of}"]
+        lines += [
+            f"  {r['strategy']:<{width}}  {r['spread']} at {r['labels']} labels" for r in rows
+        ]
+        return "\n".join(lines)
+
+    def _repr_html_(self) -> str:
+        """A small table for notebooks: final accuracy (median, IQR), labels and AUBC per
+        strategy; every name is escaped."""
+        if not self.records:
+            return html_table([], [], repr(self))
+        head, rows = self._summary()
+        header = ["strategy", "final accuracy (median)", "IQR", "labels", "AUBC"]
+        keys = ["strategy", "median", "iqr", "labels", "aubc"]
+        return html_table(header, [[r[k] for k in keys] for r in rows], f"SimulationResult: {head}")
+
+    def _rows(self, strategy: str) -> list[dict[str, Any]]:
         rows = [r for r in self.records if r["strategy"] == strategy]
-        return {
-            k: float(np.mean([r[k] for r in rows]))
-            for k in ("train_s", "infer_s", "select_s", "seconds")
-        }
+        if not rows:
+            raise KeyError(f"No records for strategy {strategy!r}; have {self.strategies}.")
+        return rows
 
     def table(self) -> str:
         """The learning curves as a text table: labels by strategy (mean accuracy, +- std)."""

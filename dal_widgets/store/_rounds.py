@@ -7,7 +7,32 @@ import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
-__all__ = ["ROUND_FIELDS", "RoundRecord"]
+from dal_widgets._repr import MISSING, fmt_float, fmt_fraction, fmt_seconds, is_missing
+
+__all__ = ["ROUND_FIELDS", "HistoryRow", "RoundRecord"]
+
+
+class HistoryRow(dict[str, Any]):
+    """One row of ``Session.history``: a plain dict of exact numbers (``accuracy`` is NaN
+    before an evaluation) whose repr is rounded, with units and a dash for a missing
+    accuracy: ``{'round': 3, 'strategy': 'margin', 'n_labels': 120, 'accuracy': 0.912,
+    'train_s': 1.84 s, 'infer_s': 10.3 µs, 'select_s': 2.1 ms}``."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        parts = []
+        for key, value in self.items():
+            if key.endswith("_s"):
+                text = fmt_seconds(value)
+            elif key == "accuracy":
+                text = fmt_fraction(value)
+            elif isinstance(value, float):
+                text = fmt_float(value)
+            else:
+                text = repr(value)
+            parts.append(f"{key!r}: {text}")
+        return "{" + ", ".join(parts) + "}"
 
 
 @dataclass(frozen=True)
@@ -44,21 +69,55 @@ class RoundRecord:
                 return value
         return None
 
+    def __repr__(self) -> str:
+        """Only the fields that are set, rounded and with units: ``RoundRecord(round 3,
+        margin, 10 queried at 110 labels, infer 10.3 µs, select 2.1 ms, model v4 trained on
+        120 labels in 1.84 s, accuracy 0.912 (v4, 120 labels))``."""
+        parts = [f"round {self.round}"]
+        if self.strategy is not None:
+            parts.append(self.strategy)
+        if self.queried is not None:
+            at = "" if self.n_labels_at_query is None else f" at {self.n_labels_at_query} labels"
+            parts.append(f"{self.queried} queried{at}")
+        if self.model_version is not None and self.train_s is None:
+            parts.append(f"with model v{self.model_version}")
+        if self.infer_s is not None:
+            parts.append(f"infer {fmt_seconds(self.infer_s)}")
+        if self.select_s is not None:
+            parts.append(f"select {fmt_seconds(self.select_s)}")
+        if self.train_s is not None:
+            model = "" if self.model_version is None else f"model v{self.model_version} "
+            on = "" if self.n_labels is None else f" on {self.n_labels} labels"
+            parts.append(f"{model}trained{on} in {fmt_seconds(self.train_s)}")
+        if self.eval_model_version is not None or not is_missing(self.accuracy):
+            of = [] if self.eval_model_version is None else [f"v{self.eval_model_version}"]
+            if self.eval_n_labels is not None:
+                of.append(f"{self.eval_n_labels} labels")
+            parts.append(
+                f"accuracy {fmt_fraction(self.accuracy)}" + (f" ({', '.join(of)})" if of else "")
+            )
+        else:
+            parts.append(f"accuracy {MISSING}")
+        return f"RoundRecord({', '.join(parts)})"
+
     def as_dict(self) -> dict[str, Any]:
         """The fields that are set, as a plain dict (JSON in the store)."""
         return {k: v for k, v in asdict(self).items() if v is not None}
 
-    def history_row(self) -> dict[str, Any]:
-        """The row ``Session.history`` shows: round, strategy, labels, accuracy, seconds."""
-        return {
-            "round": self.round,
-            "strategy": self.strategy,
-            "n_labels": self.labels_seen,
-            "accuracy": math.nan if self.accuracy is None else self.accuracy,
-            "train_s": self.train_s or 0.0,
-            "infer_s": self.infer_s or 0.0,
-            "select_s": self.select_s or 0.0,
-        }
+    def history_row(self) -> HistoryRow:
+        """The row ``Session.history`` shows: round, strategy, labels, accuracy (NaN before an
+        evaluation: the views filter on it), seconds. A dict with a readable repr."""
+        return HistoryRow(
+            {
+                "round": self.round,
+                "strategy": self.strategy,
+                "n_labels": self.labels_seen,
+                "accuracy": math.nan if self.accuracy is None else self.accuracy,
+                "train_s": self.train_s or 0.0,
+                "infer_s": self.infer_s or 0.0,
+                "select_s": self.select_s or 0.0,
+            }
+        )
 
 
 #: The names a round row may hold.

@@ -53,6 +53,17 @@ class ModelVersion:
     #: A hash of the labeled set it was trained on (``TrainingSet.labels_key``; "" if unknown).
     labels_key: str = ""
 
+    def __repr__(self) -> str:
+        """``ModelVersion(v3, 120 labels, 1.84 s, loss 0.213, finished 14:02:11)``: rounded,
+        with the local time of day (and the date when not today) instead of a Unix time.
+        The fields keep their exact values; the dataclass keeps this over its generated one."""
+        from dal_widgets._repr import fmt_float, fmt_seconds, fmt_time
+
+        return (
+            f"ModelVersion(v{self.version}, {self.n_labels} labels, {fmt_seconds(self.seconds)}, "
+            f"loss {fmt_float(self.loss, 3)}, finished {fmt_time(self.finished)})"
+        )
+
 
 def weights_key(model: nn.Module) -> str:
     """A short hash of a model's weights and buffers (names, shapes, values)."""
