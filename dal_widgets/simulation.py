@@ -29,7 +29,14 @@ from dal_widgets._repr import (
 )
 from dal_widgets.data import Dataset
 
-__all__ = ["LabelsToReach", "RoundSeconds", "SimulationResult", "balanced_initial", "simulate"]
+__all__ = [
+    "LabelsToReach",
+    "RoundSeconds",
+    "SimulationResult",
+    "StopReport",
+    "balanced_initial",
+    "simulate",
+]
 
 _STAGES = {"train_s": "train", "infer_s": "infer", "select_s": "select", "seconds": "whole round"}
 
@@ -140,6 +147,40 @@ class RoundSeconds(dict[str, float]):
         return pd.DataFrame([dict(self)], index=pd.Index([self.strategy], name="strategy"))
 
 
+class StopReport(list[dict[str, Any]]):
+    """What :meth:`SimulationResult.stopping` returns: one dict per strategy and seed with
+    ``stop_labels`` and ``stop_accuracy`` (where the stabilizing-predictions rule would have
+    stopped; None if it never did), ``final_labels``, ``final_accuracy``, ``labels_saved`` and
+    ``accuracy_given_up`` (against spending the whole budget). A list whose repr is a table."""
+
+    def __init__(self, rows: list[dict[str, Any]], *, window: int, threshold: float) -> None:
+        super().__init__(rows)
+        self.window, self.threshold = window, threshold
+
+    def __repr__(self) -> str:
+        head = (
+            f"stabilizing predictions (kappa of the last {self.window} models >= "
+            f"{self.threshold:g}), against the whole budget:"
+        )
+        lines = [head]
+        for r in self:
+            who = f"  {r['strategy']} seed {r['seed']}: "
+            if r["stop_labels"] is None:
+                lines.append(who + f"never stable up to {r['final_labels']} labels")
+                continue
+            lines.append(
+                who
+                + f"stop at {r['stop_labels']} labels (accuracy {fmt_float(r['stop_accuracy'])}); "
+                f"{r['labels_saved']} labels saved, {fmt_float(r['accuracy_given_up'])} accuracy "
+                f"given up (final {fmt_float(r['final_accuracy'])} at {r['final_labels']})"
+            )
+        return "\n".join(lines)
+
+    def to_frame(self) -> Any:
+        """A pandas DataFrame, one row per strategy and seed."""
+        return _pandas("StopReport.to_frame").DataFrame(list(self))
+
+
 def balanced_initial(
     targets: np.ndarray, n: int, n_classes: int, rng: np.random.Generator
 ) -> np.ndarray:
@@ -235,6 +276,36 @@ class SimulationResult:
                 hits.append(int(labels[reached[0]]) if reached.size else None)
             out[s] = hits
         return out
+
+    def stopping(self, *, window: int = 3, threshold: float = 0.99) -> StopReport:
+        """Where the stabilizing-predictions rule (see :mod:`dal_widgets.stopping`) would
+        have stopped each run, the labels that saves and the accuracy it gives up against
+        the whole budget. Reads each record's ``kappa`` (its model against the one before, on
+        a fixed stop set of the pool)."""
+        from dal_widgets.stopping import stabilizing_stop
+
+        rows = []
+        for name in self.strategies:
+            for seed in dict.fromkeys(r["seed"] for r in self.records if r["strategy"] == name):
+                runs = sorted(
+                    (r for r in self.records if r["strategy"] == name and r["seed"] == seed),
+                    key=lambda r: r["round"],
+                )
+                compared = [r for r in runs if r.get("kappa") is not None]
+                at = stabilizing_stop(
+                    [r["kappa"] for r in compared], window=window, threshold=threshold
+                )
+                final = runs[-1]
+                row = {"strategy": name, "seed": seed, "stop_labels": None, "stop_accuracy": None}
+                row |= {"final_labels": final["labels"], "final_accuracy": final["accuracy"]}
+                row |= {"labels_saved": 0, "accuracy_given_up": 0.0}
+                if at is not None:
+                    hit = compared[at]
+                    row |= {"stop_labels": hit["labels"], "stop_accuracy": hit["accuracy"]}
+                    row["labels_saved"] = final["labels"] - hit["labels"]
+                    row["accuracy_given_up"] = final["accuracy"] - hit["accuracy"]
+                rows.append(row)
+        return StopReport(rows, window=window, threshold=threshold)
 
     def seconds(self, strategy: str) -> RoundSeconds:
         """Mean seconds per round spent in training, inference and selection.
@@ -480,8 +551,11 @@ def _run_one(
     dataset = session.dataset
     name = session.strategy
     seed = session.seed
+    from dal_widgets.stopping import StopMonitor
+
     t0 = time.perf_counter()
     session.label(dataset.ids[start].tolist(), answers[start], source="oracle")
+    monitor = StopMonitor(session, stop_set=max(10, min(1000, len(dataset))))
     rnd = 0
     infer_s = select_s = 0.0
     while True:
@@ -497,6 +571,8 @@ def _run_one(
             "infer_s": infer_s,
             "select_s": select_s,
             "seconds": time.perf_counter() - t0,
+            # this model against the one before, on the stop set (None for the first)
+            "kappa": monitor.kappas[-1] if len(monitor.kappas) == rnd and rnd else None,
         }
         result.records.append(record)
         if progress is not None:

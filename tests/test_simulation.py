@@ -120,3 +120,34 @@ def test_simulate_needs_targets_and_holdout():
     no_hold = dal.datasets.from_arrays(np.zeros((10, 2)), y=[0, 1] * 5)
     with pytest.raises(ValueError, match="held-out"):
         dal.simulate(no_hold, ["random"])
+
+
+def test_simulate_reports_where_stabilizing_predictions_would_stop():
+    rng = np.random.default_rng(0)
+    y = np.arange(300) % 3
+    X = np.array([[0, 0], [4, 0], [0, 4]])[y] + rng.normal(scale=0.6, size=(300, 2))
+    ds = dal.datasets.from_arrays(X, y=np.array(list("abc"))[y], holdout=0.2)
+    res = dal.simulate(
+        ds,
+        ["random"],
+        initial=6,
+        batch=6,
+        budget=60,
+        seeds=2,
+        device="cpu",
+        train_config=TrainConfig(steps=60),
+    )
+    kappas = [r["kappa"] for r in res.records]
+    assert kappas[0] is None and all(k is not None and -1 <= k <= 1 for k in kappas[1:10])
+    report = res.stopping(window=2, threshold=0.9)  # easy blobs: the models settle early
+    assert [(r["strategy"], r["seed"]) for r in report] == [("random", 0), ("random", 1)]
+    for row in report:
+        assert row["stop_labels"] is not None and row["stop_labels"] < row["final_labels"] == 60
+        assert row["labels_saved"] == 60 - row["stop_labels"]
+        assert row["accuracy_given_up"] == pytest.approx(
+            row["final_accuracy"] - row["stop_accuracy"]
+        )
+    never = res.stopping(window=50)  # more comparisons than the run has: never stable
+    assert all(r["stop_labels"] is None and r["labels_saved"] == 0 for r in never)
+    assert "never stable up to 60 labels" in repr(never)
+    assert "labels saved" in repr(report) and "stabilizing predictions" in repr(report)
