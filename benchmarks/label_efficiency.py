@@ -130,6 +130,20 @@ def quartiles(values: list, budget: int) -> str:
     return text + (f", {missing} of {len(vals)} seeds never" if missing else "")
 
 
+def stop_column(name: str, stops: list, records: list[dict], budget: int) -> str:
+    """Where stabilizing predictions (Bloodgood & Vijay-Shanker 2009: mean kappa of the last
+    3 models >= 0.99 on a stop set) would have stopped, over seeds, and the accuracy there."""
+    import numpy as np
+
+    if not any(r.get("kappa") is not None for r in records if r["strategy"] == name):
+        return "n/a (runs recorded before kappa was)"
+    rows = [r for r in stops if r["strategy"] == name]
+    at = [r["stop_labels"] for r in rows]
+    accs = [r["stop_accuracy"] for r in rows if r["stop_accuracy"] is not None]
+    acc = f"; accuracy there {np.median(accs):.3f}" if accs else ""
+    return quartiles(at, budget) + acc
+
+
 def median_or_none(values: list) -> float | None:
     import numpy as np
 
@@ -148,6 +162,7 @@ def build_report(args, records: list[dict], seconds: float) -> Report:
     res = SimulationResult(records=records, budget=args.budget, initial=proto["initial"])
     names = [n for n in args.names if any(r["strategy"] == n for r in records)]
     r90, r95 = res.labels_to_reach(0.90), res.labels_to_reach(0.95)
+    stops = res.stopping()  # stabilizing predictions, the published rule (3 models, 0.99)
     seeds = {n: sorted({r["seed"] for r in records if r["strategy"] == n}) for n in names}
     summary_rows = []
     for n in names:
@@ -160,6 +175,7 @@ def build_report(args, records: list[dict], seconds: float) -> Report:
                 quartiles(r90[n], args.budget),
                 quartiles(r95[n], args.budget),
                 f"{res.aubc(n):.4f}",
+                stop_column(n, stops, records, args.budget),
                 f"{sec['train_s']:.2f} / {sec['infer_s']:.2f} / {sec['select_s']:.2f}",
                 "; ".join(f"{a} / {b} ({src})" for src, a, b in pub) if pub else "",
             ]
@@ -270,6 +286,7 @@ def build_report(args, records: list[dict], seconds: float) -> Report:
         report.note(note)
     report.table(
         "Per strategy: labels to reach 90% and 95% (median [quartiles] over seeds), AUBC, "
+        "where stabilizing predictions would stop (median labels [quartiles], median accuracy), "
         "seconds per round (train / inference / selection), published labels to 90% / 95%",
         [
             "strategy",
@@ -277,6 +294,7 @@ def build_report(args, records: list[dict], seconds: float) -> Report:
             "labels to 90%",
             "labels to 95%",
             "AUBC",
+            "stable predictions: stop at [accuracy there]",
             "s/round train / infer / select",
             "published 90% / 95%",
         ],

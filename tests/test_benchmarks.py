@@ -151,3 +151,31 @@ def test_machine_counts_code_changes_as_dirty_but_not_benchmark_outputs(
     assert harness.machine()["dirty"] is False
     (tmp_path / "code.py").write_text("x = 2\n")
     assert harness.machine()["dirty"] is True
+
+
+def test_label_efficiency_reports_where_stable_predictions_stop(bench):
+    _, _, le = bench
+    from dal_widgets.simulation import SimulationResult
+
+    def run(seed, kappas):
+        return [
+            {
+                "strategy": "m",
+                "seed": seed,
+                "round": i,
+                "labels": 10 * (i + 1),
+                "accuracy": 0.5 + 0.05 * i,
+                "kappa": k,
+            }
+            for i, k in enumerate(kappas)
+        ]
+
+    records = run(0, [None, 0.9, 0.995, 0.995, 0.995, 0.99]) + run(1, [None, 0.5, 0.6, 0.7])
+    res = SimulationResult(records=records, budget=60, initial=10)
+    # Seed 0 is stable at round 4 (50 labels); seed 1 never is, which counts as more than
+    # the budget, so the median of the two is too.
+    assert le.stop_column("m", res.stopping(), records, 60) == (
+        ">60 [50->60], 1 of 2 seeds never; accuracy there 0.700"
+    )
+    old = [{k: v for k, v in r.items() if k != "kappa"} for r in records]
+    assert le.stop_column("m", SimulationResult(records=old).stopping(), old, 60).startswith("n/a")
