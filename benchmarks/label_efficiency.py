@@ -105,6 +105,7 @@ def run_task(task: dict) -> list[dict]:
         batch=task["batch"],
         budget=task["budget"],
         seeds=[task["seed"]],
+        baseline=None,  # one run per task: the grid runs random as a task of its own
         device="cpu",
         train_config=train_config(task["dataset"], variant == "pseudo", task["train_config"]),
     )

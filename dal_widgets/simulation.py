@@ -277,6 +277,58 @@ class SimulationResult:
             out[s] = hits
         return out
 
+    def versus(self, baseline: str = "random", *, resamples: int = 2000) -> dict[str, dict]:
+        """Each strategy against ``baseline``, paired by seed (both met the same initial
+        labels and oracle): ``seeds`` compared, ``wins`` (seeds where its AUBC beats the
+        baseline's), ``aubc_diff`` (mean difference) with a 95% bootstrap interval
+        (``ci_low``, ``ci_high``; None for one seed), and ``wins_by_labels`` (labels -> share
+        of seeds where its accuracy beats the baseline's there)."""
+        if baseline not in self.strategies:
+            raise KeyError(
+                f"SimulationResult.versus: {baseline!r} was not run; it ran {self.strategies}."
+            )
+        base = self._per_seed(baseline)
+        out: dict[str, dict] = {}
+        for name in self.strategies:
+            if name == baseline:
+                continue
+            mine = self._per_seed(name)
+            seeds = sorted(set(mine) & set(base))
+            diffs = np.array([mine[k][0] - base[k][0] for k in seeds])
+            row: dict[str, Any] = {"seeds": len(seeds), "wins": int((diffs > 0).sum())}
+            row["aubc_diff"] = float(diffs.mean()) if diffs.size else None
+            row["ci_low"] = row["ci_high"] = None
+            if diffs.size > 1:
+                rng = np.random.default_rng(0)
+                means = diffs[rng.integers(0, diffs.size, (resamples, diffs.size))].mean(1)
+                row["ci_low"], row["ci_high"] = (
+                    float(q) for q in np.quantile(means, [0.025, 0.975])
+                )
+            by_labels: dict[int, float] = {}
+            for k in seeds:
+                for labels, acc in mine[k][1].items():
+                    if labels in base[k][1]:
+                        by_labels.setdefault(labels, 0.0)
+                        by_labels[labels] += (acc > base[k][1][labels]) / len(seeds)
+            row["wins_by_labels"] = dict(sorted(by_labels.items()))
+            out[name] = row
+        return out
+
+    def _per_seed(self, strategy: str) -> dict[int, tuple[float, dict[int, float]]]:
+        """seed -> (AUBC of that seed's curve, labels -> accuracy)."""
+        out = {}
+        for seed in dict.fromkeys(r["seed"] for r in self.records if r["strategy"] == strategy):
+            rows = sorted(
+                (r for r in self.records if r["strategy"] == strategy and r["seed"] == seed),
+                key=lambda r: r["labels"],
+            )
+            x = np.array([r["labels"] for r in rows], dtype=np.float64)
+            y = np.array([r["accuracy"] for r in rows], dtype=np.float64)
+            span = x[-1] - x[0]
+            aubc = float(np.trapezoid(y, x) / span) if span > 0 else float(y[-1])
+            out[seed] = (aubc, {int(a): float(b) for a, b in zip(x, y, strict=True)})
+        return out
+
     def stopping(self, *, window: int = 3, threshold: float = 0.99) -> StopReport:
         """Where the stabilizing-predictions rule (see :mod:`dal_widgets.stopping`) would
         have stopped each run, the labels that saves and the accuracy it gives up against
@@ -380,6 +432,18 @@ class SimulationResult:
         lines += [
             f"  {r['strategy']:<{width}}  {r['spread']} at {r['labels']} labels" for r in rows
         ]
+        if "random" in self.strategies and len(self.strategies) > 1:
+            lines.append("against random, paired by seed (AUBC):")
+            for name, v in self.versus("random").items():
+                ci = (
+                    ""
+                    if v["ci_low"] is None
+                    else f", 95% CI {v['ci_low']:+.3f} to {v['ci_high']:+.3f}"
+                )
+                lines.append(
+                    f"  {name:<{width}}  beats it in {v['wins']} of {v['seeds']} seeds, "
+                    f"mean difference {v['aubc_diff']:+.3f}{ci}"
+                )
         return "\n".join(lines)
 
     def _repr_html_(self) -> str:
@@ -428,8 +492,9 @@ def simulate(
     initial: int = 20,
     batch: int = 10,
     budget: int = 120,
-    seeds: int | Sequence[int] = 1,
+    seeds: int | Sequence[int] = 3,
     *,
+    baseline: str | None = "random",
     noise: float = 0.0,
     model: Any = "auto",
     device: Any = "auto",
@@ -453,7 +518,11 @@ def simulate(
     budget : int
         Total labels at the end (the last batch is cut to fit).
     seeds : int or sequence of int
-        How many seeds (0, 1, ...) or which.
+        How many seeds (0, 1, ...) or which. Three by default: one seed can make a strategy
+        look better or worse than random by chance (CDALBench, arXiv 2408.00426).
+    baseline : str or None
+        A strategy run beside the others as the arm to beat (added when missing; None leaves
+        it out). :meth:`SimulationResult.versus` compares each strategy with it, seed by seed.
     noise : float
         Fraction of oracle answers replaced by a random other class (label noise).
     progress : callable, optional
@@ -484,6 +553,10 @@ def simulate(
     if isinstance(strategies, str):
         strategies = [strategies]
     strategies = list(strategies)
+    if baseline is not None:
+        baseline = registry.get(baseline).name
+        if strategies and baseline not in strategies:
+            strategies = [baseline, *strategies]
     if not strategies:
         raise param_error("strategies", where, "a non-empty list of strategy names", strategies)
     for s in strategies:

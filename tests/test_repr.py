@@ -79,12 +79,14 @@ def test_simulation_result_repr_one_seed(ds):
         initial=6,
         batch=5,
         budget=11,
+        seeds=1,
+        baseline=None,
         device="cpu",
         train_config=TrainConfig(steps=20),
     )
     text = repr(one)
     assert_readable(text)
-    assert "1 seed" in text and "IQR" not in text
+    assert "1 seed" in text and "IQR" not in text and one.strategies == ["margin"]
 
 
 def test_simulation_result_repr_by_hand():

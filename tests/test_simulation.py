@@ -151,3 +151,41 @@ def test_simulate_reports_where_stabilizing_predictions_would_stop():
     assert all(r["stop_labels"] is None and r["labels_saved"] == 0 for r in never)
     assert "never stable up to 60 labels" in repr(never)
     assert "labels saved" in repr(report) and "stabilizing predictions" in repr(report)
+
+
+def test_random_is_run_as_the_baseline_and_compared_seed_by_seed():
+    rng = np.random.default_rng(1)
+    y = np.arange(240) % 3
+    X = rng.normal(size=(240, 4)) * 0.9 + y[:, None]
+    ds = dal.datasets.from_arrays(X, y=y, holdout=0.25)
+    res = dal.simulate(
+        ds,
+        ["margin"],
+        initial=6,
+        batch=6,
+        budget=24,
+        device="cpu",
+        train_config=TrainConfig(steps=30),
+    )
+    assert res.strategies == ["random", "margin"]  # the baseline arm, added
+    assert sorted({r["seed"] for r in res.records}) == [0, 1, 2]  # three seeds by default
+    v = res.versus("random")["margin"]
+    assert v["seeds"] == 3 and 0 <= v["wins"] <= 3
+    assert v["ci_low"] <= v["aubc_diff"] <= v["ci_high"]
+    assert sorted(v["wins_by_labels"]) == [6, 12, 18, 24]
+    assert all(0.0 <= share <= 1.0 for share in v["wins_by_labels"].values())
+    assert "against random, paired by seed" in repr(res) and "beats it in" in repr(res)
+    with pytest.raises(KeyError, match="'bald' was not run"):
+        res.versus("bald")
+    alone = dal.simulate(
+        ds,
+        ["margin"],
+        initial=6,
+        batch=6,
+        budget=12,
+        seeds=1,
+        baseline=None,
+        device="cpu",
+        train_config=TrainConfig(steps=30),
+    )
+    assert alone.strategies == ["margin"] and "against random" not in repr(alone)

@@ -45,7 +45,11 @@ class CompareWidget(View):
             )
         super().__init__()
         self.dataset = dataset
-        self.strategies = [strategies] if isinstance(strategies, str) else list(strategies)
+        names = [strategies] if isinstance(strategies, str) else list(strategies)
+        baseline = simulate_kwargs.get("baseline", "random")
+        if baseline is not None and names and baseline not in names:
+            names = [baseline, *names]  # what simulate runs: the baseline arm too
+        self.strategies = names
         self.kwargs = simulate_kwargs
         self.result = SimulationResult()
         self.error: str | None = None
@@ -84,7 +88,7 @@ class CompareWidget(View):
         initial = int(self.kwargs.get("initial", 20))
         batch = int(self.kwargs.get("batch", 10))
         budget = int(self.kwargs.get("budget", 120))
-        seeds = self.kwargs.get("seeds", 1)
+        seeds = self.kwargs.get("seeds", 3)  # simulate's default
         n_seeds = seeds if isinstance(seeds, int) else len(list(seeds))
         per_run = 1 + -(-(budget - initial) // batch)
         return per_run * n_seeds * len(self.strategies)
