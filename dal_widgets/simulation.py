@@ -169,10 +169,9 @@ class StopReport(list[dict[str, Any]]):
                 lines.append(who + f"never stable up to {r['final_labels']} labels")
                 continue
             lines.append(
-                who
-                + f"stop at {r['stop_labels']} labels (accuracy {fmt_float(r['stop_accuracy'])}); "
-                f"{r['labels_saved']} labels saved, {fmt_float(r['accuracy_given_up'])} accuracy "
-                f"given up (final {fmt_float(r['final_accuracy'])} at {r['final_labels']})"
+                who + f"stop at {r['stop_labels']} labels (accuracy {r['stop_accuracy']:.3f}); "
+                f"{r['labels_saved']} labels saved, {r['accuracy_given_up']:.3f} accuracy "
+                f"given up (final {r['final_accuracy']:.3f} at {r['final_labels']})"
             )
         return "\n".join(lines)
 
