@@ -18,10 +18,13 @@ __all__ = ["FitWidth"]
 _ESM = """
 function render({ model, el }) {
   el.style.display = "none";
-  let observer = null, timer = null, tries = 0, last = -1;
+  let observer = null, timer = null, tries = 0, last = -1, timers = [];
+  // A width change can take a few frames to settle (a flex row wraps or unwraps after the
+  // figure's own resize): resize soon, and again twice while it settles.
   const fire = () => {
-    clearTimeout(timer);
-    timer = setTimeout(() => window.dispatchEvent(new Event("resize")), 60);
+    timers.forEach(clearTimeout);
+    timers = [60, 300, 1000].map((ms) =>
+      setTimeout(() => window.dispatchEvent(new Event("resize")), ms));
   };
   const attach = () => {
     const box = el.closest(model.get("scope"));
@@ -36,7 +39,7 @@ function render({ model, el }) {
     observer.observe(box);
   };
   attach();
-  return () => { if (observer) observer.disconnect(); clearTimeout(timer); };
+  return () => { if (observer) observer.disconnect(); clearTimeout(timer); timers.forEach(clearTimeout); };
 }
 export default { render };
 """

@@ -236,12 +236,12 @@ class EmbeddingPlot(View):
         )
         self.mode.style.button_width = "70px"
         # Buttons as wide as their text: "Label these (1,267)" is never cut.
+        # Wide enough for "Label these (99,999)": the count is never cut. (A width of "auto"
+        # here kept plotly's figure from growing with its column.)
         self.label_button = W.Button(
-            description="Label these (0)", disabled=True, icon="tag", layout=W.Layout(width="auto")
+            description="Label these (0)", disabled=True, icon="tag", layout=W.Layout(width="190px")
         )
-        self.clear_button = W.Button(
-            description="Clear", disabled=True, layout=W.Layout(width="auto")
-        )
+        self.clear_button = W.Button(description="Clear", disabled=True)
         self.status = W.HTML()
         self.rounds = W.IntSlider(
             min=0,
