@@ -47,9 +47,9 @@ def _blobs(n=300, holdout=0.25):
     return dal.datasets.from_arrays(X, y=np.array(list("abc"))[y], holdout=holdout)
 
 
-def test_a_model_that_stops_changing_is_reported_stable_and_the_plateau_seen():
+def _random_session():
     ds = _blobs()
-    s = dal.Session(
+    return ds, dal.Session(
         ds,
         strategy="random",
         store=None,
@@ -57,6 +57,10 @@ def test_a_model_that_stops_changing_is_reported_stable_and_the_plateau_seen():
         retrain="manual",
         train_config=TrainConfig(steps=60),
     )
+
+
+def test_a_model_that_stops_changing_is_reported_stable_and_the_plateau_seen():
+    ds, s = _random_session()
     monitor = StopMonitor(s, stop_set=100, budget=500)
     assert len(monitor.positions) == 100
     ids = s.query(30)
@@ -77,15 +81,7 @@ def test_a_model_that_stops_changing_is_reported_stable_and_the_plateau_seen():
 
 
 def test_a_model_still_learning_is_not_stable_and_the_budget_counts():
-    ds = _blobs()
-    s = dal.Session(
-        ds,
-        strategy="random",
-        store=None,
-        device="cpu",
-        retrain="manual",
-        train_config=TrainConfig(steps=60),
-    )
+    ds, s = _random_session()
     monitor = StopMonitor(s, stop_set=200, budget=12)
     for n in (3, 3, 3, 3):  # a handful of labels at a time: the model moves
         ids = s.query(n)
