@@ -198,8 +198,13 @@ class App(View):
             ),
             session.on("trained", lambda **kw: self._safe(self._on_trained)),
             session.on("evaluated", lambda **kw: self._safe(self._update_curve)),
-            session.on("trained", lambda **kw: self._safe(self._update_stopping)),
-            session.on("evaluated", lambda **kw: self._safe(self._update_stopping)),
+            # once per fit: after its evaluation when there is one (the kappa is in by then)
+            session.on(
+                "evaluated"
+                if session.dataset.has_holdout and session.evaluate_after_fit
+                else "trained",
+                lambda **kw: self._safe(self._update_stopping),
+            ),
             session.on("train_failed", lambda error: self._safe(lambda: self._on_failed(error))),
             session.on("train_idle", lambda **kw: self._safe(self._update_status)),
             session.on("labeled", lambda **kw: self._safe(self._update_status)),
