@@ -276,7 +276,15 @@ def test_suggestions_follow_the_model_and_come_back_after_a_restart(request, fro
         page.keyboard.press(key)
         page.wait_for_timeout(120)
         _agree(page)
-    wait_until(lambda: "worker: idle" in _agree(page)[1], timeout=60, what="the fit to end")
+    # The batch's own fit may start just after the early one ends: wait for the last fit.
+    wait_until(
+        lambda: (
+            lab.execute("print(s.training, s.model_version.n_labels)").split() == ["False", "10"]
+        ),
+        timeout=60,
+        what="the fit on all 10 labels to end",
+    )
+    wait_until(lambda: "worker: idle" in _agree(page)[1], timeout=10, what="the panel: idle")
     assert "training\u2026" not in _agree(page)[0]
     assert lab.execute("print(len(s.labels), s.model_version.n_labels)").split() == ["10", "10"]
     lab.save_screenshot(page, f"follow-{frontend}-1280x900")
