@@ -361,6 +361,7 @@ _SAME = np.repeat(softmax(np.random.default_rng(0).normal(size=(30, 1, 4))), 6, 
     [
         # Constant model outputs (e.g. unscaled features) are not a dropout problem.
         ("margin", {"probs": np.full((30, 2), 0.5)}, ["unscaled", "too few", "dead"], "dropout"),
+        ("least_confidence", {"probs": np.full((30, 2), 0.5)}, ["empty texts"], "dropout"),
         ("entropy", {"probs": np.full((30, 3), 1 / 3)}, ["unscaled", "too few"], "dropout"),
         ("bald", {"mc_probs": _SAME}, ["no dropout", "too weak"], None),
         ("consensus_kl", {"member_probs": _SAME}, ["members", "seed"], "dropout"),

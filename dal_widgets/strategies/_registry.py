@@ -79,7 +79,8 @@ _CAUSES: dict[str, str] = {
     "constant": "constant model outputs, from unscaled input features (a column of Unix "
     "timestamps or 1e15-sized counts swamps the others and saturates the network: "
     "standardize the features, as the default model does), too few training steps or "
-    "labels, or a dead network (every ReLU off, e.g. after too high a learning rate)",
+    "labels, inputs that carry nothing to learn from (empty texts, all-zero features), or a "
+    "dead network (every ReLU off, e.g. after too high a learning rate)",
     "features": "input features that are the same for every sample",
 }
 
