@@ -24,6 +24,7 @@ __all__ = [
     "StopMonitor",
     "TrainConfig",
     "datasets",
+    "encoders",
     "simulate",
     "stopping",
     "strategies",
@@ -33,6 +34,7 @@ __all__ = [
 _LAZY = {
     "datasets": ("dal_widgets.data", None),
     "strategies": ("dal_widgets.strategies", None),
+    "encoders": ("dal_widgets.encoders", None),
     "store": ("dal_widgets.store", None),
     "training": ("dal_widgets.training", None),
     "Session": ("dal_widgets.session", "Session"),

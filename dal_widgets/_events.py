@@ -29,6 +29,7 @@ SESSION_EVENTS = {
     "evaluated": "result (dict)",
     "class_added": "name",
     "map_changed": "projection (Projection)",
+    "embedding": "progress (dict): the encoder's embedding job (done, total, rate, eta_s, state)",
 }
 
 

@@ -32,11 +32,11 @@ def model_config(session: Any, model: nn.Module, version: Any) -> dict[str, Any]
 
     config = checkpoint_config(
         model,
-        input_shape=session.dataset.X.shape[1:],
+        input_shape=session.inputs.current.X.shape[1:],
         classes=session.classes,
         version=version,
         dataset_name=session.dataset.name,
-        fingerprint=session.dataset.fingerprint,
+        fingerprint=session.inputs.fingerprint,  # with an encoder: the dataset and the encoder
         train_config=session.train_config,
     )
     config["labels_key"] = version.labels_key
@@ -60,6 +60,44 @@ class ModelMemory:
         self.trainer = trainer
         #: Why the newest save failed (None after a save succeeds).
         self.error: str | None = None
+        #: Why the saved model could not be loaded (when restored on a background thread,
+        #: which must not warn; None when it loaded or there was none).
+        self.load_error: str | None = None
+
+    # ------------------------------------------------------------------ a session's model
+    def restore_for(self, session: Any, model: nn.Module, *, token: int, warn: bool) -> None:
+        """Bring back ``session``'s saved model into ``model`` (fresh; see :meth:`restore`)
+        and set the session's evaluation to the one saved with it."""
+        session.evaluation = self.restore(
+            model,
+            labels=session.store.labels,
+            classes=session.classes,
+            fingerprint=session.inputs.fingerprint,
+            refit=session.retrain != "manual" and not session.store.read_only,
+            token=token,
+            warn=warn,
+        )
+
+    def export_for(self, session: Any, path: Any) -> Path:
+        """``Session.export_model``: the newest model and its config, in one file."""
+        from dal_widgets.training import save_checkpoint
+
+        model, version = session.model, session.model_version
+        if model is None or version is None:
+            raise RuntimeError("No trained model yet: call train() (and wait()) first.")
+        return save_checkpoint(path, model, model_config(session, model, version))
+
+    def load_for(self, session: Any, path: Any, model: nn.Module, allow_other_dataset: bool) -> Any:
+        """``Session.load_model``: a checkpoint file into ``model`` (fresh); its ModelVersion."""
+        return self.load_file(
+            path,
+            model,
+            labels=session.store.labels,
+            classes=session.classes,
+            fingerprint=session.inputs.fingerprint,
+            dataset_name=session.dataset.name,
+            allow_other_dataset=allow_other_dataset,
+        )
 
     def save(self, model: nn.Module, config: dict[str, Any]) -> None:
         """Write the model and its config (atomically; creates the folder)."""
@@ -84,12 +122,13 @@ class ModelMemory:
         fingerprint: str,
         refit: bool,
         token: int,
+        warn: bool = True,
     ) -> dict[str, Any] | None:
         """Load the saved weights into ``model`` (fresh, of the session's architecture) and
         make it the trainer's newest; request a fit (when ``refit``) if the labels changed
         since it was trained, nothing could be loaded, or the session trains ensembles. Returns the saved evaluation of that
         model (None if none)."""
-        config = self._load(model, classes, fingerprint)
+        config = self._load(model, classes, fingerprint, warn)
         key = labels_key(labels)
         evaluation = None
         if config is not None:
@@ -111,7 +150,8 @@ class ModelMemory:
         *,
         labels: dict[Any, Any],
         classes: list[str],
-        dataset: Any,
+        fingerprint: str,
+        dataset_name: str,
         allow_other_dataset: bool,
     ) -> Any:
         """Load a checkpoint file the user names into ``model`` (errors raise) and make it the
@@ -122,14 +162,14 @@ class ModelMemory:
             path,
             model,
             classes=classes,
-            fingerprint=dataset.fingerprint,
-            dataset_name=dataset.name,
+            fingerprint=fingerprint,
+            dataset_name=dataset_name,
             allow_other_dataset=allow_other_dataset,
         )
         return self.trainer.set_model(model, int(config.get("n_labels", 0)), labels_key(labels))
 
     def _load(
-        self, model: nn.Module, classes: list[str], fingerprint: str
+        self, model: nn.Module, classes: list[str], fingerprint: str, warn: bool
     ) -> dict[str, Any] | None:
         if self.path is None or not self.path.is_file():
             return None
@@ -138,10 +178,10 @@ class ModelMemory:
         try:
             return load_checkpoint(self.path, model, classes=classes, fingerprint=fingerprint)
         except (OSError, ValueError, TypeError, RuntimeError, KeyError) as exc:
-            warnings.warn(
+            self.load_error = (
                 f"The model saved beside the store ({self.path}) could not be loaded, so a new "
-                f"one will be trained: {exc}",
-                DalWarning,
-                stacklevel=4,
+                f"one will be trained: {exc}"
             )
+            if warn:
+                warnings.warn(self.load_error, DalWarning, stacklevel=5)
             return None

@@ -17,7 +17,9 @@ class RetrainPolicy:
     """Decides, after each label action, whether a fit is due.
 
     ``"batch"``: when every sample of a query batch is labeled or skipped (the newest four
-    batches are watched); an int k: after every k new labels; ``"manual"``: never by itself.
+    batches are watched); ``"label"`` (also spelled ``"every label"``): after every label
+    action (fits coalesce: labels given while one runs are served by one more fit after it);
+    an int k: after every k new labels; ``"manual"``: never by itself.
     Before the first model, ``"batch"`` and k also fit once :data:`FIRST_FIT_LABELS` labels of
     two classes exist, so the rest of the first batch already gets suggestions.
     """
@@ -35,7 +37,8 @@ class RetrainPolicy:
     @value.setter
     def value(self, value: str | int) -> None:
         if isinstance(value, str):
-            check_choice(value, "retrain", self.where, ["batch", "manual"])
+            value = "label" if value == "every label" else value
+            check_choice(value, "retrain", self.where, ["batch", "label", "manual"])
         else:
             check_int(value, "retrain", self.where, lo=1)
         self._value = value
@@ -53,11 +56,22 @@ class RetrainPolicy:
             if finished:
                 self._batches = [b for b in self._batches if not b <= done]
                 due = True
+        elif self._value == "label":
+            due = n_new > 0
         elif isinstance(self._value, int):
             due = self._new >= self._value
         if due:
             self._new = 0
         return due
+
+    def after(self, n_new: int, labels: dict[Any, Any], skipped: set[Any], first: bool) -> bool:
+        """Whether a fit is due after ``n_new`` more labels or skips (``first``: no model
+        exists or is being fitted). The first model waits for :meth:`first_fit_due` with every
+        policy but ``"manual"``, even ``"label"``: one class is nothing to learn from."""
+        due = self.due(n_new, set(labels) | skipped)
+        if first and self._value == "label":
+            due = False
+        return due or (first and self.first_fit_due(labels))
 
     def first_fit_due(self, labels: dict[Any, Any]) -> bool:
         """Whether the first model may be fitted now (the caller knows there is none yet)."""

@@ -29,23 +29,33 @@ def session_status(session: Any) -> dict[str, Any]:
     """The session's state as views show it.
 
     Keys: ``worker`` ("training" while a fit runs or is queued, else "idle", "error" after a
-    failed fit, "cancelled" after a stopped one), ``worker_text`` (the same in words, with the
-    running fit's epoch, step and speed), ``model_version`` and ``model_labels`` (None before
+    failed fit, "cancelled" after a stopped one, "embedding" while an encoder's embeddings are
+    computed), ``worker_text`` (the same in words, with the running fit's epoch, step and
+    speed, or the embedding's progress), ``encoder`` (its name, or None) and ``encoder_text``
+    (with its progress), ``model_version`` and ``model_labels`` (None before
     the first model), ``staleness`` (labels added since that model), ``labeled``, ``skipped``,
     ``round``, ``strategy``, ``device`` and ``train_error`` (bool).
     """
     progress = dict(session.progress)
     state = progress.get("state")
+    inputs = session.inputs
     if session.training:
         worker = "training"
     elif state in ("error", "cancelled"):
         worker = str(state)
+    elif not inputs.ready:  # an encoder's embeddings are being computed (or failed)
+        worker = "embedding"
     else:
         worker = "idle"
     version = session.model_version
+    encoder = None if inputs.encoder is None else inputs.encoder.name
     return {
         "worker": worker,
-        "worker_text": worker_text(worker, progress),
+        "worker_text": inputs.progress_text()
+        if worker == "embedding"
+        else worker_text(worker, progress),
+        "encoder": encoder,
+        "encoder_text": None if encoder is None else f"{encoder}: {inputs.progress_text()}",
         "model_version": None if version is None else version.version,
         "model_labels": None if version is None else version.n_labels,
         "staleness": session.staleness,

@@ -66,7 +66,8 @@ class Projection:
     source: str  # "features" or "embeddings"
     model_version: int | None  # the session's counter, for display ("model v3")
     seconds: float
-    #: What identifies the model across kernels (``ModelVersion.key``); None for raw features.
+    #: What identifies the model across kernels (``ModelVersion.key``); for a map of the
+    #: features, what identifies them (``"features"``, or an encoder's id).
     model_key: str | None = None
 
 
@@ -342,13 +343,15 @@ class Projector:
     def _key_now(self) -> _Want:
         source = self._source_now()
         mv = self.session.model_version
-        if source != "embeddings" or mv is None:
+        if source == "features":  # the raw features, or an encoder's embeddings once ready
+            return _Want(source, None, self.session.inputs.key)
+        if mv is None:
             return _Want(source, None, None)
         return _Want(source, mv.version, mv.key or None)
 
     def _features(self, source: str) -> np.ndarray:
         if source == "features":
-            return self.session.dataset.features
+            return self.session.inputs.current.features
         return self.session.compute_arrays({"embeddings"})["embeddings"]
 
     @staticmethod
@@ -363,8 +366,8 @@ class Projector:
         if self.cache_dir is None:
             return None
         fp = self.session.dataset.fingerprint
-        if want.source == "features":
-            return self.cache_dir / f"{fp}-features-{method}.npy"
+        if want.source == "features":  # key "features", or the encoder's id
+            return self.cache_dir / f"{fp}-{want.key}-{method}.npy"
         if want.key is None:
             return None
         return self.cache_dir / f"{fp}-{want.source}-{want.key}-{method}.npy"
@@ -428,8 +431,9 @@ class Projector:
                 return cached
         # Raw features give the first paint even when the model exists: no inference needed.
         t0 = time.perf_counter()
-        coords = pca_2d(self.session.dataset.features, sample=self.sample, seed=self.seed)
-        proj = Projection(coords, "pca", "features", None, time.perf_counter() - t0)
+        inputs = self.session.inputs
+        coords = pca_2d(inputs.current.features, sample=self.sample, seed=self.seed)
+        proj = Projection(coords, "pca", "features", None, time.perf_counter() - t0, inputs.key)
         self._save(proj)
         self.status = "pca"
         return proj

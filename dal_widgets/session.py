@@ -17,6 +17,7 @@ from torch import nn
 
 from dal_widgets import strategies as _strategies
 from dal_widgets._checks import check_int, check_real, param_error
+from dal_widgets._encoded import HEAD_CONFIG, ModelInputs
 from dal_widgets._events import SESSION_EVENTS as EVENTS
 from dal_widgets._events import Events
 from dal_widgets._explain import PickNotes, suggestion
@@ -53,7 +54,8 @@ class Session:
         ``"multilabel_entropy"`` for multi-label data).
     model : "auto", torch.nn.Module or callable
         ``"auto"`` sizes a default model from the data (an MLP for tabular data, texts and 8x8
-        images, a small CNN with dropout for larger images). A module is copied fresh for every
+        images, a small CNN with dropout for larger images; with an ``encoder``, a linear head
+        with input dropout over the embeddings). A module is copied fresh for every
         fit (its initial weights are the starting point each time); a callable
         ``model(input_shape, n_classes)`` builds a new one per fit. Embeddings are the input
         of the model's ``classifier`` attribute, or of its last ``nn.Linear``.
@@ -71,6 +73,12 @@ class Session:
         Steps, batch size, learning rate, MC passes (see :class:`TrainConfig`).
     cold_start : str
         The strategy used while no model exists yet, when the chosen one needs model outputs.
+    retrain : {"batch", "label", "manual"} or int, optional
+        When fits start by itself (see :attr:`retrain`); default ``"label"`` with an encoder
+        (a head fits in milliseconds), else ``"batch"``.
+    encoder : Encoder, optional
+        From :mod:`dal_widgets.encoders`: the pool is embedded once in the background (cached
+        in ``<store>.dal/embeddings/``), and the model is a head over the embeddings.
     annotator : str, optional
         Recorded with every label (default: the OS user name).
     read_only : bool
@@ -89,9 +97,10 @@ class Session:
         *,
         train_config: TrainConfig | None = None,
         cold_start: str = "random",
-        retrain: str | int = "batch",
+        retrain: str | int | None = None,
         annotator: str | None = None,
         read_only: bool = False,
+        encoder: Any = None,
     ) -> None:
         where = "Session"
         if not isinstance(dataset, Dataset):
@@ -106,14 +115,12 @@ class Session:
         self.cold_start = cold_start
         _strategies.get(cold_start)
         self.device = resolve_device(device, where)
-        self.train_config = (train_config or TrainConfig()).validated(where + ".train_config")
-        if dataset.multi_label and self.train_config.pseudo_labels > 0:
-            raise ValueError(
-                f"{where}: TrainConfig.pseudo_labels works on single-label data only; this "
-                f"dataset is multi-label. Set pseudo_labels=0 (got {self.train_config.pseudo_labels})."
-            )
+        default = TrainConfig() if encoder is None else HEAD_CONFIG
+        self.train_config = (train_config or default).validated(
+            where + ".train_config", multi_label=dataset.multi_label
+        )
         self._models = ModelFactory(model, where)
-        self._retrain = RetrainPolicy(retrain)  # checked before the store is opened
+        self._retrain = RetrainPolicy(retrain or ("batch" if encoder is None else "label"))
         self.store = open_store(
             store,
             fingerprint=dataset.fingerprint,
@@ -126,6 +133,16 @@ class Session:
         )
         self.multi_label = dataset.multi_label
         self._events = Events(EVENTS, "Session.on")
+        #: What the model reads: the dataset's inputs, or its embeddings under an encoder.
+        self.inputs = ModelInputs(
+            dataset,
+            encoder,
+            side_dir=self.store.side_dir,
+            device=self.device,
+            on_progress=lambda p: self._events.emit("embedding", progress=p),
+            on_ready=self._on_inputs_ready,
+            where=where,
+        )
         #: The newest query (None before the first in this process).
         self.last_query: Query | None = None
         self._notes = PickNotes()
@@ -140,7 +157,7 @@ class Session:
         )
         #: The newest model's arrays over the pool, computed once per model version.
         self.arrays = PoolArrays(
-            dataset.X,
+            dataset.X,  # replaced by the embeddings when they are ready
             features=dataset.features,
             trainer=self._trainer,
             multi_label=dataset.multi_label,
@@ -158,20 +175,24 @@ class Session:
         if self.pending:  # the last query batch survives a restart, and so does its fit
             self._retrain.watch(self.pending)
         self._memory = ModelMemory(self.store.side_dir, self._trainer)
-        if self.store.labels:  # the model kept beside the store, refitted if labels changed
-            self.evaluation = self._memory.restore(
-                self._new_model(),
-                labels=self.store.labels,
-                classes=self.classes,
-                fingerprint=dataset.fingerprint,
-                refit=self._retrain.value != "manual" and not read_only,
-                token=self._label_epoch,
-            )
         # When the store closes (close(), or a new Session on the same file takes it over),
         # this session stops its worker and lets go of its model and pool-sized arrays. A
         # weak reference: the store never keeps the session alive.
         release = weakref.WeakMethod(self._release)
         self.store.add_close_callback(lambda _reason: (method := release()) and method())
+        self.inputs.start()  # at once without an encoder; in the background with one
+
+    def _on_inputs_ready(self) -> None:
+        """The model's inputs exist (with an encoder: on the embedding thread, which must not
+        warn, so a saved model that cannot be loaded is only noted in its memory)."""
+        data, encoded = self.inputs.current, self.inputs.encoder is not None
+        self.arrays.X, self.arrays.features = data.X, data.features
+        if self.store.labels:  # the model kept beside the store, refitted if labels changed
+            self._memory.restore_for(
+                self, self._new_model(), token=self._label_epoch, warn=not encoded
+            )
+        if encoded:
+            self._events.emit("embedding", progress=self.inputs.progress)
 
     # ------------------------------------------------------------------ configuration
     @property
@@ -187,8 +208,9 @@ class Session:
     def retrain(self) -> str | int:
         """When training starts by itself.
 
-        ``"batch"`` (the default): when every sample of a query batch is labeled or skipped;
-        an int k: after every k new labels; ``"manual"``: only on :meth:`train`.
+        ``"batch"`` (the default without an encoder): when every sample of a query batch is
+        labeled or skipped; ``"label"`` (the default with one): after every label; an int k:
+        after every k new labels; ``"manual"``: only on :meth:`train`.
         """
         return self._retrain.value
 
@@ -199,11 +221,8 @@ class Session:
     def _after_labels(self, ids: list[Any]) -> None:
         """Apply the retrain policy after labels or skips (the first model as early as can be)."""
         self._label_epoch += 1
-        labels = self.store.labels
         first = self.model_version is None and not self.training
-        if self._retrain.due(len(ids), set(labels) | self.store.marked("skip")) or (
-            first and self._retrain.first_fit_due(labels)
-        ):
+        if self._retrain.after(len(ids), self.store.labels, self.store.marked("skip"), first):
             self._trainer.request(self._label_epoch)
 
     @property
@@ -213,10 +232,7 @@ class Session:
 
     def _new_model(self) -> nn.Module:
         head = self.train_config.loss_head or "loss_pred" in _strategies.get(self.strategy).needs
-        shape = tuple(self.dataset.X.shape[1:])
-        return self._models.build(
-            shape, len(self.classes), self.dataset.kind, loss_head=head, pool=self.dataset.X
-        )
+        return self.inputs.new_model(self._models, len(self.classes), loss_head=head)
 
     # ------------------------------------------------------------------ events
     def on(self, event: str, callback: Callable[..., Any]) -> Callable[[], None]:
@@ -337,7 +353,7 @@ class Session:
                 n,
                 mask,
                 where=where,
-                dataset=self.dataset,
+                dataset=self.inputs.current,
                 have_model=snapshot is not None,
                 ensemble_size=self.train_config.ensemble_size,
                 model=None if snapshot is None else snapshot.model,
@@ -384,11 +400,7 @@ class Session:
     @property
     def pending(self) -> list[Any]:
         """Ids of the latest query batch not labeled or skipped yet (survives a restart)."""
-        log = self.store.queries()
-        if not log:
-            return []
-        done = set(self.store.labels) | self.store.marked("skip")
-        return [i for i in log[-1]["ids"] if i not in done]
+        return self.store.pending()
 
     # ------------------------------------------------------------------ training
     def train(self, *, block: bool = False) -> None:
@@ -478,9 +490,7 @@ class Session:
         if self._maps is None:
             from dal_widgets.projection import SessionMaps
 
-            self._maps = SessionMaps(
-                self, lambda proj: self._events.emit("map_changed", projection=proj)
-            )
+            self._maps = SessionMaps(self, lambda p: self._events.emit("map_changed", projection=p))
         return self._maps.get(method, **options)
 
     status = property(session_status, doc=session_status.__doc__)
@@ -492,7 +502,8 @@ class Session:
         return max(0, len(self.store) - seen)
 
     def _training_data(self) -> TrainingSet:  # on the trainer's thread, when a fit starts
-        return training_set(self.dataset, self.labels, self.classes, self._label_epoch, self.device)
+        data = self.inputs.dataset()  # with an encoder, waits for the embeddings
+        return training_set(data, self.labels, self.classes, self._label_epoch, self.device)
 
     def export_model(self, path: Any) -> Path:
         """Save the newest model to one file: its weights and a JSON config (classes, dataset
@@ -500,25 +511,13 @@ class Session:
 
         Load it back with :meth:`load_model` (``torch.load(..., weights_only=True)``).
         """
-        from dal_widgets.training import save_checkpoint
-
-        model, version = self.model, self.model_version
-        if model is None or version is None:
-            raise RuntimeError("No trained model yet: call train() (and wait()) first.")
-        return save_checkpoint(path, model, model_config(self, model, version))
+        return self._memory.export_for(self, path)
 
     def load_model(self, path: Any, *, allow_other_dataset: bool = False) -> None:
         """Load a checkpoint saved by :meth:`export_model` into a fresh model; it becomes the
-        newest. One made for another dataset or class list is refused unless
+        newest. One made for another dataset, class list or encoder is refused unless
         ``allow_other_dataset``."""
-        version = self._memory.load_file(
-            path,
-            self._new_model(),
-            labels=self.store.labels,
-            classes=self.classes,
-            dataset=self.dataset,
-            allow_other_dataset=allow_other_dataset,
-        )
+        version = self._memory.load_for(self, path, self._new_model(), allow_other_dataset)
         self._on_trainer_event("trained", version=version)  # recorded, announced, evaluated
 
     # ------------------------------------------------------------------ evaluation
@@ -550,12 +549,9 @@ class Session:
         model, version = self.model, self.model_version
         if model is None or version is None:
             raise RuntimeError("No trained model yet: call train() (and wait()) first.")
-        metrics = evaluate_model(model, self.dataset, config=self.train_config, device=self.device)
-        result = {
-            **metrics,
-            "model_version": version.version,
-            "n_labels": version.n_labels,
-        }
+        data = self.inputs.dataset()
+        metrics = evaluate_model(model, data, config=self.train_config, device=self.device)
+        result = {**metrics, "model_version": version.version, "n_labels": version.n_labels}
         if not self.store.read_only:
             self.store.update_round(
                 accuracy=metrics["accuracy"],
@@ -575,9 +571,10 @@ class Session:
     # ------------------------------------------------------------------ lifecycle
     def _release(self) -> None:
         """Stop the worker and drop the model and pool-sized arrays (the store is closing)."""
+        self.inputs.close()
         self._trainer.close()
         self.arrays.clear()
-        self.last_query = None
+        self._maps = self.last_query = None
         self._notes.clear()
 
     def close(self) -> None:
@@ -593,7 +590,8 @@ class Session:
 
     def __repr__(self) -> str:
         version = "none" if self.model_version is None else f"v{self.model_version.version}"
+        enc = "" if self.inputs.encoder is None else f"encoder={self.inputs.encoder.name!r}, "
         return (
             f"Session(dataset={self.dataset.name!r}, strategy={self.strategy!r}, labels={len(self.store)}, "
-            f"round={self.round}, model={version}, device={self.device.type!r}, store={self.store.path!r})"
+            f"round={self.round}, model={version}, {enc}device={self.device.type!r}, store={self.store.path!r})"
         )

@@ -421,3 +421,80 @@ def test_the_stopping_panel_follows_the_fits(app):
         app.session.train(block=True)
     assert app.stop_monitor.signals().stable
     assert "predictions stable" in app.stopping.value and "you could stop" in app.stopping.value
+
+
+# ---------------------------------------------------------------- an encoder (issue 15)
+def _pixels_session(path):
+    ds = dal.datasets.digits()
+    enc = dal.encoders.from_callable(lambda x: x.reshape(len(x), -1), name="pixels")
+    return dal.Session(ds, strategy="margin", store=str(path), device="cpu", encoder=enc)
+
+
+def test_the_app_shows_the_encoder_and_learns_from_each_label(tmp_path):
+    s = _pixels_session(tmp_path / "enc.db")
+    a = dal.App(s, batch_size=8, map_method="pca")
+    assert s.inputs.job.wait(60)
+    wait = time.monotonic() + 10
+    while "encoder pixels: ready" not in a.status.value and time.monotonic() < wait:
+        time.sleep(0.05)
+    assert "encoder pixels: ready" in a.status.value
+    assert a.retrain.value == "label"  # a head learns from each label by default
+    ds = s.dataset
+    versions = []
+    for _ in range(8):
+        sid = a.labeler.current_id
+        a.labeler.label(int(ds.targets[ds.positions([sid])[0]]))
+        assert s.wait(30)
+        versions.append(None if s.model_version is None else s.model_version.version)
+    first = next(i for i, v in enumerate(versions) if v is not None)
+    assert first <= 5 and versions[first:] == list(range(1, 9 - first)), versions
+    assert a.errors == [] and a.labeler.errors == []
+    a.close()
+    s.close()
+
+
+_ENCODER_CELLS = [
+    "import dal_widgets as dal\n"
+    "ds = dal.datasets.digits()\n"
+    "enc = dal.encoders.from_callable(lambda x: x.reshape(len(x), -1), name='pixels')\n"
+    "s = dal.Session(ds, strategy='margin', store='enc.db', device='cpu', encoder=enc)\n"
+    "app = dal.App(s, batch_size=10, map_method='pca')\n"
+    "app",
+]
+
+
+@pytest.mark.e2e
+def test_with_an_encoder_the_model_advances_after_each_label_in_the_browser(lab):
+    from _lab import wait_until
+
+    for leftover in lab.root_dir.glob("enc.db*"):
+        shutil.rmtree(leftover) if leftover.is_dir() else leftover.unlink()
+    page = lab.open_notebook(_ENCODER_CELLS, name="encoder.ipynb")
+    page.set_viewport_size({"width": 1280, "height": 900})
+    truths = lab.execute(
+        "print(*[ds.classes[ds.targets[ds.positions([i])[0]]] for i in app.labeler.batch_ids])"
+    ).split()
+    header = page.locator(".dal-app .dal-progress-text")
+    panel = page.locator(".dal-app .widget-html-content", has_text="worker:")
+    wait_until(lambda: "encoder pixels: ready" in panel.inner_text(), timeout=30, what="encoder")
+    page.locator(".dal-app .dal-labeler .dal-hint").click()
+    state = "print(len(s.labels), s.training, *(s.model_version.n_labels, s.model_version.version) if s.model_version else ())"
+    seen = []
+    for n, key in enumerate(truths[:10], start=1):
+        page.keyboard.press(key)
+
+        def settled(n=n):  # the label is stored and no fit runs or waits
+            now = lab.execute(state).split()
+            return now[:2] == [str(n), "False"] and (len(now) == 2 or now[2] == str(n))
+
+        wait_until(settled, timeout=30, what=f"the fit after label {n}")
+        now = lab.execute(state).split()
+        if len(now) == 4:  # a model exists: the header shows the one that saw this label
+            wait_until(
+                lambda v=now[3]: f"model v{v}" in header.inner_text(),
+                timeout=5,
+                what=f"model v{now[3]} in the labeler's header",
+            )
+            seen.append(int(now[3]))
+    assert len(seen) >= 5 and seen == list(range(seen[0], seen[0] + len(seen))), seen
+    lab.save_screenshot(page, "encoder-app-1280x900")

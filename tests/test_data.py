@@ -130,6 +130,9 @@ def test_tabular_render_uses_columns():
             "'y' must be given",
         ),
         ({"X": np.zeros((5,)), "y": [0] * 5}, ValueError, "dimensions"),
+        # (N, 0): nothing to learn from (it used to fail later, inside a fit).
+        ({"X": np.zeros((4, 0)), "y": [0, 1, 0, 1]}, ValueError, "'X'.*at least one feature"),
+        ({"X": np.zeros((4, 1, 0, 8)), "y": [0, 1, 0, 1]}, ValueError, "at least one feature"),
     ],
 )
 def test_from_arrays_bad_input_names_the_parameter(kwargs, exc, match):

@@ -186,6 +186,44 @@ def bad_inputs(tmp_path):
             "store with a damaged round row",
             lambda: LabelStore(str(damaged), fingerprint=ds.fingerprint, classes=ds.classes),
         ),
+        (
+            "X with no features (N, 0)",
+            lambda: dal.datasets.from_arrays(np.zeros((4, 0)), y=[0] * 4),
+        ),
+        # Encoders (issue 15).
+        ("encoder as a str", lambda: dal.Session(ds, store=None, encoder="resnet18")),
+        (
+            "text encoder on tabular data",
+            lambda: dal.Session(
+                ds, store=None, encoder=dal.encoders.from_callable(len, name="t", kinds=["text"])
+            ),
+        ),
+        (
+            "encoder returning 1-D",
+            lambda: dal.encoders.from_callable(lambda x: x[:, 0], name="f").embed(ds, [0, 1]),
+        ),
+        (
+            "encoder returning NaN",
+            lambda: dal.encoders.from_callable(lambda x: x * np.nan, name="f").embed(ds, [0]),
+        ),
+        (
+            "precomputed with too few rows",
+            lambda: dal.Session(ds, store=None, encoder=dal.encoders.precomputed(np.zeros((3, 2)))),
+        ),
+        ("precomputed .npy missing", lambda: dal.encoders.precomputed(tmp_path / "none.npy")),
+        ("torchvision unknown name", lambda: dal.encoders.torchvision("resnet_9000")),
+        (
+            "torchvision weights not a file",
+            lambda: dal.encoders.torchvision("resnet18", weights=tmp_path / "w.pth"),
+        ),
+        (
+            "torchvision weights not a state dict",
+            lambda: dal.encoders.torchvision("resnet18", weights=notckpt),
+        ),
+        (
+            "sentence_transformer bad folder",
+            lambda: dal.encoders.sentence_transformer(tmp_path / "nothing"),
+        ),
     ]
 
 

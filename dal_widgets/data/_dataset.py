@@ -119,6 +119,8 @@ class Dataset:
         texts: Sequence[str] | None = None,
         columns: Sequence[str] | None = None,
         paths: Sequence[str] | None = None,
+        eval_texts: Sequence[str] | None = None,
+        eval_paths: Sequence[str] | None = None,
         multi_label: bool = False,
     ) -> None:
         where = "Dataset"
@@ -136,6 +138,9 @@ class Dataset:
         self.texts = None if texts is None else list(texts)
         self.columns = None if columns is None else [str(c) for c in columns]
         self.paths = None if paths is None else list(paths)
+        #: The held-out split's texts and files (for encoders), in ``X_eval`` order.
+        self.eval_texts = None if eval_texts is None else list(eval_texts)
+        self.eval_paths = None if eval_paths is None else list(eval_paths)
         self.multi_label = bool(multi_label)
         self._content_key = content_key
         self._sorter: np.ndarray | None = None

@@ -242,6 +242,8 @@ def _split_dataset(
         eval_ids=all_ids[held],
         texts=None if texts is None else [texts[i] for i in pool],
         paths=None if paths is None else [paths[i] for i in pool],
+        eval_texts=None if texts is None else [texts[i] for i in held],
+        eval_paths=None if paths is None else [paths[i] for i in held],
         **kwargs,
     )
 
@@ -329,6 +331,8 @@ def from_arrays(
     arr = check_array(X, "X", where, ndim=(2, 3, 4), min_rows=1)
     if arr.dtype.kind not in "fiub":
         raise param_error("X", where, "a numeric array", arr, TypeError)
+    if 0 in arr.shape[1:]:  # nothing for a model to read
+        raise param_error("X", where, "an array with at least one feature per sample", arr)
     if kind is None:
         kind = "tabular" if arr.ndim == 2 else "image"
     if kind == "tabular":

@@ -485,6 +485,14 @@ class LabelStore(_Exports):
             ),
         )
 
+    def pending(self) -> list[Any]:
+        """Ids of the newest query batch not labeled or skipped yet."""
+        log = self.queries()
+        if not log:
+            return []
+        done = set(self.labels) | self.marked("skip")
+        return [i for i in log[-1]["ids"] if i not in done]
+
     def queries(self) -> list[dict[str, Any]]:
         """The query log, oldest first: round, strategy, ids, scores, model version, timestamp."""
         with self._lock:

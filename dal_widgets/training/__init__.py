@@ -25,6 +25,7 @@ from dal_widgets.training._inference import INFERABLE, predict
 from dal_widgets.training._metrics import evaluate_model, held_out_metrics
 from dal_widgets.training._models import (
     MLP,
+    EmbeddingHead,
     ModelFactory,
     SmallCNN,
     Standardize,
@@ -43,6 +44,7 @@ __all__ = [
     "CheckpointMismatchError",
     "CheckpointWriteError",
     "EarlyStopping",
+    "EmbeddingHead",
     "FitResult",
     "FitState",
     "ModelFactory",

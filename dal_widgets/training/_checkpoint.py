@@ -319,8 +319,10 @@ def _check_dataset(
     if fingerprint is not None and saved_fp is not None and saved_fp != fingerprint:
         saved_name = config.get("dataset") or "an unnamed dataset"
         this_name = dataset_name or "unnamed"
+        # "+<encoder id>" marks a head over an encoder's embeddings.
+        other = " or encoder" if "+" in saved_fp + fingerprint else ""
         raise CheckpointMismatchError(
-            f"The checkpoint {source!r} was trained on another dataset: {saved_name!r} "
+            f"The checkpoint {source!r} was trained on another dataset{other}: {saved_name!r} "
             f"(fingerprint {saved_fp}), and this one is {this_name!r} (fingerprint "
             f"{fingerprint}). {override}"
         )

@@ -109,7 +109,8 @@ class TrainConfig:
     pseudo_labels: float = 0.0
     pseudo_per_class: int = 200
 
-    def validated(self, where: str = "TrainConfig") -> TrainConfig:
+    def validated(self, where: str = "TrainConfig", *, multi_label: bool = False) -> TrainConfig:
+        """Check every field (raising errors that name it); ``multi_label``: for that data."""
         check_int(self.steps, "steps", where, lo=1)
         check_int(self.min_epochs, "min_epochs", where, lo=1)
         check_int(self.max_epochs, "max_epochs", where, lo=self.min_epochs)
@@ -133,6 +134,11 @@ class TrainConfig:
             raise param_error("augment", where, "'auto', 'affine' or 'off'", self.augment)
         check_real(self.pseudo_labels, "pseudo_labels", where, lo=0.0, hi=1.0, hi_open=True)
         check_int(self.pseudo_per_class, "pseudo_per_class", where, lo=1)
+        if multi_label and self.pseudo_labels > 0:
+            raise ValueError(
+                f"{where}: TrainConfig.pseudo_labels works on single-label data only; this "
+                f"dataset is multi-label. Set pseudo_labels=0 (got {self.pseudo_labels})."
+            )
         return self
 
     def with_(self, **changes: Any) -> TrainConfig:

@@ -24,6 +24,7 @@ from dal_widgets._checks import param_error, short_repr
 
 __all__ = [
     "MLP",
+    "EmbeddingHead",
     "ModelFactory",
     "SmallCNN",
     "Standardize",
@@ -178,6 +179,30 @@ class MLP(nn.Module):
         return _split_at_first_dropout(self)
 
 
+class EmbeddingHead(MLP):
+    """A linear classifier over frozen embeddings, with dropout on its input.
+
+    Frozen foundation-model features with a light head are what makes active learning pay off
+    at small budgets (Gupte et al. 2024, arXiv 2401.14555). The inputs are standardized with
+    the pool's statistics; the dropout makes MC-dropout strategies work (its passes cost one
+    matrix product each: :meth:`mc_split` runs the standardization once). The penultimate
+    embedding is the standardized encoder embedding.
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        n_classes: int,
+        dropout: float = 0.2,
+        loss_head: bool = False,
+        standardize: Standardize | None = None,
+    ) -> None:
+        super().__init__(
+            in_features, n_classes, hidden=(), loss_head=loss_head, standardize=standardize
+        )
+        self.features = nn.Sequential(nn.Flatten(), nn.Dropout(dropout))
+
+
 class SmallCNN(nn.Module):
     """A small LeNet-style CNN: two 5x5 conv blocks, a dense layer with dropout, the classifier.
 
@@ -258,7 +283,9 @@ def default_model(
     input_shape : tuple of int
         The shape of one sample; it must hold at least one feature.
     n_classes : int
-    kind : {"image", "tabular", "text"}
+    kind : {"image", "tabular", "text", "embedding"}
+        ``"embedding"``: the inputs are an encoder's embeddings; the model is an
+        :class:`EmbeddingHead`.
     loss_head : bool
         Carry a loss-prediction head (for the ``learning_loss`` strategy).
     inputs : array-like of shape (N, *input_shape), optional
@@ -280,9 +307,10 @@ def default_model(
         )
     if kind == "image" and len(shape) == 3 and min(shape[1:]) >= 16:
         return SmallCNN(shape[0], n_classes, loss_head=loss_head)
+    scaled = kind in ("tabular", "embedding")
     if standardize is not None:
-        standardize = copy.deepcopy(standardize) if kind == "tabular" else None
-    elif inputs is not None and kind == "tabular":
+        standardize = copy.deepcopy(standardize) if scaled else None
+    elif inputs is not None and scaled:
         X = inputs.detach().cpu().numpy() if isinstance(inputs, torch.Tensor) else inputs
         X = np.asarray(X)
         if X.ndim < 2 or tuple(X.shape[1:]) != shape:
@@ -291,6 +319,10 @@ def default_model(
                 f"(N, {', '.join(map(str, shape))}). Got {short_repr(X)} instead."
             )
         standardize = Standardize(*_column_stats(X, where))
+    if kind == "embedding":
+        return EmbeddingHead(
+            math.prod(shape), n_classes, loss_head=loss_head, standardize=standardize
+        )
     return MLP(math.prod(shape), n_classes, loss_head=loss_head, standardize=standardize)
 
 
@@ -354,7 +386,7 @@ class ModelFactory:
     ) -> nn.Module:
         """A new model for ``n_classes`` (``pool``: the inputs the statistics come from)."""
         if isinstance(self.spec, str):
-            if kind == "tabular" and pool is not None and self._stats is None:
+            if kind in ("tabular", "embedding") and pool is not None and self._stats is None:
                 self._stats = Standardize.from_inputs(pool)
             return default_model(
                 input_shape, n_classes, kind, loss_head=loss_head, standardize=self._stats

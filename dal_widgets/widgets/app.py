@@ -13,6 +13,7 @@ from dal_widgets.widgets._view import View
 __all__ = ["App"]
 
 _RETRAIN = [
+    ("after each label", "label"),
     ("after each batch", "batch"),
     ("every 10 labels", 10),
     ("every 50 labels", 50),
@@ -118,12 +119,12 @@ class App(View):
         self.batch = W.BoundedIntText(
             value=batch_size, min=1, max=500, description="batch", layout=W.Layout(width="140px")
         )
-        retrain_value = (
-            session.retrain if any(v == session.retrain for _, v in _RETRAIN) else "manual"
-        )
+        choices = list(_RETRAIN)
+        if not any(v == session.retrain for _, v in choices):  # e.g. every 7 labels
+            choices.insert(-1, (f"every {session.retrain} labels", session.retrain))
         self.retrain = W.Dropdown(
-            options=_RETRAIN,
-            value=retrain_value,
+            options=choices,
+            value=session.retrain,
             description="retrain",
             layout=W.Layout(width="230px"),
         )
@@ -207,6 +208,7 @@ class App(View):
             ),
             session.on("train_failed", lambda error: self._safe(lambda: self._on_failed(error))),
             session.on("train_idle", lambda **kw: self._safe(self._update_status)),
+            session.on("embedding", lambda **kw: self._safe(self._update_status)),
             session.on("labeled", lambda **kw: self._safe(self._update_status)),
             session.on("undone", lambda **kw: self._safe(self._update_status)),
             session.on("class_added", lambda **kw: self._safe(self._refresh_review_menu)),
@@ -246,9 +248,9 @@ class App(View):
             self.batch.value = n
 
     def set_retrain(self, policy: str | int) -> None:
-        """``"batch"``, ``"manual"`` or retrain every k labels (see ``Session.retrain``)."""
+        """``"label"``, ``"batch"``, ``"manual"`` or every k labels (see ``Session.retrain``)."""
         self.session.retrain = policy
-        if self.retrain.value != policy and any(v == policy for _, v in _RETRAIN):
+        if self.retrain.value != policy and any(v == policy for _, v in self.retrain.options):
             self.retrain.value = policy
 
     def review(self, what: str, label: str | None = None) -> list[Any]:
@@ -392,6 +394,7 @@ class App(View):
         )
         lines = [
             f"device: {status['device']}",
+            *([f"encoder {status['encoder_text']}"] if status["encoder"] else []),
             model,
             f"worker: {status['worker_text']}",
             f"{status['labeled']} labeled, round {status['round']}",

@@ -140,6 +140,7 @@ class LabelingWidget(anywidget.AnyWidget):
             session.on("train_started", lambda **kw: self._refresh_progress()),
             session.on("train_failed", lambda **kw: self._refresh_progress()),
             session.on("train_idle", lambda **kw: self._refresh_progress()),
+            session.on("embedding", lambda **kw: self._refresh_progress()),
             session.on("class_added", lambda **kw: self._set_classes()),
             # labels given elsewhere (code, another view) show on the tiles too
             session.on("labeled", lambda ids, **kw: self._external(ids)),

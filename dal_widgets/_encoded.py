@@ -1,0 +1,206 @@
+"""What a session's model reads: the dataset's own inputs, or its embeddings under an encoder.
+
+With an encoder, :class:`ModelInputs` embeds the pool and the held-out split once, in the
+background, into the embedding cache beside the store (see :mod:`dal_widgets.encoders`), and
+then serves a view of the dataset whose inputs are the embeddings (same ids, classes, targets
+and held-out split). Until then the raw dataset stands in where nothing needs the model
+(queries fall back to the cold-start strategy, which needs no model), and everything that does
+need it (a fit, an evaluation) waits for the embeddings on its own thread.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dal_widgets._checks import param_error
+from dal_widgets.data import Dataset
+from dal_widgets.training import TrainConfig
+
+__all__ = ["HEAD_CONFIG", "ModelInputs"]
+
+#: How a head over embeddings is fitted by default: few full-batch steps at a higher learning
+#: rate (a linear model converges fast), so that a fit on 1,000 labels takes milliseconds and
+#: the session can learn from every label.
+HEAD_CONFIG = TrainConfig(steps=100, batch_size=256, lr=1e-2, weight_decay=1e-4, augment="off")
+
+#: Rows per cache chunk file (and per progress step).
+CHUNK_ROWS = 1024
+
+
+class ModelInputs:
+    """The model's view of ``dataset`` (``encoder`` None: the dataset itself)."""
+
+    def __init__(
+        self,
+        dataset: Dataset,
+        encoder: Any,
+        *,
+        side_dir: Path | None,
+        device: Any,
+        on_progress: Callable[[dict[str, Any]], Any],
+        on_ready: Callable[[], Any],
+        where: str = "Session",
+    ) -> None:
+        self.raw = dataset
+        self.encoder = encoder
+        self.job: Any = None
+        self._view: Dataset | None = None
+        self._on_ready = on_ready
+        if encoder is None:
+            self._view = dataset
+            return
+        from dal_widgets.encoders import EmbeddingCache, EmbeddingJob, Encoder, cache_root
+
+        if not isinstance(encoder, Encoder):
+            raise param_error(
+                "encoder",
+                where,
+                "None or an encoder from dal_widgets.encoders (torchvision, "
+                "sentence_transformer, from_module, from_callable, precomputed)",
+                encoder,
+                TypeError,
+            )
+        encoder.check_dataset(dataset, where)
+        n_eval = 0 if dataset.X_eval is None else len(dataset.X_eval)
+        cache = EmbeddingCache(
+            cache_root(side_dir),
+            dataset.fingerprint,
+            encoder.id,
+            {"pool": len(dataset), "eval": n_eval},
+            chunk_rows=max(CHUNK_ROWS, encoder.batch_size),
+        )
+
+        def embed(split: str, start: int, stop: int) -> np.ndarray:
+            step = encoder.batch_size
+            parts = [
+                encoder.embed(
+                    dataset, np.arange(a, min(a + step, stop)), split=split, device=device
+                )
+                for a in range(start, stop, step)
+            ]
+            return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+        if hasattr(encoder, "full"):  # precomputed: the arrays are there, no cache needed
+            return
+        self.job = EmbeddingJob(
+            cache,
+            embed,
+            name="dal-embedding",
+            on_progress=on_progress,
+            on_ready=lambda: self._ready(self.job.pool, self.job.eval),
+        )
+
+    def start(self) -> None:
+        """Start embedding in the background (precomputed arrays are ready at once)."""
+        if self.job is not None:
+            self.job.start()
+        elif self.encoder is None:
+            self._on_ready()
+        else:
+            self._ready(self.encoder.full("pool"), self.encoder.full("eval"))
+
+    def _ready(self, pool: np.ndarray, held: np.ndarray | None) -> None:
+        """The embeddings exist (on the job's thread): build the view, then tell the session."""
+        raw = self.raw
+        self._view = Dataset(
+            pool,
+            classes=raw.classes,
+            kind="tabular",
+            ids=raw.ids,
+            targets=raw.targets,
+            X_eval=held,
+            y_eval=raw.y_eval,
+            eval_ids=raw.eval_ids,
+            name=raw.name,
+            content_key=f"{raw.fingerprint}|{self.encoder.id}".encode(),
+            multi_label=raw.multi_label,
+        )
+        self._on_ready()
+
+    # ------------------------------------------------------------------ reading
+    @property
+    def ready(self) -> bool:
+        """Whether the model's inputs exist (always without an encoder)."""
+        return self._view is not None  # set only once every embedding exists
+
+    @property
+    def kind(self) -> str:
+        """What the default model is built for: ``"embedding"`` under an encoder."""
+        return "embedding" if self.encoder is not None else self.raw.kind
+
+    @property
+    def fingerprint(self) -> str:
+        """What a saved model was trained on: the dataset's fingerprint, plus the encoder's id
+        under an encoder (a head fits only the embeddings it was trained on)."""
+        if self.encoder is None:
+            return self.raw.fingerprint
+        return f"{self.raw.fingerprint}+{self.encoder.id}"
+
+    @property
+    def key(self) -> str:
+        """What identifies :attr:`current` in caches (the map's): ``"features"`` for the raw
+        inputs, the encoder's id once its embeddings are ready."""
+        return "features" if self.encoder is None or self._view is None else self.encoder.id
+
+    @property
+    def current(self) -> Dataset:
+        """The model's view when ready, else the raw dataset (for what needs no model)."""
+        view = self._view
+        return view if view is not None else self.raw
+
+    def dataset(self, timeout: float | None = None) -> Dataset:
+        """The model's view, waiting for the embeddings (on a worker thread) if need be."""
+        if self._view is not None:
+            return self._view
+        if self.job is not None:
+            self.job.wait(timeout)
+            if self.job.error is not None:
+                raise RuntimeError(
+                    f"Embedding the dataset with encoder {self.encoder.name!r} failed:\n"
+                    + self.job.error
+                )
+        if self._view is None:
+            raise TimeoutError(
+                f"The embeddings of encoder {self.encoder.name!r} are not ready yet "
+                f"({self.progress_text()})."
+            )
+        return self._view
+
+    def new_model(self, factory: Any, n_classes: int, *, loss_head: bool) -> Any:
+        """A fresh model from ``factory`` (a ModelFactory) sized for these inputs (with an
+        encoder: waits for the embeddings; the default is then an EmbeddingHead)."""
+        data = self.dataset()
+        shape = tuple(data.X.shape[1:])
+        return factory.build(shape, n_classes, self.kind, loss_head=loss_head, pool=data.X)
+
+    @property
+    def progress(self) -> dict[str, Any]:
+        """``{"state": "ready"}`` without an encoder, else the embedding job's progress."""
+        if self.job is None:
+            return {"state": "ready"}
+        return {**self.job.progress, "encoder": self.encoder.name}
+
+    def progress_text(self) -> str:
+        """The progress in words, for status lines."""
+        p = self.progress
+        state = p.get("state")
+        if self.encoder is None or state == "ready":
+            return "ready"
+        if state == "error":
+            return f"embedding failed: {p.get('error', '')}"
+        done, total = p.get("done", 0), p.get("total", 0)
+        rate, eta = p.get("rate"), p.get("eta_s")
+        text = f"embedding with {self.encoder.name}: {done:,}/{total:,}"
+        if rate:
+            text += f", {rate:,.0f} samples/s"
+        if eta is not None and state == "embedding":
+            text += f", about {eta:.0f} s left"
+        return text
+
+    def close(self) -> None:
+        if self.job is not None:
+            self.job.cancel()

