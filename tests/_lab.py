@@ -804,6 +804,21 @@ class LabSession:
             )
         return page
 
+    def open_existing_notebook(self, name: str, *, timeout: float = 90) -> Page:
+        """Open the notebook already at ``name`` (relative to the root) in a new tab, unrun.
+
+        Returns the tab once it shows the test kernel idle (see :meth:`_wait_kernel_idle`);
+        running its cells is the caller's.  The notebook's kernelspec must be ``python3``.
+        """
+        self.notebook = name
+        page = self.context.new_page()
+        self.pages.append(page)
+        page.on("console", lambda m: self.console.append(f"[{m.type}] {m.text}"))
+        page.on("pageerror", lambda e: self.console.append(f"[pageerror] {e}"))
+        page.goto(self.server.notebook_url(name), wait_until="domcontentloaded")
+        self._wait_kernel_idle(page, name, timeout)
+        return page
+
     def _kernel_text(self, page: Page) -> str:
         return _safe_eval(page, _FRONT_ENDS[self.server.app].kernel_text_js)
 
