@@ -164,6 +164,9 @@ def build_report(args, records: list[dict], seconds: float) -> Report:
     names = [n for n in args.names if any(r["strategy"] == n for r in records)]
     r90, r95 = res.labels_to_reach(0.90), res.labels_to_reach(0.95)
     stops = res.stopping()  # stabilizing predictions, the published rule (3 models, 0.99)
+    # The rule's aggressiveness knob: a network refitted from scratch each round changes
+    # more between rounds than the SVMs the rule was made for, so 0.99 may never be reached.
+    eager = res.stopping(threshold=0.95)
     seeds = {n: sorted({r["seed"] for r in records if r["strategy"] == n}) for n in names}
     summary_rows = []
     for n in names:
@@ -177,6 +180,7 @@ def build_report(args, records: list[dict], seconds: float) -> Report:
                 quartiles(r95[n], args.budget),
                 f"{res.aubc(n):.4f}",
                 stop_column(n, stops, records, args.budget),
+                stop_column(n, eager, records, args.budget),
                 f"{sec['train_s']:.2f} / {sec['infer_s']:.2f} / {sec['select_s']:.2f}",
                 "; ".join(f"{a} / {b} ({src})" for src, a, b in pub) if pub else "",
             ]
@@ -287,7 +291,9 @@ def build_report(args, records: list[dict], seconds: float) -> Report:
         report.note(note)
     report.table(
         "Per strategy: labels to reach 90% and 95% (median [quartiles] over seeds), AUBC, "
-        "where stabilizing predictions would stop (median labels [quartiles], median accuracy), "
+        "where stabilizing predictions would stop (median labels [quartiles], median accuracy; "
+        "the published threshold kappa >= 0.99 and the more aggressive 0.95, both over the "
+        "last 3 models), "
         "seconds per round (train / inference / selection), published labels to 90% / 95%",
         [
             "strategy",
@@ -295,7 +301,8 @@ def build_report(args, records: list[dict], seconds: float) -> Report:
             "labels to 90%",
             "labels to 95%",
             "AUBC",
-            "stable predictions: stop at [accuracy there]",
+            "stable predictions (0.99): stop at [accuracy there]",
+            "stable predictions (0.95): stop at",
             "s/round train / infer / select",
             "published 90% / 95%",
         ],
