@@ -151,6 +151,11 @@ def test_many_classes_show_the_largest_in_a_collapsed_matrix():
     assert "<details style" in text and "12 largest of 15 classes" in text
     shown = set(re.findall(r"title='true (c\d\d), predicted", text))
     assert shown == set(names[3:])
+    # Names of up to 3 characters head the columns; a row says its name once ("c14", not
+    # "11 c14", which for digits read "0 0").
+    assert ">c14</th>" in text and "> c14<" not in text and "11 c14" not in text
+    long = quality_html(SimpleNamespace(**{**vars(fake), "classes": [f"class {n}" for n in names]}))
+    assert ">11 class c14</th>" in long  # long names: numbered columns, rows say which
 
 
 def test_multi_label_counts_each_class_and_shows_f1():

@@ -57,7 +57,7 @@ class CompareWidget(View):
         self._thread: threading.Thread | None = None
         self._total = 0
         self.chart = LineChart(
-            title="Held-out accuracy by labels (mean over seeds, interquartile band)",
+            title="Held-out accuracy (mean over seeds, quartile band)",
             xlabel="labels",
             empty="running the first fits…",
         )

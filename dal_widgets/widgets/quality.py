@@ -119,8 +119,11 @@ def _confusion_table(classes: Sequence[str], confusion: list[list[int]]) -> str:
         largest = sorted(shown, key=lambda i: (-support[i], i))[:MAX_MATRIX_CLASSES]
         shown = sorted(largest)
     cell_style = f"border:1px solid {_BORDER};padding:1px 4px;text-align:right;min-width:18px"
+    # Short names (digits) head the columns themselves; long ones are numbered, rows say which.
+    short = all(len(names[j]) <= 3 for j in shown)
     head = "".join(
-        f"<th style='font-weight:normal;color:{_FG2}' title='predicted {_esc(names[j])}'>{k}</th>"
+        f"<th style='font-weight:normal;color:{_FG2}' title='predicted {_esc(names[j])}'>"
+        f"{_esc(names[j]) if short else k}</th>"
         for k, j in enumerate(shown)
     )
     rows = []
@@ -139,7 +142,7 @@ def _confusion_table(classes: Sequence[str], confusion: list[list[int]]) -> str:
         rows.append(
             f"<tr><th style='text-align:left;font-weight:normal;max-width:120px;overflow:hidden;"
             f"text-overflow:ellipsis;white-space:nowrap' title='{_esc(names[i])}'>"
-            f"{k} {_esc(names[i])}</th>{''.join(cells)}</tr>"
+            f"{'' if short else f'{k} '}{_esc(names[i])}</th>{''.join(cells)}</tr>"
         )
     if len(shown) < n:
         summary = f"Confusion matrix ({len(shown)} largest of {n} classes)"
