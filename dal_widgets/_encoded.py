@@ -65,7 +65,7 @@ class ModelInputs:
                 TypeError,
             )
         encoder.check_dataset(dataset, where)
-        n_eval = 0 if dataset.X_eval is None else len(dataset.X_eval)
+        n_eval = dataset.n_eval
         cache = EmbeddingCache(
             cache_root(side_dir),
             dataset.fingerprint,

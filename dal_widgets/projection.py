@@ -350,8 +350,8 @@ class Projector:
         return _Want(source, mv.version, mv.key or None)
 
     def _features(self, source: str) -> np.ndarray:
-        if source == "features":
-            return self.session.inputs.current.features
+        if source == "features":  # with an encoder: its embeddings (waits for them)
+            return self.session.inputs.dataset().features
         return self.session.compute_arrays({"embeddings"})["embeddings"]
 
     @staticmethod
@@ -429,9 +429,13 @@ class Projector:
             if cached is not None and (method == "pca" or self.method == "umap"):
                 self.status = f"{method} (cached)"
                 return cached
+        inputs = self.session.inputs
+        if not inputs.ready:  # an encoder's embeddings are coming; their map follows them
+            self.status = "waiting for the embeddings"
+            zeros = np.zeros((len(self.session.dataset), 2), np.float32)
+            return Projection(zeros, "pca", "features", None, 0.0, "waiting")
         # Raw features give the first paint even when the model exists: no inference needed.
         t0 = time.perf_counter()
-        inputs = self.session.inputs
         coords = pca_2d(inputs.current.features, sample=self.sample, seed=self.seed)
         proj = Projection(coords, "pca", "features", None, time.perf_counter() - t0, inputs.key)
         self._save(proj)
@@ -528,7 +532,18 @@ class SessionMaps:
             projector.on_change(self.announce)
             self.session.on("trained", lambda **_kw: projector.refresh())
             self._projectors[method] = projector
-            projector.refresh()
+            inputs = self.session.inputs
+            if inputs.ready:
+                projector.refresh()
+            else:  # an encoder embeds the pool: the first real map is of its embeddings
+
+                def when_ready(progress: dict[str, Any]) -> None:
+                    if progress.get("state") == "ready":
+                        projector.refresh()
+
+                self.session.on("embedding", when_ready)
+                if inputs.ready:  # it got ready meanwhile: the event has been sent already
+                    projector.refresh()
         elif options:
             raise ValueError(
                 f"Session.map: the {method!r} map exists already; its options are fixed when it "

@@ -157,8 +157,8 @@ class Session:
         )
         #: The newest model's arrays over the pool, computed once per model version.
         self.arrays = PoolArrays(
-            dataset.X,  # replaced by the embeddings when they are ready
-            features=dataset.features,
+            lambda: self.inputs.dataset().X,  # an encoder's embeddings: waits for them
+            features=lambda: self.inputs.current.features,
             trainer=self._trainer,
             multi_label=dataset.multi_label,
             config=self.train_config,
@@ -185,8 +185,7 @@ class Session:
     def _on_inputs_ready(self) -> None:
         """The model's inputs exist (with an encoder: on the embedding thread, which must not
         warn, so a saved model that cannot be loaded is only noted in its memory)."""
-        data, encoded = self.inputs.current, self.inputs.encoder is not None
-        self.arrays.X, self.arrays.features = data.X, data.features
+        encoded = self.inputs.encoder is not None
         if self.store.labels:  # the model kept beside the store, refitted if labels changed
             self._memory.restore_for(
                 self, self._new_model(), token=self._label_epoch, warn=not encoded

@@ -498,6 +498,7 @@ def simulate(
     model: Any = "auto",
     device: Any = "auto",
     train_config: Any = None,
+    encoder: Any = None,
     progress: Callable[[dict[str, Any]], None] | None = None,
     stop: threading.Event | None = None,
 ) -> SimulationResult:
@@ -524,6 +525,9 @@ def simulate(
         it out). :meth:`SimulationResult.versus` compares each strategy with it, seed by seed.
     noise : float
         Fraction of oracle answers replaced by a random other class (label noise).
+    encoder : Encoder, optional
+        Run every strategy on an encoder's embeddings with a head (as ``Session(encoder=)``);
+        the pool is embedded once into the user cache folder and reused by every run.
     progress : callable, optional
         Called with each new record (for progress displays).
     stop : threading.Event, optional
@@ -601,6 +605,7 @@ def simulate(
                 seed=seed,
                 device=device,
                 train_config=train_config,
+                encoder=encoder,
             )
             try:
                 _run_one(session, start, answers, batch, budget, result, progress, stop)

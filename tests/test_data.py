@@ -219,6 +219,42 @@ def test_image_folder_layout_and_ids(tmp_path):
     assert png.size == (48, 40)  # thumbnails come from the original file, aspect kept
 
 
+def test_image_folders_and_files_are_lazy_until_pixels_are_read(tmp_path):
+    _make_folder(tmp_path)
+    ds = dal.datasets.image_folder(tmp_path, size=16, holdout=2)
+    assert ds.lazy and ds.input_shape == (3, 16, 16) and len(ds) == 4 and ds.n_eval == 2
+    ds.fingerprint, ds.render(ds.ids[0]), ds.positions(ds.ids[:2])  # none reads the pixels
+    assert ds.lazy
+    assert ds.X.shape == (4, 3, 16, 16) and not ds.lazy  # the from-scratch model reads them
+    assert ds.X_eval.shape == (2, 3, 16, 16)
+    eager = dal.datasets.image_folder(tmp_path, size=16, holdout=2)
+    assert eager.fingerprint == ds.fingerprint
+
+
+def test_image_files_with_and_without_labels(tmp_path):
+    _make_folder(tmp_path, broken=True)
+    paths = sorted(str(p) for p in tmp_path.rglob("*.*"))
+    labels = ["dog" if "/dog/" in p else "cat" for p in paths]
+    with pytest.warns(DalWarning, match=r"skipped 1 unreadable image file\(s\): .*bad.jpg"):
+        ds = dal.datasets.image_files(paths, labels, size=8)
+    assert ds.lazy and len(ds) == 6 and ds.classes == ("cat", "dog")
+    assert ds.ids.tolist() == [p for p in paths if not p.endswith("bad.jpg")]
+    assert [ds.classes[t] for t in ds.targets] == [
+        lab for p, lab in zip(paths, labels) if "bad" not in p
+    ]
+    pool = dal.datasets.image_files(paths[:3], classes=["cat", "dog"], ids=[7, 8, 9], size=8)
+    assert pool.targets is None and pool.ids.tolist() == [7, 8, 9]
+    assert pool.X.shape == (3, 3, 8, 8)
+    with pytest.raises(ValueError, match="could not read image .*bad.jpg"):
+        dal.datasets.image_files(paths, labels, on_error="raise")
+    with pytest.raises(FileNotFoundError, match="existing files.*missing.png"):
+        dal.datasets.image_files([str(tmp_path / "missing.png")], classes=["a"])
+    with pytest.raises(TypeError, match="'paths' parameter of datasets.image_files"):
+        dal.datasets.image_files(str(tmp_path), classes=["a"])
+    with pytest.raises(ValueError, match="one label per sample"):
+        dal.datasets.image_files(paths[:2], ["cat"])
+
+
 def test_image_folder_unreadable_files_warn_or_raise(tmp_path):
     _make_folder(tmp_path, broken=True)
     with pytest.warns(DalWarning, match=r"skipped 1 unreadable image file\(s\): dog/bad.jpg"):

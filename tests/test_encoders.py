@@ -400,3 +400,70 @@ def test_torchvision_encoder_from_a_local_state_dict(tmp_path):
     torch.save(torchvision.models.resnet34(weights=None).state_dict(), tmp_path / "r34.pth")
     with pytest.raises(ValueError, match="does not fit resnet18"):
         dal.encoders.torchvision("resnet18", weights=tmp_path / "r34.pth")
+
+
+def test_simulate_on_an_encoders_embeddings_embeds_once(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))  # store ":memory:" caches there
+    ds = _clusters(n=400, d=16, classes=3)
+    fn, calls = _counting(lambda x: x[:, :8])
+    enc = dal.encoders.from_callable(fn, name="first8")
+    res = dal.simulate(
+        ds, ["margin"], initial=6, batch=6, budget=24, seeds=2, encoder=enc, device="cpu"
+    )
+    assert sum(calls) == len(ds) + len(ds.X_eval)  # four sessions, one embedding pass
+    assert list((tmp_path / "cache" / "dal_widgets" / "embeddings").iterdir())
+    final = [r["accuracy"] for r in res.to_records() if r["labels"] == 24]
+    assert len(final) == 4 and min(final) > 0.9  # margin and the random baseline, 2 seeds
+
+
+# ---------------------------------------------------------------------------- lazy image pools
+_LAZY_CHILD = """
+import sys, numpy as np, torch
+sys.path.insert(0, {repo!r})
+import dal_widgets as dal
+from torch import nn
+
+def peak_mib():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+
+torch.manual_seed(0)
+net = nn.Sequential(nn.Conv2d(3, 8, 7, stride=4), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+enc = dal.encoders.from_module(net, name="tiny", image_size=224, batch_size=64)
+ds = dal.datasets.image_folder({folder!r}, holdout=0.1)
+enc.embed(ds, np.arange(64))  # warm: torch's own buffers and one batch
+before = peak_mib()
+s = dal.Session(ds, store={store!r}, encoder=enc, device="cpu", strategy="coreset")
+assert s.inputs.job.wait(600) and s.inputs.job.error is None, s.inputs.job.error
+ids = s.query(6)
+s.label(ids, [ds.classes[ds.targets[p]] for p in ds.positions(ids)])
+s.wait(60)
+assert s.model_version is not None and s.inputs.current.X.shape == (len(ds), 8)
+print(before, peak_mib(), ds.lazy, len(ds))
+"""
+
+
+@pytest.mark.slow
+def test_a_lazy_image_pool_is_embedded_without_holding_its_pixels(tmp_path):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    base = rng.integers(0, 255, (4, 256, 256, 3), dtype=np.uint8)
+    for c in range(2):
+        (tmp_path / "imgs" / f"c{c}").mkdir(parents=True)
+    for i in range(3000):  # 3,000 JPEGs of 256 x 256: 1.8 GB as float32 at 224 px
+        img = np.roll(base[i % 4], i, axis=1)
+        Image.fromarray(img).save(tmp_path / "imgs" / f"c{i % 2}" / f"{i}.jpg", quality=70)
+    code = _LAZY_CHILD.format(
+        repo=str(REPO), folder=str(tmp_path / "imgs"), store=str(tmp_path / "p.db")
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=900, check=True
+    )
+    before, after, lazy, n = out.stdout.split()
+    assert lazy == "True" and int(n) == 2700  # the pool's pixels were never loaded
+    # Eager decoding at 224 px would hold 2,700 x 3 x 224 x 224 x 4 bytes = 1.6 GB; batches of
+    # 64 need a few tens of MiB.
+    print(f"\npeak RSS {float(before):.0f} -> {float(after):.0f} MiB while embedding {n} files")
+    assert float(after) - float(before) < 300, (before, after)

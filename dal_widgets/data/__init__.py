@@ -7,7 +7,17 @@ local files.
 from __future__ import annotations
 
 from dal_widgets.data._dataset import KINDS, Dataset
-from dal_widgets.data._files import image_folder, mnist
+from dal_widgets.data._files import LazyImages, image_files, image_folder, mnist
 from dal_widgets.data._loaders import digits, from_arrays, texts
 
-__all__ = ["KINDS", "Dataset", "digits", "from_arrays", "image_folder", "mnist", "texts"]
+__all__ = [
+    "KINDS",
+    "Dataset",
+    "LazyImages",
+    "digits",
+    "from_arrays",
+    "image_files",
+    "image_folder",
+    "mnist",
+    "texts",
+]

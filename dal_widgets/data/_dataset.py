@@ -87,6 +87,8 @@ class Dataset:
     ----------
     X : numpy.ndarray
         Model inputs, float32: ``(N, C, H, W)`` in [0, 1] for images, ``(N, F)`` otherwise.
+        Image files (:func:`~dal_widgets.datasets.image_folder`, ``image_files``) are decoded
+        into it the first time it is read; an encoder never reads it (see :attr:`lazy`).
     ids : numpy.ndarray
         One stable id per sample (int64, or object array of str). Ids, not positions, are what
         the store, the session and the widgets exchange, so they survive reordering.
@@ -105,13 +107,13 @@ class Dataset:
 
     def __init__(
         self,
-        X: np.ndarray,
+        X: Any,
         *,
         classes: Sequence[str],
         kind: str,
         ids: Any = None,
         targets: np.ndarray | None = None,
-        X_eval: np.ndarray | None = None,
+        X_eval: Any = None,
         y_eval: np.ndarray | None = None,
         eval_ids: Any = None,
         name: str = "dataset",
@@ -126,12 +128,12 @@ class Dataset:
         where = "Dataset"
         if kind not in KINDS:
             raise param_error("kind", where, f"one of {KINDS}", kind)
-        self.X = X
+        self._X = X
         self.ids = _as_ids(ids, len(X), where)
         self.classes = tuple(classes)
         self.kind = kind
         self.targets = targets
-        self.X_eval = X_eval
+        self._X_eval = X_eval
         self.y_eval = y_eval
         self.eval_ids = eval_ids
         self.name = name
@@ -162,10 +164,46 @@ class Dataset:
         self._thumbs_lock = threading.Lock()
 
     def __len__(self) -> int:
-        return int(self.X.shape[0])
+        return len(self.ids)
+
+    # Image files stay on disk until the pixels are read (LazyImages from data._files).
+    @property
+    def X(self) -> np.ndarray:
+        if hasattr(self._X, "load"):
+            self._X = self._X.load()
+        return self._X
+
+    @X.setter
+    def X(self, value: np.ndarray) -> None:
+        self._X = value
+
+    @property
+    def X_eval(self) -> np.ndarray | None:
+        if self._X_eval is not None and hasattr(self._X_eval, "load"):
+            self._X_eval = self._X_eval.load()
+        return self._X_eval
+
+    @X_eval.setter
+    def X_eval(self, value: np.ndarray | None) -> None:
+        self._X_eval = value
+
+    @property
+    def lazy(self) -> bool:
+        """Whether the pool's pixels are still on disk only (``X`` not read yet)."""
+        return hasattr(self._X, "load")
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        """The shape of one sample's model input, without reading any pixels."""
+        return tuple(int(d) for d in self._X.shape[1:])
+
+    @property
+    def n_eval(self) -> int:
+        """Samples in the held-out split (0 without one)."""
+        return 0 if self._X_eval is None else len(self._X_eval)
 
     def __repr__(self) -> str:
-        held = 0 if self.X_eval is None else len(self.X_eval)
+        held = self.n_eval
         return (
             f"Dataset({self.name!r}, kind={self.kind!r}, n={len(self)}, "
             f"classes={len(self.classes)}, held_out={held}, "
@@ -180,7 +218,7 @@ class Dataset:
     @property
     def has_holdout(self) -> bool:
         """Whether a held-out split with labels exists."""
-        return self.X_eval is not None and self.y_eval is not None and len(self.X_eval) > 0
+        return self._X_eval is not None and self.y_eval is not None and self.n_eval > 0
 
     @property
     def features(self) -> np.ndarray:
@@ -338,7 +376,8 @@ def _render_image(ds: Dataset, pos: int, size: int | None) -> bytes:
         except (OSError, ValueError, Image.DecompressionBombError):
             img = None  # the file moved or broke since loading: fall back to the array
     if img is None:
-        arr = np.asarray(ds.X[pos], dtype=np.float32)
+        # A lazy pool keeps no pixels: a file that broke since loading shows as grey.
+        arr = np.full((1, 8, 8), 0.5, np.float32) if ds.lazy else np.asarray(ds.X[pos], np.float32)
         lo, hi = float(arr.min()), float(arr.max())
         if lo < 0.0 or hi > 1.0:  # inputs outside [0, 1]: stretch for display only
             arr = (arr - lo) / (hi - lo if hi > lo else 1.0)

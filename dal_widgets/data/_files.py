@@ -7,6 +7,7 @@ import hashlib
 import os
 import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -19,7 +20,81 @@ from dal_widgets._checks import (
 from dal_widgets.data._dataset import Dataset
 from dal_widgets.data._loaders import _split_dataset
 
-__all__ = ["IMAGE_SUFFIXES", "image_folder", "mnist"]
+__all__ = ["IMAGE_SUFFIXES", "LazyImages", "image_files", "image_folder", "mnist"]
+
+_GRAY_MODES = {"L", "1", "LA", "I", "I;16", "F"}
+
+
+def _unreadable() -> tuple[type[BaseException], ...]:
+    from PIL import Image, UnidentifiedImageError
+
+    # DecompressionBombError: over Pillow's pixel limit, unreadable like the rest.
+    return (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError)
+
+
+def _check_image(path: Path | str) -> str:
+    """Open an image file's header and check its structure (no pixels are decoded): its mode.
+
+    Raises what Pillow raises for an unreadable file (see ``_unreadable``)."""
+    from PIL import Image
+
+    with Image.open(path) as im:
+        mode = im.mode
+        im.verify()  # structure and checksums where the format has them, without decoding
+    return mode
+
+
+class LazyImages:
+    """Image files that are decoded only when their pixels are needed.
+
+    ``len()`` and ``shape`` cost nothing; :meth:`load` decodes every file (at ``size`` x
+    ``size``, one channel when ``gray``) into a float32 array ``(N, C, size, size)`` in
+    [0, 1], which a :class:`~dal_widgets.data.Dataset` does the first time its ``X`` is read
+    (the from-scratch model needs it). An encoder never asks for it: it decodes its own
+    batches at its own resolution from the files, so the pool's pixels are never all in memory.
+    """
+
+    def __init__(self, paths: list[str], size: int, gray: bool) -> None:
+        self.paths = list(paths)
+        self.size = int(size)
+        self.gray = bool(gray)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    @property
+    def shape(self) -> tuple[int, int, int, int]:
+        return (len(self.paths), 1 if self.gray else 3, self.size, self.size)
+
+    def subset(self, rows: Any) -> LazyImages:
+        return LazyImages([self.paths[i] for i in np.asarray(rows).tolist()], self.size, self.gray)
+
+    def load(self) -> np.ndarray:
+        """Decode every file (JPEG in draft mode): ``(N, C, size, size)`` float32 in [0, 1]."""
+        from PIL import Image
+
+        out = np.empty((len(self.paths), self.size, self.size, 3), dtype=np.uint8)
+        for i, path in enumerate(self.paths):  # decoding is per file
+            try:
+                with Image.open(path) as im:
+                    im.draft(None, (self.size, self.size))
+                    img = im.convert("RGB").resize(
+                        (self.size, self.size), Image.Resampling.BILINEAR
+                    )
+            except _unreadable() as exc:
+                raise ValueError(
+                    f"The image file {path!r} could not be decoded ({exc}); it was readable when "
+                    "the dataset was loaded. Remove or replace it and load the folder again."
+                ) from None
+            out[i] = np.asarray(img, dtype=np.uint8)
+        X = (out[..., :1] if self.gray else out).astype(np.float32) / np.float32(255.0)
+        return np.ascontiguousarray(np.moveaxis(X, -1, 1))
+
+    def __repr__(self) -> str:
+        return (
+            f"LazyImages({len(self.paths)} files, {self.size}px, {'gray' if self.gray else 'RGB'})"
+        )
+
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 
@@ -160,8 +235,6 @@ def image_folder(
         limit against decompression bombs): ``"warn"`` skips them with one warning that lists
         them; ``"raise"`` fails on the first with its path.
     """
-    from PIL import Image, UnidentifiedImageError
-
     where = "datasets.image_folder"
     root = Path(path)
     if not root.is_dir():
@@ -187,59 +260,148 @@ def image_folder(
         raise ValueError(
             f"{where} found no image files ({', '.join(IMAGE_SUFFIXES)}) under {str(root)!r}."
         )
-    images, labels, rel, full, bad = [], [], [], [], []
-    modes = set()
-    for f, ci in files:  # one file at a time is unavoidable: decoding is per file
+    keep, gray = _readable(
+        [f for f, _ in files], on_error, grayscale, where, lambda f: str(Path(f).relative_to(root))
+    )
+    full = [str(files[i][0]) for i in keep]
+    return _image_dataset(
+        full,
+        np.asarray([files[i][1] for i in keep], dtype=np.int64),
+        [d.name for d in class_dirs],
+        np.asarray([files[i][0].relative_to(root).as_posix() for i in keep], dtype=object),
+        size=size,
+        gray=gray,
+        holdout=holdout,
+        seed=seed,
+        where=where,
+        name=root.name,
+    )
+
+
+def _readable(
+    paths: list[Any], on_error: str, grayscale: bool | None, where: str, show: Any
+) -> tuple[list[int], bool]:
+    """Positions of the readable image files (headers checked, no pixel decoded; the others
+    skipped with one warning, or ``on_error="raise"``), and whether to load them as gray."""
+    keep, bad, modes = [], [], set()
+    for i, f in enumerate(paths):  # one header per file
         try:
-            with Image.open(f) as im:
-                modes.add(im.mode)
-                # JPEG decodes at 1/2, 1/4 or 1/8 scale in draft mode (still >= size): a
-                # 144-megapixel photo then costs a few MiB instead of ~700 while loading.
-                im.draft(None, (size, size))
-                im.load()
-                images.append(im.convert("RGB").resize((size, size), Image.Resampling.BILINEAR))
-        except (
-            OSError,
-            UnidentifiedImageError,
-            ValueError,
-            SyntaxError,
-            Image.DecompressionBombError,  # over Pillow's pixel limit: unreadable like the rest
-        ) as exc:
+            modes.add(_check_image(f))
+        except _unreadable() as exc:
             if on_error == "raise":
                 raise ValueError(f"{where} could not read image {str(f)!r}: {exc}") from None
-            bad.append(str(f.relative_to(root)))
+            bad.append(show(f))
             continue
-        labels.append(ci)
-        rel.append(f.relative_to(root).as_posix())
-        full.append(str(f))
+        keep.append(i)
     if bad:
         warnings.warn(
             f"{where} skipped {len(bad)} unreadable image file(s): {', '.join(bad[:10])}"
             f"{' ...' if len(bad) > 10 else ''}",
             DalWarning,
-            stacklevel=2,
+            stacklevel=3,
         )
-    if not images:
-        raise ValueError(
-            f"{where} could read none of the {len(files)} image files under {str(root)!r}."
-        )
-    gray = grayscale if grayscale is not None else modes <= {"L", "1", "LA", "I", "I;16", "F"}
-    stack = np.stack([np.asarray(im, dtype=np.uint8) for im in images])  # (N, H, W, 3)
-    X = (stack[..., :1] if gray else stack).astype(np.float32) / np.float32(255.0)
-    X = np.ascontiguousarray(np.moveaxis(X, -1, 1))
+    if not keep:
+        raise ValueError(f"{where} could read none of the {len(paths)} image files.")
+    return keep, grayscale if grayscale is not None else modes <= _GRAY_MODES
+
+
+def _image_dataset(
+    full: list[str],
+    targets: np.ndarray | None,
+    classes: Any,
+    ids: Any,
+    *,
+    size: int,
+    gray: bool,
+    holdout: Any,
+    seed: int,
+    where: str,
+    name: str,
+) -> Dataset:
+    """A lazy image dataset over readable files (pixels decoded when needed)."""
     h = hashlib.sha256()
-    for r, fp in zip(rel, full):
-        h.update(f"{r}|{os.path.getsize(fp)}\x00".encode())
+    for i, fp in enumerate(full):
+        h.update(f"{ids[i]}|{os.path.getsize(fp)}\x00".encode())
     return _split_dataset(
-        X,
-        np.asarray(labels, dtype=np.int64),
-        np.asarray(rel, dtype=object),
+        LazyImages(full, size, gray),
+        targets,
+        ids,
         holdout,
         seed,
         where,
-        classes=[d.name for d in class_dirs],
+        classes=classes,
         kind="image",
-        name=root.name,
+        name=name,
         paths=full,
         content_key=h.digest() + f"|{size}|{gray}".encode(),
+    )
+
+
+def image_files(
+    paths: Any,
+    y: Any = None,
+    classes: Any = None,
+    *,
+    ids: Any = None,
+    size: int = 32,
+    grayscale: bool | None = None,
+    holdout: float | int | None = None,
+    on_error: str = "warn",
+    seed: int = 0,
+    name: str = "images",
+) -> Dataset:
+    """Images from a list of files, with or without labels.
+
+    Nothing is decoded when loading (headers are checked): the pixels are read from the files
+    when needed, by an encoder in batches at its own resolution, or all at ``size`` x ``size``
+    the first time the from-scratch model needs ``X``; thumbnails come from the files.
+
+    Parameters
+    ----------
+    paths : sequence of str or path
+    y : sequence, optional
+        A label per file (class names or indices into ``classes``); None for an unlabeled pool.
+    classes : sequence of str, optional
+        The class list (needed without ``y``; by default the sorted labels in ``y``).
+    ids : sequence, optional
+        One id per file (default: the paths as given, as str).
+    size, grayscale, holdout, on_error, seed
+        As in :func:`image_folder`.
+    name : str
+    """
+    where = "datasets.image_files"
+    if isinstance(paths, (str, bytes, os.PathLike)) or not hasattr(paths, "__len__"):
+        raise param_error("paths", where, "a list of image file paths", paths, TypeError)
+    text = [os.fspath(p) if isinstance(p, (str, os.PathLike)) else p for p in paths]
+    if not text:
+        raise param_error("paths", where, "a non-empty list of image file paths", paths)
+    for i, p in enumerate(text):
+        if not isinstance(p, str):
+            raise param_error(f"paths[{i}]", where, "a str or os.PathLike", p, TypeError)
+    if on_error not in ("warn", "raise"):
+        raise param_error("on_error", where, "'warn' or 'raise'", on_error)
+    size = check_int(size, "size", where, lo=4, hi=1024)
+    from dal_widgets.data._dataset import _as_ids
+    from dal_widgets.data._loaders import _classes_and_targets
+
+    all_ids = _as_ids(text if ids is None else ids, len(text), where)
+    names, targets = _classes_and_targets(y, classes, len(text), where)
+    missing = [p for p in text if not os.path.isfile(p)]
+    if missing:
+        raise DataNotFoundError(
+            f"The 'paths' parameter of {where} must name existing files. {len(missing)} do not, "
+            f"e.g. {missing[:3]}."
+        )
+    keep, gray = _readable(text, on_error, grayscale, where, str)
+    return _image_dataset(
+        [text[i] for i in keep],
+        None if targets is None else targets[keep],
+        names,
+        all_ids[keep],
+        size=size,
+        gray=gray,
+        holdout=holdout,
+        seed=seed,
+        where=where,
+        name=name,
     )

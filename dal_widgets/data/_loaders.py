@@ -216,7 +216,7 @@ def _image_array(X: np.ndarray, where: str) -> np.ndarray:
 
 
 def _split_dataset(
-    X: np.ndarray,
+    X: Any,
     targets: np.ndarray | None,
     ids: np.ndarray | None,
     holdout: Any,
@@ -233,11 +233,12 @@ def _split_dataset(
     assert targets is not None
     texts = kwargs.pop("texts", None)
     paths = kwargs.pop("paths", None)
+    take = X.subset if hasattr(X, "subset") else X.__getitem__  # LazyImages stay lazy
     return Dataset(
-        X[pool],
+        take(pool),
         ids=all_ids[pool],
         targets=targets[pool],
-        X_eval=X[held],
+        X_eval=take(held),
         y_eval=targets[held],
         eval_ids=all_ids[held],
         texts=None if texts is None else [texts[i] for i in pool],

@@ -171,12 +171,13 @@ class Encoder:
 
         if dataset.kind == "image":
             paths = dataset.eval_paths if held else dataset.paths
-            if paths is not None and self.image_size is not None:
+            if paths is not None:  # files: decoded per batch, at the encoder's size
                 from dal_widgets.encoders._images import decode_files
 
-                return decode_files(
-                    [paths[i] for i in rows.tolist()], self.image_size, self.rgb, self.resize_size
-                )
+                size = self.image_size or dataset.input_shape[-1]
+                chosen = [paths[i] for i in rows.tolist()]
+                rgb = self.rgb or dataset.input_shape[0] == 3
+                return decode_files(chosen, size, rgb, self.resize_size)
             X = dataset.X_eval if held else dataset.X
             from dal_widgets.encoders._images import resize_batch
 

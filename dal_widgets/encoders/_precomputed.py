@@ -61,7 +61,7 @@ class _Precomputed(Encoder):
         return h.hexdigest()
 
     def check_dataset(self, dataset: Any, where: str) -> None:
-        n_eval = 0 if dataset.X_eval is None else len(dataset.X_eval)
+        n_eval = dataset.n_eval
         for key, n in (("pool", len(dataset)), ("eval", n_eval)):
             arr = self.arrays[key]
             have = 0 if arr is None else len(arr)

@@ -33,9 +33,10 @@ class PoolArrays:
 
     Parameters
     ----------
-    X : array
-        The pool's model inputs.
-    features : array
+    X : array, or a callable returning it
+        The pool's model inputs (a callable is called whenever they are needed, so they can
+        arrive later, e.g. an encoder's embeddings).
+    features : array, or a callable returning it
         The pool's raw features (what strategies that ask for ``"features"`` get).
     trainer : Trainer
         Where the newest model, its ensemble and its version come from.
@@ -83,7 +84,7 @@ class PoolArrays:
         needs = set(needs)
         arrays: dict[str, np.ndarray] = {}
         if "features" in needs:
-            arrays["features"] = self.features
+            arrays["features"] = self._read(self.features)
         missing = needs - MODEL_ARRAYS - {"features"}
         if missing:
             raise ValueError(
@@ -171,12 +172,16 @@ class PoolArrays:
         rows = np.asarray(positions, dtype=np.int64)
         return predict(
             current.model,
-            self.X[rows],
+            self._read(self.X)[rows],
             [key],
             device=self.device,
             batch_size=cfg.inference_batch_size,
             precision=cfg.precision,
         )[key]
+
+    @staticmethod
+    def _read(value: Any) -> Any:
+        return value() if callable(value) else value
 
     def clear(self) -> None:
         """Drop every array (the model was let go)."""
@@ -190,7 +195,7 @@ class PoolArrays:
         self.passes += 1
         return predict(
             model,
-            self.X,
+            self._read(self.X),
             needs,
             device=self.device,
             batch_size=cfg.inference_batch_size,
