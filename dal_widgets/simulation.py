@@ -173,6 +173,15 @@ class StopReport(list[dict[str, Any]]):
                 f"{r['labels_saved']} labels saved, {r['accuracy_given_up']:.3f} accuracy "
                 f"given up (final {r['final_accuracy']:.3f} at {r['final_labels']})"
             )
+        flat = [r for r in self if r.get("plateau_labels") is not None]
+        lines.append(
+            f"held-out plateau: {len(flat)} of {len(self)} runs flattened"
+            + (
+                f", median at {int(np.median([r['plateau_labels'] for r in flat]))} labels"
+                if flat
+                else ""
+            )
+        )
         return "\n".join(lines)
 
     def to_frame(self) -> Any:
@@ -328,12 +337,16 @@ class SimulationResult:
             out[seed] = (aubc, {int(a): float(b) for a, b in zip(x, y, strict=True)})
         return out
 
-    def stopping(self, *, window: int = 3, threshold: float = 0.99) -> StopReport:
+    def stopping(
+        self, *, window: int = 3, threshold: float = 0.99, min_gain: float = 0.005
+    ) -> StopReport:
         """Where the stabilizing-predictions rule (see :mod:`dal_widgets.stopping`) would
         have stopped each run, the labels that saves and the accuracy it gives up against
-        the whole budget. Reads each record's ``kappa`` (its model against the one before, on
-        a fixed stop set of the pool)."""
-        from dal_widgets.stopping import stabilizing_stop
+        the whole budget; and where the held-out plateau rule would have (``plateau_labels``,
+        ``plateau_accuracy``: less than ``min_gain`` over ``window`` rounds). Reads each
+        record's ``kappa`` (its model against the one before, on a fixed stop set of the pool)
+        and ``accuracy``."""
+        from dal_widgets.stopping import plateau_stop, stabilizing_stop
 
         rows = []
         for name in self.strategies:
@@ -350,6 +363,9 @@ class SimulationResult:
                 row = {"strategy": name, "seed": seed, "stop_labels": None, "stop_accuracy": None}
                 row |= {"final_labels": final["labels"], "final_accuracy": final["accuracy"]}
                 row |= {"labels_saved": 0, "accuracy_given_up": 0.0}
+                flat = plateau_stop([r["accuracy"] for r in runs], window=window, min_gain=min_gain)
+                row["plateau_labels"] = None if flat is None else runs[flat]["labels"]
+                row["plateau_accuracy"] = None if flat is None else runs[flat]["accuracy"]
                 if at is not None:
                     hit = compared[at]
                     row |= {"stop_labels": hit["labels"], "stop_accuracy": hit["accuracy"]}

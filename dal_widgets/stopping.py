@@ -29,7 +29,7 @@ import numpy as np
 
 from dal_widgets._checks import check_int, check_real, param_error
 
-__all__ = ["StopMonitor", "StopSignals", "cohen_kappa", "stabilizing_stop"]
+__all__ = ["StopMonitor", "StopSignals", "cohen_kappa", "plateau_stop", "stabilizing_stop"]
 
 #: Bloodgood & Vijay-Shanker (2009): the mean kappa of the last 3 comparisons reaches 0.99.
 WINDOW, THRESHOLD = 3, 0.99
@@ -76,6 +76,31 @@ def stabilizing_stop(
     means = np.convolve(values, np.ones(window) / window, mode="valid")
     hits = np.flatnonzero(means >= threshold)
     return None if hits.size == 0 else int(hits[0] + window - 1)
+
+
+def plateau_gain(accuracies: Sequence[float], window: int) -> float | None:
+    """The best of the last ``window`` accuracies minus the best before them (None when there
+    are not more than ``window``)."""
+    acc = list(accuracies)
+    if len(acc) <= window:
+        return None
+    return float(max(acc[-window:]) - max(acc[:-window]))
+
+
+def plateau_stop(
+    accuracies: Sequence[float], *, window: int = WINDOW, min_gain: float = 0.005
+) -> int | None:
+    """The index (into ``accuracies``, one held-out evaluation per round) at which the
+    held-out plateau rule first says stop: the best of the last ``window`` evaluations beat
+    the best before them by less than ``min_gain``. None if it never does."""
+    window = check_int(window, "window", "plateau_stop", lo=1)
+    min_gain = check_real(min_gain, "min_gain", "plateau_stop", lo=0.0)
+    acc = [float(a) for a in accuracies]
+    for i in range(window, len(acc)):
+        gain = plateau_gain(acc[: i + 1], window)
+        if gain is not None and gain < min_gain:
+            return i
+    return None
 
 
 @dataclass(frozen=True)
@@ -214,14 +239,12 @@ class StopMonitor:
         kappas = self.kappas
         w = self.window
         stable = stabilizing_stop(kappas[-w:], window=w, threshold=self.threshold) is not None
-        gain: float | None = None
         accuracies = [
             r["accuracy"]
             for r in self.session.history
             if r.get("accuracy") is not None and r["accuracy"] == r["accuracy"]
         ]
-        if len(accuracies) > w:
-            gain = float(max(accuracies[-w:]) - max(accuracies[:-w]))
+        gain = plateau_gain(accuracies, w)
         return StopSignals(
             kappas=kappas,
             stable=stable,

@@ -151,6 +151,13 @@ def test_simulate_reports_where_stabilizing_predictions_would_stop():
     assert all(r["stop_labels"] is None and r["labels_saved"] == 0 for r in never)
     assert "never stable up to 60 labels" in repr(never)
     assert "labels saved" in repr(report) and "stabilizing predictions" in repr(report)
+    # The held-out plateau rule, on the same runs: where the best accuracy stopped rising.
+    flat = res.stopping(window=2, min_gain=1.0)  # any gain below 1.0 counts: the first chance
+    assert all(r["plateau_labels"] == 6 + 2 * 6 for r in flat)  # round 2 (window 2)
+    by_round = {(r["seed"], r["labels"]): r["accuracy"] for r in res.records}
+    assert all(r["plateau_accuracy"] == by_round[(r["seed"], 18)] for r in flat)
+    assert all(r["plateau_labels"] is None for r in res.stopping(min_gain=0.0))  # never < 0
+    assert "held-out plateau: 2 of 2 runs flattened, median at 18 labels" in repr(flat)
 
 
 def test_random_is_run_as_the_baseline_and_compared_seed_by_seed():

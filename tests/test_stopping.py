@@ -40,6 +40,17 @@ def test_stabilizing_rule_on_known_sequences():
         stabilizing_stop([1.0], window=0)
 
 
+def test_plateau_rule_on_known_sequences():
+    from dal_widgets.stopping import plateau_stop
+
+    assert plateau_stop([0.5, 0.7, 0.8, 0.801, 0.802, 0.803]) == 5  # +0.003 over 3 rounds
+    assert plateau_stop([0.5, 0.7, 0.8, 0.9]) is None  # still learning
+    assert plateau_stop([0.9, 0.8, 0.85, 0.7]) == 3  # falling counts as flat
+    assert plateau_stop([0.5, 0.6], window=1, min_gain=0.2) == 1
+    with pytest.raises(ValueError, match="'min_gain'"):
+        plateau_stop([0.5], min_gain=-1)
+
+
 def _blobs(n=300, holdout=0.25):
     rng = np.random.default_rng(0)
     y = np.arange(n) % 3
