@@ -467,3 +467,19 @@ def test_a_lazy_image_pool_is_embedded_without_holding_its_pixels(tmp_path):
     # 64 need a few tens of MiB.
     print(f"\npeak RSS {float(before):.0f} -> {float(after):.0f} MiB while embedding {n} files")
     assert float(after) - float(before) < 300, (before, after)
+
+
+@pytest.mark.gpu
+def test_a_module_encoder_on_cuda_matches_the_cpu_under_autocast(tmp_path):
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 16, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    ds = dal.datasets.digits()
+    cpu = dal.encoders.from_module(net, name="n", image_size=32).embed(ds, np.arange(64))
+    enc = dal.encoders.from_module(net, name="n", image_size=32)
+    gpu = enc.embed(ds, np.arange(64), device="cuda")  # fp16 autocast, float32 out
+    assert gpu.dtype == np.float32
+    np.testing.assert_allclose(gpu, cpu, atol=2e-2, rtol=2e-2)
+    s = dal.Session(ds, store=str(tmp_path / "g.db"), encoder=enc, device="cuda")
+    assert s.inputs.job.wait(120) and s.inputs.job.error is None, s.inputs.job.error
+    np.testing.assert_allclose(s.inputs.current.X[:64], cpu, atol=2e-2, rtol=2e-2)
+    s.close()
