@@ -721,3 +721,19 @@ def test_held_out_metrics_per_class_f1_for_multi_label_data():
     assert m["accuracy"] == pytest.approx(2 * 4 / (6 + 6))  # micro-F1: tp 4, 6 predicted, 6 true
     assert m["subset_accuracy"] == 0.25 and "confusion" not in m
     json.dumps(m)
+
+
+def test_feature_dropout_draws_one_mask_per_batch_and_mc_passes_differ():
+    from dal_widgets.training import EmbeddingHead, FeatureDropout
+
+    drop = FeatureDropout(0.5).train()
+    out = drop(torch.ones(64, 40))
+    zero_cols = (out == 0).all(0)
+    assert 0 < int(zero_cols.sum()) < 40  # whole features dropped, for every row at once
+    assert torch.allclose(out[:, ~zero_cols], torch.full_like(out[:, ~zero_cols], 2.0))
+    assert torch.equal(drop.eval()(torch.ones(3, 4)), torch.ones(3, 4))
+    torch.manual_seed(0)
+    head = EmbeddingHead(16, 3, dropout=0.3)
+    X = np.random.default_rng(0).normal(size=(50, 16)).astype(np.float32)
+    mc = predict(head, X, {"mc_probs"}, mc_samples=6, seed=0)["mc_probs"]
+    assert mc.shape == (50, 6, 3) and mc.std(axis=1).mean() > 1e-3  # passes differ

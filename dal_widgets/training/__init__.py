@@ -26,6 +26,7 @@ from dal_widgets.training._metrics import evaluate_model, held_out_metrics
 from dal_widgets.training._models import (
     MLP,
     EmbeddingHead,
+    FeatureDropout,
     ModelFactory,
     SmallCNN,
     Standardize,
@@ -45,6 +46,7 @@ __all__ = [
     "CheckpointWriteError",
     "EarlyStopping",
     "EmbeddingHead",
+    "FeatureDropout",
     "FitResult",
     "FitState",
     "ModelFactory",

@@ -134,7 +134,9 @@ class PoolArrays:
                     self._version, self._arrays = version, {}
                 have = dict(self._arrays)
             missing = needs - set(have)
-            if missing & _FORWARD:
+            # One pass gives both, so a query and a map share it; a head over embeddings is a
+            # cheap pass whose "embeddings" are a pool-sized copy: those come when asked for.
+            if missing & _FORWARD and not getattr(model, "cheap_forward", False):
                 missing |= {"label_probs" if self.multi_label else "probs", "embeddings"}
                 missing -= set(have)
             new: dict[str, np.ndarray] = {}

@@ -25,6 +25,7 @@ from dal_widgets._checks import param_error, short_repr
 __all__ = [
     "MLP",
     "EmbeddingHead",
+    "FeatureDropout",
     "ModelFactory",
     "SmallCNN",
     "Standardize",
@@ -179,8 +180,24 @@ class MLP(nn.Module):
         return _split_at_first_dropout(self)
 
 
+class FeatureDropout(nn.Dropout):
+    """Dropout with one mask per batch, over the features: each step trains a random subset of
+    the inputs, as each MC-dropout pass at inference uses one mask for the whole pool.
+
+    A mask per element (``nn.Dropout``) costs one random number per input value; over a batch
+    of 256 embeddings of 1,280 dimensions that was two thirds of a head fit's time on a CPU.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0.0:
+            return x
+        keep = torch.empty(x.shape[1:], device=x.device, dtype=x.dtype).bernoulli_(1.0 - self.p)
+        return x * (keep / (1.0 - self.p))
+
+
 class EmbeddingHead(MLP):
-    """A linear classifier over frozen embeddings, with dropout on its input.
+    """A linear classifier over frozen embeddings, with dropout on its input (one mask per
+    batch: :class:`FeatureDropout`).
 
     Frozen foundation-model features with a light head are what makes active learning pay off
     at small budgets (Gupte et al. 2024, arXiv 2401.14555). The inputs are standardized with
@@ -188,6 +205,10 @@ class EmbeddingHead(MLP):
     matrix product each: :meth:`mc_split` runs the standardization once). The penultimate
     embedding is the standardized encoder embedding.
     """
+
+    #: A pass costs little (one matrix product): PoolArrays computes its embeddings only when
+    #: they are asked for, not with every pass.
+    cheap_forward = True
 
     def __init__(
         self,
@@ -200,7 +221,7 @@ class EmbeddingHead(MLP):
         super().__init__(
             in_features, n_classes, hidden=(), loss_head=loss_head, standardize=standardize
         )
-        self.features = nn.Sequential(nn.Flatten(), nn.Dropout(dropout))
+        self.features = nn.Sequential(nn.Flatten(), FeatureDropout(dropout))
 
 
 class SmallCNN(nn.Module):
