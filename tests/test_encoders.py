@@ -483,3 +483,19 @@ def test_a_module_encoder_on_cuda_matches_the_cpu_under_autocast(tmp_path):
     assert s.inputs.job.wait(120) and s.inputs.job.error is None, s.inputs.job.error
     np.testing.assert_allclose(s.inputs.current.X[:64], cpu, atol=2e-2, rtol=2e-2)
     s.close()
+
+
+def test_a_module_encoder_id_follows_its_transform():
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+
+    def half(x):
+        return x * 0.5
+
+    def third(x):
+        return x / 3
+
+    ids = {
+        dal.encoders.from_module(net, t, name="m", image_size=16).id for t in (None, half, third)
+    }
+    assert len(ids) == 3  # another normalization never reads the old cache
+    assert dal.encoders.from_module(net, half, name="m", image_size=16).id in ids

@@ -44,6 +44,18 @@ class EncoderOutputError(EncoderError):
     """An encoder returned something other than finite float embeddings ``(n, D)``."""
 
 
+def code_digest(fn: Any, version: str = "") -> str:
+    """A hash of a function's name and bytecode (a callable object's ``__call__``), and of
+    ``version``: what identifies code that has no weights."""
+    call = vars(type(fn)).get("__call__")  # a callable object: its method's code
+    code = getattr(fn, "__code__", None) or getattr(call, "__code__", None)
+    h = hashlib.sha256(f"{version}|{getattr(fn, '__qualname__', type(fn).__qualname__)}".encode())
+    if code is not None:
+        h.update(code.co_code)
+        h.update(repr([c for c in code.co_consts if isinstance(c, (int, float, str))]).encode())
+    return h.hexdigest()
+
+
 def _batch_text(batch: Any) -> str:
     shape = getattr(batch, "shape", None)
     if shape is not None:
@@ -247,12 +259,7 @@ class _CallableEncoder(Encoder):
         self.version = version
 
     def _digest(self) -> str:
-        call = vars(type(self.fn)).get("__call__")  # a callable object: its method's code
-        code = getattr(self.fn, "__code__", None) or getattr(call, "__code__", None)
-        h = hashlib.sha256(f"{self.version}|{getattr(self.fn, '__qualname__', '')}".encode())
-        if code is not None:
-            h.update(code.co_code)
-        return h.hexdigest()
+        return code_digest(self.fn, self.version)
 
     def _encode(self, batch: Any, device: Any) -> Any:
         if hasattr(batch, "numpy"):
@@ -302,7 +309,9 @@ class _ModuleEncoder(Encoder):
         self._device: Any = None
 
     def _digest(self) -> str:
-        return weights_digest(self.module)
+        # The transform changes the embeddings as much as the weights do.
+        transform = "" if self.transform is None else code_digest(self.transform)
+        return weights_digest(self.module) + transform
 
     def _encode(self, batch: Any, device: Any) -> Any:
         import torch
