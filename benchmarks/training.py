@@ -149,9 +149,7 @@ def main() -> None:
             sid = w.current_id
             seq += 1
             t0 = time.perf_counter()
-            w.receive(
-                {"action": "label", "key": item["key"], "label": "1", "seq": seq}, []
-            )
+            w.receive({"action": "label", "key": item["key"], "label": "1", "seq": seq}, [])
             lat.append(time.perf_counter() - t0)
             assert sid in s.labels
             time.sleep(0.05)

@@ -179,3 +179,95 @@ def test_label_efficiency_reports_where_stable_predictions_stop(bench):
     )
     old = [{k: v for k, v in r.items() if k != "kappa"} for r in records]
     assert le.stop_column("m", SimulationResult(records=old).stopping(), old, 60).startswith("n/a")
+
+
+@pytest.mark.slow
+def test_encoders_benchmark_runs_quick_and_writes_its_report(tmp_path):
+    import subprocess
+
+    args = ["--quick", "--images", "8", "--repeat", "1", "--fits", "3", "--labels", "3"]
+    args += ["--pool", "2000", "--lazy-pool", "200", "--results", str(tmp_path)]
+    out = subprocess.run(
+        [sys.executable, str(BENCH / "encoders.py"), *args],
+        cwd=BENCH.parent,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+    )
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-4000:]
+    doc = json.loads((tmp_path / "encoders.json").read_text())
+    assert doc["name"] == "encoders" and doc["quick"] is True
+    targets = {t["name"]: t for t in doc["targets"]}
+    assert "embedding samples/s, cache / bare loop (medians)" in targets
+    assert "head fit on 1,000 labels, D=1280, p95" in targets
+    assert all(t["met"] is None for t in targets.values())  # a quick run judges nothing
+    # The cache's embeddings are the bare loop's: same module, same preprocessed images.
+    assert doc["data"]["embedding"]["max_abs_diff"] < 1e-4
+    loops = doc["data"]["label_loops"]  # default threads, then 1 thread when more by default
+    assert loops and all(r["total"]["n"] == 3 for r in loops)
+    pool = doc["data"]["lazy_pool"]  # embedded from the files, the pixels never all loaded
+    assert pool["n"] == 200 and pool["lazy"] is True and pool["peak_mib"] >= pool["base_mib"]
+    for figure in doc["figures"]:
+        assert (tmp_path / figure["path"]).is_file()
+
+
+def test_label_efficiency_encoder_variant_reports_beside_the_cnn(bench, monkeypatch):
+    _, _, le = bench
+    from types import SimpleNamespace
+
+    import torch
+
+    args = SimpleNamespace(
+        dataset="mnist", train_config="tuned", quick=True, encoder="effnet-lite0"
+    )
+    assert le.report_name(args) == "label_efficiency_effnet_quick"
+    args.quick = False
+    assert le.report_name(args) == "label_efficiency_effnet"
+    out = le.imagenet_normalize(torch.ones(2, 3, 4, 4))
+    assert torch.allclose(out[:, 0], torch.full((2, 4, 4), (1 - 0.485) / 0.229))
+
+    def run(name, seed, accs):
+        return [
+            dict(
+                strategy=name,
+                seed=seed,
+                round=i,
+                labels=20 + 10 * i,
+                accuracy=a,
+                kappa=None,
+                train_s=0.1,
+                infer_s=0.0,
+                select_s=0.0,
+                seconds=0.2,
+            )
+            for i, a in enumerate(accs)
+        ]
+
+    records = run("random", 0, [0.80, 0.85, 0.90, 0.92, 0.93])
+    records += run("margin", 0, [0.80, 0.90, 0.93, 0.95, 0.96])
+    monkeypatch.setattr(le, "plot_curves", lambda *a, **k: None)  # writes no figure
+    monkeypatch.setattr(le, "cnn_table", lambda: ("the CNN's", dict(le.CNN_FALLBACK)))
+    args.names, args.budget, args.seeds, args.jobs = ["random", "margin"], 60, 1, 2
+    args.embedding = dict(
+        encoder_id="effnet-lite0-x",
+        dim=1280,
+        rows=10000,
+        seconds=600.0,
+        rate=16.7,
+        load_s=1.0,
+        torch_threads=2,
+        others_cpu_share=0.5,
+        date="2026-12-02T08:00:00+00:00",
+        read_s=2.0,
+    )
+    report = le.build_report(args, records, 12.0)
+    beside = next(t for t in report.tables if t["caption"].startswith("Beside the from-scratch"))
+    assert beside["rows"] == [
+        ["random", "40", "90", ">60", "230", report.tables[0]["rows"][0][4], "0.9105"],
+        ["margin", "30", "60", "50", "120", report.tables[0]["rows"][1][4], "0.9373"],
+    ]
+    # Judged only on AUBC against random: the published goals are the CNN protocol's.
+    random_aubc = report.tables[0]["rows"][0][4]
+    assert [t["name"] for t in report.targets] == [f"AUBC margin > random ({random_aubc})"]
+    assert any(n.startswith("Embedding (effnet-lite0-x, D=1280)") for n in report.notes)
