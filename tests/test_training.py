@@ -737,3 +737,36 @@ def test_feature_dropout_draws_one_mask_per_batch_and_mc_passes_differ():
     X = np.random.default_rng(0).normal(size=(50, 16)).astype(np.float32)
     mc = predict(head, X, {"mc_probs"}, mc_samples=6, seed=0)["mc_probs"]
     assert mc.shape == (50, 6, 3) and mc.std(axis=1).mean() > 1e-3  # passes differ
+
+
+def test_concurrent_predictions_on_one_model_keep_their_own_embeddings_and_masks():
+    # A query's pool pass and the evaluation after a fit run at once on the same model; the
+    # embedding hook and the MC-dropout masks used to collect the other thread's forwards too
+    # (a map failed with "size 1438 is different from 359": pool rows mixed with held-out rows).
+    import threading
+
+    torch.manual_seed(0)
+    model = MLP(8, 3)
+    rng = np.random.default_rng(0)
+    big, small = rng.normal(size=(3000, 8)).astype(np.float32), rng.normal(size=(7, 8))
+    want_big = predict(model, big, {"embeddings", "mc_probs"}, batch_size=50, mc_samples=4, seed=1)
+    want_small = predict(model, small.astype(np.float32), {"probs"}, batch_size=1)
+    errors = []
+
+    def other():
+        try:
+            for _ in range(200):
+                got = predict(model, small.astype(np.float32), {"probs"}, batch_size=1)
+                np.testing.assert_allclose(got["probs"], want_small["probs"], rtol=1e-5)
+        except Exception as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    thread = threading.Thread(target=other)
+    thread.start()
+    for _ in range(5):
+        got = predict(model, big, {"embeddings", "mc_probs"}, batch_size=50, mc_samples=4, seed=1)
+        assert got["embeddings"].shape == (3000, 128)
+        np.testing.assert_allclose(got["embeddings"], want_big["embeddings"], rtol=1e-5)
+        np.testing.assert_allclose(got["mc_probs"], want_big["mc_probs"], rtol=1e-5, atol=1e-7)
+    thread.join()
+    assert not errors, errors[0]

@@ -12,6 +12,7 @@ would get different scores. BatchNorm and everything else stay in eval mode.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterable
 from typing import Any, cast
 
@@ -44,12 +45,15 @@ class _ConsistentDropout:
         self.handles: list[Any] = []
 
     def attach(self) -> None:
+        self.owner = threading.get_ident()  # another thread's forward (an evaluation) is not ours
         self.handles = [m.register_forward_hook(self._hook(i)) for i, m in enumerate(self.layers)]
 
     def _hook(self, index: int) -> Any:
         def hook(
             module: nn.Module, args: tuple[torch.Tensor, ...], output: torch.Tensor
-        ) -> torch.Tensor:
+        ) -> torch.Tensor | None:
+            if threading.get_ident() != self.owner:
+                return None  # the output as it is
             x = args[0]
             key = (self.t, index)
             mask = self.masks.get(key)
@@ -139,8 +143,11 @@ def predict(
             "TrainConfig(loss_head=True)."
         )
     if wanted & {"embeddings", "loss_pred"}:
+        # Hooks see every thread's forward through this model (a query and an evaluation may
+        # run at once): keep only this call's own.
+        owner = threading.get_ident()
         hook = classifier_layer(model).register_forward_pre_hook(
-            lambda _m, args: captured.append(args[0])
+            lambda _m, args: captured.append(args[0]) if threading.get_ident() == owner else None
         )
     if "mc_probs" in wanted:
         _require_dropout(model)
