@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from dal_widgets._checks import DataNotFoundError, check_int, param_error, short_repr
-from dal_widgets.encoders._base import Encoder, weights_digest
+from dal_widgets.encoders._base import Encoder, from_module, weights_digest
 
 __all__ = ["sentence_transformer", "torchvision"]
 
@@ -72,33 +72,17 @@ def _state_dict_file(path: Path, where: str) -> dict[str, Any]:
     return state
 
 
-class _Normalized(Encoder):
-    """A vision network on images resized to its crop size and normalized with its statistics."""
+class _Normalize:
+    """``(x - mean) / std`` per channel: the weights' own normalization, as a transform."""
 
-    def __init__(self, module: Any, mean: Any, std: Any, resize: int | None, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
+    def __init__(self, mean: Any, std: Any) -> None:
         import torch
 
-        self.module = module.eval()
         self.mean = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
         self.std = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
-        self.resize_size = resize
-        self._device: Any = None
 
-    def _digest(self) -> str:
-        return weights_digest(self.module)
-
-    def _encode(self, batch: Any, device: Any) -> Any:
-        import torch
-
-        if self._device != device:
-            self.module.to(device)
-            self._device = device
-        x = (batch.to(device) - self.mean.to(device)) / self.std.to(device)
-        if torch.device(device).type == "cuda":
-            with torch.autocast("cuda", dtype=torch.float16):
-                return self.module(x)
-        return self.module(x)
+    def __call__(self, x: Any) -> Any:
+        return (x - self.mean) / self.std
 
 
 def torchvision(name: str, weights: Any = "DEFAULT", *, batch_size: int = 64) -> Encoder:
@@ -171,19 +155,15 @@ def torchvision(name: str, weights: Any = "DEFAULT", *, batch_size: int = 64) ->
         model = builder(weights=chosen)
     prep = chosen.transforms()
     crop = int(prep.crop_size[0])
-    resize = int(prep.resize_size[0]) if prep.resize_size else None
-    return _Normalized(
+    encoder = from_module(
         _strip_head(model),
-        prep.mean,
-        prep.std,
-        resize,
+        _Normalize(prep.mean, prep.std),
         name=name,
-        kinds=("image",),
         image_size=crop,
-        rgb=True,
         batch_size=batch_size,
-        where=where,
     )
+    encoder.resize_size = int(prep.resize_size[0]) if prep.resize_size else None
+    return encoder
 
 
 class _SentenceTransformer(Encoder):
