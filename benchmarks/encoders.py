@@ -123,7 +123,7 @@ def cache_embed(ds, enc, store: Path):
 
     t0 = time.perf_counter()
     s = dal.Session(ds, encoder=enc, store=str(store), device="cpu", retrain="manual")
-    s.inputs.job.wait()
+    s.inputs.wait()
     seconds = time.perf_counter() - t0
     job = s.inputs.job
     if job.error is not None:
@@ -329,7 +329,7 @@ t0 = time.perf_counter()
 ds = dal.datasets.image_folder(sys.argv[1])
 load_s = time.perf_counter() - t0
 s = dal.Session(ds, store=sys.argv[2], encoder=enc, device="cpu")
-assert s.inputs.job.wait() and s.inputs.job.error is None, s.inputs.job.error
+assert s.inputs.wait() and s.inputs.job.error is None, s.inputs.job.error
 emb_mib = s.inputs.current.X.nbytes / 2**20
 print(base, peak_mib(), emb_mib, load_s, time.perf_counter() - t0, len(ds), ds.lazy)
 """

@@ -10,6 +10,8 @@ need it (a fit, an evaluation) waits for the embeddings on its own thread.
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -20,7 +22,7 @@ from dal_widgets._checks import param_error
 from dal_widgets.data import Dataset
 from dal_widgets.training import TrainConfig
 
-__all__ = ["HEAD_CONFIG", "ModelInputs"]
+__all__ = ["HEAD_CONFIG", "ModelInputs", "check_encoder"]
 
 #: How a head over embeddings is fitted by default: few full-batch steps at a higher learning
 #: rate (a linear model converges fast), so that a fit on 1,000 labels takes milliseconds and
@@ -29,6 +31,24 @@ HEAD_CONFIG = TrainConfig(steps=100, batch_size=256, lr=1e-2, weight_decay=1e-4,
 
 #: Rows per cache chunk file (and per progress step).
 CHUNK_ROWS = 1024
+
+
+def check_encoder(encoder: Any, dataset: Dataset, where: str) -> None:
+    """A TypeError/ValueError naming ``encoder`` unless it is None or can read ``dataset``."""
+    if encoder is None:
+        return
+    from dal_widgets.encoders import Encoder
+
+    if not isinstance(encoder, Encoder):
+        raise param_error(
+            "encoder",
+            where,
+            "None or an encoder from dal_widgets.encoders (torchvision, "
+            "sentence_transformer, from_module, from_callable, precomputed)",
+            encoder,
+            TypeError,
+        )
+    encoder.check_dataset(dataset, where)
 
 
 class ModelInputs:
@@ -50,21 +70,13 @@ class ModelInputs:
         self.job: Any = None
         self._view: Dataset | None = None
         self._on_ready = on_ready
+        self._settled = threading.Event()  # set once on_ready has run (or can never run)
         if encoder is None:
             self._view = dataset
             return
-        from dal_widgets.encoders import EmbeddingCache, EmbeddingJob, Encoder, cache_root
+        from dal_widgets.encoders import EmbeddingCache, EmbeddingJob, cache_root
 
-        if not isinstance(encoder, Encoder):
-            raise param_error(
-                "encoder",
-                where,
-                "None or an encoder from dal_widgets.encoders (torchvision, "
-                "sentence_transformer, from_module, from_callable, precomputed)",
-                encoder,
-                TypeError,
-            )
-        encoder.check_dataset(dataset, where)
+        check_encoder(encoder, dataset, where)
         n_eval = dataset.n_eval
         cache = EmbeddingCache(
             cache_root(side_dir),
@@ -91,7 +103,8 @@ class ModelInputs:
             embed,
             name="dal-embedding",
             on_progress=on_progress,
-            on_ready=lambda: self._ready(self.job.pool, self.job.eval),
+            on_ready=lambda: self._build(self.job.pool, self.job.eval),
+            on_done=self._done,
         )
 
     def start(self) -> None:
@@ -99,12 +112,31 @@ class ModelInputs:
         if self.job is not None:
             self.job.start()
         elif self.encoder is None:
-            self._on_ready()
+            self._done()
         else:
-            self._ready(self.encoder.full("pool"), self.encoder.full("eval"))
+            self._build(self.encoder.full("pool"), self.encoder.full("eval"))
+            self._done()
 
-    def _ready(self, pool: np.ndarray, held: np.ndarray | None) -> None:
-        """The embeddings exist (on the job's thread): build the view, then tell the session."""
+    def _done(self) -> None:
+        try:
+            self._on_ready()  # the session: its saved model comes back
+        finally:
+            self._settled.set()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until the embeddings exist and the session has taken them in (its saved
+        model restored); True then, False on timeout or when embedding failed or was
+        cancelled (see :attr:`progress`)."""
+        if self.job is not None:
+            start = time.monotonic()
+            if not self.job.wait(timeout) or not self.job.ready:
+                return False
+            if timeout is not None:
+                timeout = max(0.0, timeout - (time.monotonic() - start))
+        return self._settled.wait(timeout)
+
+    def _build(self, pool: np.ndarray, held: np.ndarray | None) -> None:
+        """The embeddings exist (on the job's thread): the model's view of the dataset."""
         raw = self.raw
         self._view = Dataset(
             pool,
@@ -119,7 +151,6 @@ class ModelInputs:
             content_key=f"{raw.fingerprint}|{self.encoder.id}".encode(),
             multi_label=raw.multi_label,
         )
-        self._on_ready()
 
     # ------------------------------------------------------------------ reading
     @property
@@ -164,9 +195,9 @@ class ModelInputs:
                     + self.job.error
                 )
         if self._view is None:
-            raise TimeoutError(
-                f"The embeddings of encoder {self.encoder.name!r} are not ready yet "
-                f"({self.progress_text()})."
+            raise RuntimeError(
+                f"The embeddings of encoder {self.encoder.name!r} are not there "
+                f"({self.progress_text()}): the session was closed, or the wait timed out."
             )
         return self._view
 

@@ -183,5 +183,7 @@ class ModelMemory:
                 f"one will be trained: {exc}"
             )
             if warn:
-                warnings.warn(self.load_error, DalWarning, stacklevel=5)
+                # _load <- restore <- restore_for <- Session._on_inputs_ready <- ModelInputs.start
+                # <- Session.__init__ <- the user's Session(...) line
+                warnings.warn(self.load_error, DalWarning, stacklevel=7)
             return None

@@ -17,7 +17,7 @@ from torch import nn
 
 from dal_widgets import strategies as _strategies
 from dal_widgets._checks import check_int, check_real, param_error
-from dal_widgets._encoded import HEAD_CONFIG, ModelInputs
+from dal_widgets._encoded import HEAD_CONFIG, ModelInputs, check_encoder
 from dal_widgets._events import SESSION_EVENTS as EVENTS
 from dal_widgets._events import Events
 from dal_widgets._explain import PickNotes, suggestion
@@ -120,6 +120,7 @@ class Session:
             where + ".train_config", multi_label=dataset.multi_label
         )
         self._models = ModelFactory(model, where)
+        check_encoder(encoder, dataset, where)  # before the store is opened
         self._retrain = RetrainPolicy(retrain or ("batch" if encoder is None else "label"))
         self.store = open_store(
             store,
@@ -158,7 +159,7 @@ class Session:
         #: The newest model's arrays over the pool, computed once per model version.
         self.arrays = PoolArrays(
             lambda: self.inputs.dataset().X,  # an encoder's embeddings: waits for them
-            features=lambda: self.inputs.current.features,
+            features=lambda: self.inputs.dataset().features,  # never a lazy pool's pixels
             trainer=self._trainer,
             multi_label=dataset.multi_label,
             config=self.train_config,

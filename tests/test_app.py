@@ -433,7 +433,7 @@ def _pixels_session(path):
 def test_the_app_shows_the_encoder_and_learns_from_each_label(tmp_path):
     s = _pixels_session(tmp_path / "enc.db")
     a = dal.App(s, batch_size=8, map_method="pca")
-    assert s.inputs.job.wait(60)
+    assert s.inputs.wait(60)
     wait = time.monotonic() + 10
     while "encoder pixels: ready" not in a.status.value and time.monotonic() < wait:
         time.sleep(0.05)

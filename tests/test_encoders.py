@@ -136,7 +136,7 @@ def test_precomputed_embeddings(tmp_path):
 # ---------------------------------------------------------------------------- the cache
 def _session(ds, enc, store, **kw):
     s = dal.Session(ds, store=str(store), encoder=enc, seed=0, device="cpu", **kw)
-    assert s.inputs.job.wait(60)
+    assert s.inputs.wait(60)
     assert s.inputs.job.error is None, s.inputs.job.error
     return s
 
@@ -230,7 +230,7 @@ X = np.random.default_rng(0).normal(size=(12000, 8)).astype(np.float32)
 ds = dal.datasets.from_arrays(X, y=np.arange(12000) % 3)
 enc = dal.encoders.from_callable(slowmod.slow, name="slow", batch_size=256)
 s = dal.Session(ds, store={store!r}, encoder=enc, device="cpu")
-s.inputs.job.wait()
+s.inputs.wait()
 """
 
 
@@ -320,7 +320,7 @@ def test_failed_embedding_is_reported_where_the_fit_fails(tmp_path):
     s = dal.Session(
         ds, store=None, device="cpu", encoder=dal.encoders.from_callable(fails, name="api")
     )
-    s.inputs.job.wait(30)
+    s.inputs.wait(30)
     assert s.inputs.progress["state"] == "error"
     assert "remote API down" in s.inputs.progress_text()
     ids = s.query(5)  # the cold start needs no embeddings
@@ -435,7 +435,7 @@ ds = dal.datasets.image_folder({folder!r}, holdout=0.1)
 enc.embed(ds, np.arange(64))  # warm: torch's own buffers and one batch
 before = peak_mib()
 s = dal.Session(ds, store={store!r}, encoder=enc, device="cpu", strategy="coreset")
-assert s.inputs.job.wait(600) and s.inputs.job.error is None, s.inputs.job.error
+assert s.inputs.wait(600) and s.inputs.job.error is None, s.inputs.job.error
 ids = s.query(6)
 s.label(ids, [ds.classes[ds.targets[p]] for p in ds.positions(ids)])
 s.wait(60)
@@ -480,7 +480,7 @@ def test_a_module_encoder_on_cuda_matches_the_cpu_under_autocast(tmp_path):
     assert gpu.dtype == np.float32
     np.testing.assert_allclose(gpu, cpu, atol=2e-2, rtol=2e-2)
     s = dal.Session(ds, store=str(tmp_path / "g.db"), encoder=enc, device="cuda")
-    assert s.inputs.job.wait(120) and s.inputs.job.error is None, s.inputs.job.error
+    assert s.inputs.wait(120) and s.inputs.job.error is None, s.inputs.job.error
     np.testing.assert_allclose(s.inputs.current.X[:64], cpu, atol=2e-2, rtol=2e-2)
     s.close()
 
@@ -499,3 +499,86 @@ def test_a_module_encoder_id_follows_its_transform():
     }
     assert len(ids) == 3  # another normalization never reads the old cache
     assert dal.encoders.from_module(net, half, name="m", image_size=16).id in ids
+
+
+# ---------------------------------------------------------------------------- review findings
+def _slow(delay):
+    def slow(x):
+        time.sleep(delay)
+        return x[:, :8]
+
+    return slow
+
+
+def test_restoring_a_saved_head_while_a_fit_waits_for_the_embeddings_does_not_deadlock(tmp_path):
+    import shutil
+
+    ds = _clusters(n=3000, d=16)
+    enc = dal.encoders.from_callable(_slow(0.0), name="slowish")
+    s = _session(ds, enc, tmp_path / "r.db")
+    ids = s.query(8)
+    s.label(ids, [ds.classes[t] for t in ds.targets[ds.positions(ids)]])
+    assert s.wait(30) and s.model_version is not None
+    folder = s.inputs.job.cache.folder
+    s.close()
+    shutil.rmtree(folder)  # the next session embeds again, slowly
+    enc = dal.encoders.from_callable(_slow(0.05), name="slowish")
+    s = dal.Session(ds, store=str(tmp_path / "r.db"), encoder=enc, device="cpu")
+    more = s.query(1)  # the cold start: no model until the embeddings exist
+    s.label(more, [ds.classes[ds.targets[ds.positions(more)[0]]]])  # a fit waits for them
+    assert s.inputs.wait(60)
+    deadline = time.monotonic() + 30  # the saved head comes back, then a refit for the new label
+    while (s.model_version is None or s.training) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert s.model_version is not None and not s.training, "restore and fit waited for each other"
+    assert s.model_version.n_labels == 9 and s.train_error is None
+    s.close()
+
+
+def test_closing_while_embedding_releases_every_waiter(tmp_path):
+    import threading
+
+    ds = _clusters(n=6000, d=16)
+    s = dal.Session(
+        ds, store=str(tmp_path / "c.db"), encoder=dal.encoders.from_callable(_slow(0.05), name="s")
+    )
+    ids = s.query(6)
+    s.label(ids, [ds.classes[t] for t in ds.targets[ds.positions(ids)]])  # a fit waits
+    time.sleep(0.3)
+    t0 = time.monotonic()
+    s.close()
+    assert time.monotonic() - t0 < 10
+    assert not s.inputs.wait(10) and not s.inputs.ready  # cancelled: released, not ready
+    time.sleep(0.5)
+    assert not [t for t in threading.enumerate() if t.name == "dal-embedding" and t.is_alive()]
+
+
+def test_a_cache_with_stale_metadata_is_rebuilt_once(tmp_path):
+    ds = _clusters(n=1500, d=8)
+    fn, calls = _counting(lambda x: x * 2)
+    enc = dal.encoders.from_callable(fn, name="twice")
+    s = _session(ds, enc, tmp_path / "m.db")
+    meta = s.inputs.job.cache.folder / "meta.json"
+    s.close()
+    meta.write_text("{not json")
+    calls.clear()
+    _session(ds, enc, tmp_path / "m.db").close()
+    assert sum(calls) == len(ds) + ds.n_eval  # recomputed, and the metadata rewritten
+    calls.clear()
+    _session(ds, enc, tmp_path / "m.db").close()
+    assert calls == []  # the next open is a hit
+
+
+def test_ids_tell_apart_functions_that_differ_only_in_names_or_nested_code():
+    sin = dal.encoders.from_callable(lambda x: np.sin(x), name="f")
+    cos = dal.encoders.from_callable(lambda x: np.cos(x), name="f")
+    two = dal.encoders.from_callable(lambda x: np.array([v * 2 for v in x]), name="f")
+    three = dal.encoders.from_callable(lambda x: np.array([v * 3 for v in x]), name="f")
+    assert len({sin.id, cos.id, two.id, three.id}) == 4
+
+
+def test_a_bad_encoder_opens_no_store(tmp_path):
+    ds = _clusters(n=60)
+    with pytest.raises(TypeError, match="'encoder' parameter"):
+        dal.Session(ds, store=str(tmp_path / "x.db"), encoder="resnet18")
+    assert not list(tmp_path.iterdir())

@@ -150,18 +150,20 @@ class Dataset:
         self._fingerprint: str | None = None
         self._thumbs: OrderedDict[tuple[int, int | None], bytes] = OrderedDict()
         self._thumbs_lock = threading.Lock()
+        self._pixels_lock = threading.Lock()  # one decode of a lazy pool, whichever thread asks
 
     # ------------------------------------------------------------------ basic protocol
     def __getstate__(self) -> dict[str, Any]:
         # The thumbnail cache and its lock stay behind (a lock cannot be pickled or copied).
         state = self.__dict__.copy()
-        del state["_thumbs"], state["_thumbs_lock"]
+        del state["_thumbs"], state["_thumbs_lock"], state["_pixels_lock"]
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         self._thumbs = OrderedDict()
         self._thumbs_lock = threading.Lock()
+        self._pixels_lock = threading.Lock()
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -170,7 +172,9 @@ class Dataset:
     @property
     def X(self) -> np.ndarray:
         if hasattr(self._X, "load"):
-            self._X = self._X.load()
+            with self._pixels_lock:
+                if hasattr(self._X, "load"):
+                    self._X = self._X.load()
         return self._X
 
     @X.setter
@@ -180,7 +184,9 @@ class Dataset:
     @property
     def X_eval(self) -> np.ndarray | None:
         if self._X_eval is not None and hasattr(self._X_eval, "load"):
-            self._X_eval = self._X_eval.load()
+            with self._pixels_lock:
+                if hasattr(self._X_eval, "load"):
+                    self._X_eval = self._X_eval.load()
         return self._X_eval
 
     @X_eval.setter

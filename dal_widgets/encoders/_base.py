@@ -50,9 +50,13 @@ def code_digest(fn: Any, version: str = "") -> str:
     call = vars(type(fn)).get("__call__")  # a callable object: its method's code
     code = getattr(fn, "__code__", None) or getattr(call, "__code__", None)
     h = hashlib.sha256(f"{version}|{getattr(fn, '__qualname__', type(fn).__qualname__)}".encode())
-    if code is not None:
-        h.update(code.co_code)
-        h.update(repr([c for c in code.co_consts if isinstance(c, (int, float, str))]).encode())
+    stack = [] if code is None else [code]
+    while stack:  # the function's code and every code object nested in it (comprehensions)
+        c = stack.pop()
+        h.update(c.co_code)
+        h.update(repr(c.co_names).encode())  # np.sin and np.cos differ only here
+        h.update(repr([k for k in c.co_consts if isinstance(k, (int, float, str))]).encode())
+        stack += [k for k in c.co_consts if hasattr(k, "co_code")]
     return h.hexdigest()
 
 

@@ -112,6 +112,8 @@ class EmbeddingCache:
             ok = ok and isinstance(dim, int) and dim > 0
         except (OSError, ValueError):
             ok, dim = False, None
+        if not ok:  # rewritten with the first chunk computed now
+            meta_path.unlink(missing_ok=True)
         files: dict[tuple[str, int], Path] = {}
         for path in self.folder.iterdir():
             match = _CHUNK.fullmatch(path.name)
@@ -183,7 +185,9 @@ class EmbeddingJob:
     ``embed(split, start, stop)`` computes the rows of one chunk. Progress (``done``/``total``
     rows, ``rate`` in samples per second, ``eta_s``) is published at most 10 times a second
     through ``on_progress(progress)``; when every chunk exists, ``pool`` and ``eval`` hold the
-    arrays and ``on_ready()`` runs (on the job's thread).
+    arrays and ``on_ready()`` runs (on the job's thread), then waiters are released, the
+    "ready" progress is published and ``on_done()`` runs. Cancelled or failed, waiters are
+    released too (``ready`` stays False).
     """
 
     def __init__(
@@ -194,8 +198,10 @@ class EmbeddingJob:
         name: str = "dal-embedding",
         on_progress: Callable[[dict[str, Any]], Any] | None = None,
         on_ready: Callable[[], Any] | None = None,
+        on_done: Callable[[], Any] | None = None,
     ) -> None:
         self.cache = cache
+        self._on_done = on_done
         self._embed = embed
         self._on_progress = on_progress
         self._on_ready = on_ready
@@ -243,6 +249,12 @@ class EmbeddingJob:
             self._on_progress(dict(self.progress))
 
     def _run(self) -> None:
+        try:
+            self._fill()
+        finally:  # done, failed or cancelled: nobody waits for ever
+            self._ready.set()
+
+    def _fill(self) -> None:
         cache = self.cache
         files = cache.scan()
         arrays: dict[str, np.ndarray | None] = {}
@@ -285,7 +297,14 @@ class EmbeddingJob:
                 out[start:stop] = have.pop((split, k))
             arrays[split] = out
         self.pool, self.eval = arrays.get("pool"), arrays.get("eval")
-        self._publish({"state": "ready", "done": self.progress["total"], "eta_s": 0.0}, force=True)
-        if self._on_ready is not None:
+        if self._stop.is_set():  # closed meanwhile: nobody is to be told
+            self._publish({"state": "cancelled"}, force=True)
+            return
+        if self._on_ready is not None:  # fast (the session's view of the arrays)
             self._on_ready()
+        # Waiters go on first: what runs after ("ready" observers, on_done) may itself wait
+        # for them (restoring a saved model waits for a fit that waits for the embeddings).
         self._ready.set()
+        self._publish({"state": "ready", "done": self.progress["total"], "eta_s": 0.0}, force=True)
+        if self._on_done is not None:
+            self._on_done()

@@ -37,6 +37,8 @@ def decode_files(paths: Sequence[str], size: int, rgb: bool, resize: int | None 
     import torch
     from PIL import Image
 
+    from dal_widgets.data._files import _unreadable
+
     side = max(size, resize or size)
     out = np.empty((len(paths), size, size, 3 if rgb else 1), dtype=np.uint8)
     for i, path in enumerate(paths):  # one decode per file: the I/O is per file anyway
@@ -49,7 +51,7 @@ def decode_files(paths: Sequence[str], size: int, rgb: bool, resize: int | None 
                     (max(side, round(w * scale)), max(side, round(h * scale))),
                 )
                 img = im.convert("RGB" if rgb else "L")
-        except (OSError, ValueError, Image.DecompressionBombError) as exc:
+        except _unreadable() as exc:
             raise ValueError(
                 f"The image file {path!r} could not be read for the encoder ({exc}). Remove it, "
                 "or load the folder again (unreadable files are skipped then)."

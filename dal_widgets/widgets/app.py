@@ -250,6 +250,7 @@ class App(View):
     def set_retrain(self, policy: str | int) -> None:
         """``"label"``, ``"batch"``, ``"manual"`` or every k labels (see ``Session.retrain``)."""
         self.session.retrain = policy
+        policy = self.session.retrain  # "every label" is stored as "label"
         if self.retrain.value != policy and any(v == policy for _, v in self.retrain.options):
             self.retrain.value = policy
 
