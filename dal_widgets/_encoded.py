@@ -52,7 +52,8 @@ def check_encoder(encoder: Any, dataset: Dataset, where: str) -> None:
 
 
 class ModelInputs:
-    """The model's view of ``dataset`` (``encoder`` None: the dataset itself)."""
+    """The model's view of ``dataset`` (``encoder`` None: the dataset itself); the caller has
+    checked ``encoder`` with :func:`check_encoder` (before opening its store)."""
 
     def __init__(
         self,
@@ -63,7 +64,6 @@ class ModelInputs:
         device: Any,
         on_progress: Callable[[dict[str, Any]], Any],
         on_ready: Callable[[], Any],
-        where: str = "Session",
     ) -> None:
         self.raw = dataset
         self.encoder = encoder
@@ -76,7 +76,6 @@ class ModelInputs:
             return
         from dal_widgets.encoders import EmbeddingCache, EmbeddingJob, cache_root
 
-        check_encoder(encoder, dataset, where)
         n_eval = dataset.n_eval
         cache = EmbeddingCache(
             cache_root(side_dir),

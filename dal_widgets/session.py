@@ -142,7 +142,6 @@ class Session:
             device=self.device,
             on_progress=lambda p: self._events.emit("embedding", progress=p),
             on_ready=self._on_inputs_ready,
-            where=where,
         )
         #: The newest query (None before the first in this process).
         self.last_query: Query | None = None
