@@ -6,7 +6,7 @@ import copy
 import math
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -311,6 +311,20 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     return None
 
 
+def _adam(model: nn.Module, config: TrainConfig) -> torch.optim.Adam:
+    """Adam, fused where torch has a fused kernel for the parameters (CPU and CUDA, floating
+    point): one kernel per step instead of a dozen small ones, about a tenth of a head fit's time.
+    """
+    params = list(model.parameters())
+    fused = bool(params) and all(
+        p.device.type in ("cpu", "cuda") and p.dtype in (torch.float32, torch.float64)
+        for p in params
+    )
+    return torch.optim.Adam(
+        params, lr=config.lr, weight_decay=config.weight_decay, fused=True if fused else None
+    )
+
+
 def fit(
     model: nn.Module,
     X: torch.Tensor,
@@ -339,7 +353,7 @@ def fit(
     per_epoch = math.ceil(n / min(config.batch_size, n))
     epochs = int(np.clip(math.ceil(config.steps / per_epoch), config.min_epochs, config.max_epochs))
     state = FitState(model=model, epochs=epochs, steps=epochs * per_epoch)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    optimizer = _adam(model, config)
     amp_dtype = autocast_dtype(config.precision, X.device)
     scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
     head = getattr(model, "loss_head", None)
@@ -360,6 +374,14 @@ def fit(
         )
     gen = torch.Generator(device="cpu").manual_seed(seed)
     augment = _augments(config, X)
+    forward: Callable[[torch.Tensor], torch.Tensor] = model
+    standardize = getattr(model, "standardize", None)
+    standardized = getattr(model, "forward_standardized", None)
+    if standardize is not None and callable(standardized) and not augment:
+        # Standardize the labeled set once, not once per step: a fifth of a head fit's time.
+        with torch.no_grad():
+            X = standardize(X)
+        forward = standardized
     stopped = cancelled = False
     devices = [X.device] if X.device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
@@ -381,7 +403,7 @@ def fit(
                 ):
                     captured.clear()
                     xb = affine_augment(X[idx], gen) if augment else X[idx]
-                    loss = loss_fn(model(xb), y[idx])
+                    loss = loss_fn(forward(xb), y[idx])
                     if head is not None:
                         if multi_hot:
                             loss = loss.mean(dim=1)  # one loss per sample, as for single labels

@@ -175,6 +175,11 @@ class MLP(nn.Module):
             x = self.standardize(x)
         return self.classifier(self.features(x))
 
+    def forward_standardized(self, x: torch.Tensor) -> torch.Tensor:
+        """The forward pass of inputs that ``standardize`` has already been applied to: a fit
+        standardizes its labeled set once instead of once per step (see :func:`fit`)."""
+        return self.classifier(self.features(x))
+
     def mc_split(self) -> tuple[nn.Module, nn.Module]:
         """``(prefix, rest)``: the layers before the first dropout run once per MC-dropout chunk."""
         return _split_at_first_dropout(self)
