@@ -571,10 +571,15 @@ def main() -> None:
         "checked to come from a model that saw every label."
     )
     shares = ", ".join(f"{k} {v:.0%}" if v is not None else f"{k} unknown" for k, v in load.items())
+    busy = any(v is None or v > 0.1 for v in load.values())
     report.note(
-        "2 CPU cores shared with other work: absolute figures are noisy; the throughput target "
-        "is a ratio against a baseline measured in the same run. Share of the machine's CPU "
-        f"time used by other processes during each part: {shares}."
+        (
+            "CPU cores shared with other work: absolute figures are noisy"
+            if busy
+            else "the machine was otherwise quiet"
+        )
+        + "; the throughput target is a ratio against a baseline measured in the same run. "
+        f"Share of the machine's CPU time used by other processes during each part: {shares}."
     )
     if args.quick:
         report.note(

@@ -803,3 +803,47 @@ def test_concurrent_predictions_on_one_model_keep_their_own_embeddings_and_masks
         np.testing.assert_allclose(got["mc_probs"], want_big["mc_probs"], rtol=1e-5, atol=1e-7)
     thread.join()
     assert not errors, errors[0]
+
+
+def test_thread_threads_changes_the_calling_thread_only():
+    # Head fits run at one thread in the trainer's thread; the other threads keep theirs
+    # (torch.set_num_threads would also change the default every new thread starts with).
+    from dal_widgets.training._omp import openmp_runtime, thread_threads
+
+    before = torch.get_num_threads()
+    if openmp_runtime() is None or before < 2:
+        pytest.skip("needs torch's OpenMP runtime and at least 2 threads")
+    seen = {}
+
+    def other():
+        seen["other"] = torch.get_num_threads()
+
+    with thread_threads(1):
+        seen["inside"] = torch.get_num_threads()
+        t = threading.Thread(target=other)
+        t.start()
+        t.join()
+        x = torch.randn(300, 300)
+        torch.testing.assert_close(x @ x, (x.double() @ x.double()).float(), rtol=1e-4, atol=1e-3)
+    assert seen == {"inside": 1, "other": before}
+    assert torch.get_num_threads() == before
+
+
+def test_embedding_head_masks_weights_as_it_would_mask_inputs():
+    # A fit masks the classifier's columns (10 x D) instead of the batch (256 x D): the same
+    # product, the same random mask, less work.
+    from dal_widgets.training._models import EmbeddingHead
+
+    head = EmbeddingHead(48, 5, dropout=0.3).train()
+    x = torch.randn(16, 48)
+    torch.manual_seed(4)
+    fused = head(x)
+    torch.manual_seed(4)
+    plain = head.classifier(head.features(x))
+    torch.testing.assert_close(fused, plain, rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(fused, head.eval()(x))  # the mask did drop features
+    hooked = []
+    head.train().classifier.register_forward_pre_hook(lambda _m, args: hooked.append(args[0]))
+    torch.manual_seed(4)
+    torch.testing.assert_close(head(x), plain, rtol=1e-5, atol=1e-6)
+    assert hooked and hooked[0].shape == x.shape  # a hook still sees the layer run

@@ -33,6 +33,7 @@ from dal_widgets._threads import start_daemon
 from dal_widgets.training._fit import Callback, EarlyStopping, FitResult, FitState, TrainConfig, fit
 from dal_widgets.training._inference import predict
 from dal_widgets.training._models import classifier_layer
+from dal_widgets.training._omp import thread_threads
 
 __all__ = ["ModelVersion", "Snapshot", "Trainer", "TrainingSet", "weights_key"]
 
@@ -362,19 +363,22 @@ class Trainer:
             fit_seed = int(np.random.SeedSequence([self.seed, n_labels]).generate_state(1)[0])
             model = self._initial_model(fit_seed, data.n_classes)
             X, y, callbacks = self._validation_split(X, y, fit_seed)
-            result = self._fit_with_oom_retry(model, X, y, callbacks, fit_seed)
-            if self.config.pseudo_labels > 0 and not result.cancelled:
-                model, result = self._refit_with_pseudo_labels(
-                    model, X, y, callbacks, fit_seed, result, data
-                )
-            members = [model]
-            for m in range(1, self.config.ensemble_size):  # committee: other seeds, fresh weights
-                if result.cancelled:
-                    break
-                member = self._seeded_model(fit_seed + m)
-                self._fit_with_oom_retry(member, X, y, [_Progress(self)], fit_seed + m)
-                members.append(member)
-                result = result if not cancel.is_set() else replace(result, cancelled=True)
+            # A tiny model's fit is hundreds of small ops: one thread, this thread only.
+            tiny = getattr(model, "cheap_forward", False) and self.device.type == "cpu"
+            with thread_threads(1 if tiny else None):
+                result = self._fit_with_oom_retry(model, X, y, callbacks, fit_seed)
+                if self.config.pseudo_labels > 0 and not result.cancelled:
+                    model, result = self._refit_with_pseudo_labels(
+                        model, X, y, callbacks, fit_seed, result, data
+                    )
+                members = [model]
+                for m in range(1, self.config.ensemble_size):  # committee: other seeds
+                    if result.cancelled:
+                        break
+                    member = self._seeded_model(fit_seed + m)
+                    self._fit_with_oom_retry(member, X, y, [_Progress(self)], fit_seed + m)
+                    members.append(member)
+                    result = result if not cancel.is_set() else replace(result, cancelled=True)
             if result.cancelled or self._closed:
                 self._set_progress({"state": "cancelled"})
                 return None
