@@ -7,6 +7,7 @@ held-out split, round after round, exactly as a person's session would run.
 
 from __future__ import annotations
 
+import functools
 import math
 import threading
 import time
@@ -18,14 +19,21 @@ from typing import Any
 import numpy as np
 
 from dal_widgets._checks import check_int, check_real, param_error
+from dal_widgets._grid import Cell, cell_key, check_executor, describe, run_grid
 from dal_widgets._repr import (
     MISSING,
-    fmt_float,
     fmt_fraction,
-    fmt_seconds,
     fmt_spread,
     html_table,
     quartiles,
+)
+from dal_widgets._sim_tables import (
+    STAGES,
+    LabelsToReach,
+    RoundSeconds,
+    StopReport,
+    pandas,
+    seeds_text,
 )
 from dal_widgets.data import Dataset
 
@@ -37,156 +45,6 @@ __all__ = [
     "balanced_initial",
     "simulate",
 ]
-
-_STAGES = {"train_s": "train", "infer_s": "infer", "select_s": "select", "seconds": "whole round"}
-
-
-def _pandas(where: str) -> Any:
-    try:
-        import pandas as pd
-    except ImportError as err:
-        raise ImportError(
-            f"{where} needs pandas, which is not installed: pip install pandas"
-        ) from err
-    return pd
-
-
-def _seeds(n: int) -> str:
-    return "1 seed" if n == 1 else f"{n} seeds"
-
-
-class LabelsToReach(dict[str, list[int | None]]):
-    """What :meth:`SimulationResult.labels_to_reach` returns: strategy -> one number of labels
-    per seed (None where the seed never reached the accuracy), a plain dict whose repr
-    summarizes each strategy as a median with its interquartile range::
-
-        labels to reach accuracy 0.85:
-          random  70 labels (median of 5 seeds; IQR 60-80)
-          margin  50 labels (median of the 3 of 5 seeds that reached it; IQR 40-60)
-    """
-
-    def __init__(
-        self,
-        hits: dict[str, list[int | None]] | None = None,
-        *,
-        accuracy: float = math.nan,
-        budget: int = 0,
-    ) -> None:
-        super().__init__(hits or {})
-        self.accuracy = accuracy
-        self.budget = budget
-
-    def describe(self, strategy: str) -> str:
-        """One strategy's summary, e.g. ``"70 labels (median of 5 seeds; IQR 60-80)"``."""
-        hits = self[strategy]
-        reached = [h for h in hits if h is not None]
-        if not reached:
-            by = f" (budget {self.budget} labels)" if self.budget else ""
-            return f"not reached in {_seeds(len(hits))}{by}"
-        q = quartiles(reached)
-        assert q is not None
-        value = f"{fmt_float(q[1])} label{'' if q[1] == 1 else 's'}"
-        if len(hits) == 1:
-            return f"{value} (1 seed)"
-        of = (
-            f"median of {len(hits)} seeds"
-            if len(reached) == len(hits)
-            else f"median of the {len(reached)} of {len(hits)} seeds that reached it"
-        )
-        spread = "" if q[0] == q[2] else f"; IQR {fmt_float(q[0])}-{fmt_float(q[2])}"
-        return f"{value} ({of}{spread})"
-
-    def __repr__(self) -> str:
-        if not self:
-            return f"labels to reach accuracy {fmt_float(self.accuracy)}: no strategies"
-        width = max(len(s) for s in self)
-        lines = [f"labels to reach accuracy {fmt_float(self.accuracy)}:"]
-        lines += [f"  {s:<{width}}  {self.describe(s)}" for s in self]
-        return "\n".join(lines)
-
-    def to_frame(self) -> Any:
-        """A pandas DataFrame, one row per strategy: ``median``, ``q25``, ``q75`` (labels,
-        over the seeds that reached the accuracy; NaN where none did), ``reached`` and
-        ``seeds`` (counts)."""
-        pd = _pandas("LabelsToReach.to_frame")
-        rows = []
-        for s, hits in self.items():
-            q = quartiles(h for h in hits if h is not None) or (math.nan,) * 3
-            reached = sum(h is not None for h in hits)
-            rows.append([s, q[1], q[0], q[2], reached, len(hits)])
-        columns = ["strategy", "median", "q25", "q75", "reached", "seeds"]
-        return pd.DataFrame(rows, columns=columns).set_index("strategy")
-
-
-class RoundSeconds(dict[str, float]):
-    """What :meth:`SimulationResult.seconds` returns: mean seconds per round in ``train_s``,
-    ``infer_s``, ``select_s`` and ``seconds`` (the whole round), a plain dict of exact floats
-    whose repr rounds them with units::
-
-        margin, mean per round over 18 rounds: train 1.84 s, infer 10.3 µs, select 2.1 ms,
-        whole round 1.9 s
-    """
-
-    def __init__(
-        self, means: dict[str, float] | None = None, *, strategy: str = "", rounds: int = 0
-    ) -> None:
-        super().__init__(means or {})
-        self.strategy = strategy
-        self.rounds = rounds
-
-    def __repr__(self) -> str:
-        head = f"{self.strategy}, mean per round" if self.strategy else "mean per round"
-        if self.rounds:
-            head += f" over {self.rounds} round{'s' if self.rounds != 1 else ''}"
-        stages = ", ".join(f"{_STAGES.get(k, k)} {fmt_seconds(v)}" for k, v in self.items())
-        return f"{head}: {stages}"
-
-    def to_frame(self) -> Any:
-        """A one-row pandas DataFrame (index: the strategy; columns: the seconds)."""
-        pd = _pandas("RoundSeconds.to_frame")
-        return pd.DataFrame([dict(self)], index=pd.Index([self.strategy], name="strategy"))
-
-
-class StopReport(list[dict[str, Any]]):
-    """What :meth:`SimulationResult.stopping` returns: one dict per strategy and seed with
-    ``stop_labels`` and ``stop_accuracy`` (where the stabilizing-predictions rule would have
-    stopped; None if it never did), ``final_labels``, ``final_accuracy``, ``labels_saved`` and
-    ``accuracy_given_up`` (against spending the whole budget). A list whose repr is a table."""
-
-    def __init__(self, rows: list[dict[str, Any]], *, window: int, threshold: float) -> None:
-        super().__init__(rows)
-        self.window, self.threshold = window, threshold
-
-    def __repr__(self) -> str:
-        head = (
-            f"stabilizing predictions (kappa of the last {self.window} models >= "
-            f"{self.threshold:g}), against the whole budget:"
-        )
-        lines = [head]
-        for r in self:
-            who = f"  {r['strategy']} seed {r['seed']}: "
-            if r["stop_labels"] is None:
-                lines.append(who + f"never stable up to {r['final_labels']} labels")
-                continue
-            lines.append(
-                who + f"stop at {r['stop_labels']} labels (accuracy {r['stop_accuracy']:.3f}); "
-                f"{r['labels_saved']} labels saved, {r['accuracy_given_up']:.3f} accuracy "
-                f"given up (final {r['final_accuracy']:.3f} at {r['final_labels']})"
-            )
-        flat = [r for r in self if r.get("plateau_labels") is not None]
-        lines.append(
-            f"held-out plateau: {len(flat)} of {len(self)} runs flattened"
-            + (
-                f", median at {int(np.median([r['plateau_labels'] for r in flat]))} labels"
-                if flat
-                else ""
-            )
-        )
-        return "\n".join(lines)
-
-    def to_frame(self) -> Any:
-        """A pandas DataFrame, one row per strategy and seed."""
-        return _pandas("StopReport.to_frame").DataFrame(list(self))
 
 
 def balanced_initial(
@@ -222,6 +80,10 @@ class SimulationResult:
     records: list[dict[str, Any]] = field(default_factory=list)
     budget: int = 0
     initial: int = 0
+    #: Cells (strategy, seed) that raised on an executor: ``strategy``, ``seed``, ``error``
+    #: (the traceback) and the ``records`` of the rounds before (not in ``records``: a
+    #: curve cut short would skew the comparison). The other cells ran on.
+    failures: list[dict[str, Any]] = field(default_factory=list)
 
     def to_records(self) -> list[dict[str, Any]]:
         """One dict per (strategy, seed, round)."""
@@ -384,12 +246,12 @@ class SimulationResult:
             round), whose repr rounds them with units; ``to_frame()`` for a DataFrame.
         """
         rows = self._rows(strategy)
-        means = {k: float(np.mean([r[k] for r in rows])) for k in _STAGES}
+        means = {k: float(np.mean([r[k] for r in rows])) for k in STAGES}
         return RoundSeconds(means, strategy=strategy, rounds=len(rows))
 
     def to_frame(self) -> Any:
         """The records as a pandas DataFrame, one row per (strategy, seed, round)."""
-        return _pandas("SimulationResult.to_frame").DataFrame(self.to_records())
+        return pandas("SimulationResult.to_frame").DataFrame(self.to_records())
 
     def _final(self, strategy: str) -> tuple[list[float], list[int]]:
         """The accuracy and labels of each seed's last round, seeds in increasing order."""
@@ -406,7 +268,7 @@ class SimulationResult:
         strategies = self.strategies
         head = [
             f"{len(strategies)} strateg{'y' if len(strategies) == 1 else 'ies'}",
-            _seeds(len({r["seed"] for r in self.records})),
+            seeds_text(len({r["seed"] for r in self.records})),
         ]
         if self.budget:
             head.append(f"{self.initial} initial -> budget {self.budget} labels")
@@ -436,9 +298,10 @@ class SimulationResult:
     def __repr__(self) -> str:
         """The run in a few lines: strategies, seeds, budget and each strategy's final
         held-out accuracy (median over seeds, with its IQR)."""
+        failed = self._failed_text()
         if not self.records:
             budget = f"; budget {self.budget} labels" if self.budget else ""
-            return f"SimulationResult(no records{budget})"
+            return f"SimulationResult(no records{budget})" + (f"\n{failed}" if failed else "")
         head, rows = self._summary()
         n_seeds = len({r["seed"] for r in self.records})
         width = max(len(row["strategy"]) for row in rows)
@@ -459,6 +322,19 @@ class SimulationResult:
                     f"  {name:<{width}}  beats it in {v['wins']} of {v['seeds']} seeds, "
                     f"mean difference {v['aubc_diff']:+.3f}{ci}"
                 )
+        return "\n".join(lines + ([failed] if failed else []))
+
+    def _failed_text(self) -> str:
+        """``2 cells failed (tracebacks in .failures):`` and each cell's last error line."""
+        if not self.failures:
+            return ""
+        n = len(self.failures)
+        lines = [f"{n} cell{'s' if n > 1 else ''} failed (tracebacks in .failures):"]
+        for f in self.failures[:5]:
+            last = f["error"].strip().splitlines()[-1] if f["error"].strip() else "?"
+            lines.append(f"  {f['strategy']} seed {f['seed']}: {last}")
+        if n > 5:
+            lines.append(f"  ... and {n - 5} more")
         return "\n".join(lines)
 
     def _repr_html_(self) -> str:
@@ -469,7 +345,9 @@ class SimulationResult:
         head, rows = self._summary()
         header = ["strategy", "final accuracy (median)", "IQR", "labels", "AUBC"]
         keys = ["strategy", "median", "iqr", "labels", "aubc"]
-        return html_table(header, [[r[k] for k in keys] for r in rows], f"SimulationResult: {head}")
+        failed = self._failed_text().replace("\n", " ")
+        caption = f"SimulationResult: {head}" + (f"; {failed}" if failed else "")
+        return html_table(header, [[r[k] for k in keys] for r in rows], caption)
 
     def _rows(self, strategy: str) -> list[dict[str, Any]]:
         rows = [r for r in self.records if r["strategy"] == strategy]
@@ -517,6 +395,10 @@ def simulate(
     encoder: Any = None,
     progress: Callable[[dict[str, Any]], None] | None = None,
     stop: threading.Event | None = None,
+    executor: Any = None,
+    max_workers: int | None = None,
+    results: Any = None,
+    on_cell: Callable[[dict[str, Any]], None] | None = None,
 ) -> SimulationResult:
     """Run simulated-oracle active learning for each strategy and seed.
 
@@ -545,16 +427,42 @@ def simulate(
         Run every strategy on an encoder's embeddings with a head (as ``Session(encoder=)``);
         the pool is embedded once into the user cache folder and reused by every run.
     progress : callable, optional
-        Called with each new record (for progress displays).
+        Called with each new record (for progress displays): serially, as each round ends;
+        on an executor, as each cell ends.
     stop : threading.Event, optional
-        Set it to end the run after the current round; the result holds what finished.
+        Set it to end the run after the current round; the result holds what finished. On
+        an executor no new cell starts; running cells end after their round in processes
+        and thread pools, run to their end on other executors, and are cancelled on Ray.
+    executor : None, "processes", "ray" or concurrent.futures.Executor
+        Where the cells (one per strategy and seed) run. None: one after another in this
+        process (an exception ends the run). ``"processes"``: local processes (spawn; torch
+        threads per worker set so the workers share the cores). ``"ray"``: the current Ray
+        connection, else ``ray.init()`` (which follows ``RAY_ADDRESS``). On an executor, a
+        cell that raises is kept in ``result.failures`` with its traceback, the others run
+        on, and a warning says how many failed (unless ``on_cell`` is given). A cell gives
+        the same curve wherever it runs at the same torch thread count (threads of one
+        process share torch's global RNG: use processes for exact repeats). The dataset,
+        model, train config and encoder are pickled to the workers; in ``"processes"`` their
+        code must be importable there (not defined in the notebook). With an encoder, the
+        pool is embedded once in this process before the cells start.
+    max_workers : int, optional
+        Cells running at once (default: the local cores; on Ray, the cluster's CPUs).
+    results : str or Path, optional
+        A JSON-lines file that makes the grid resumable: each finished cell is appended,
+        keyed by a hash of its configuration (dataset fingerprint, strategy, seed, budget,
+        model, train config, encoder, package version), and a rerun takes the cells the
+        file has instead of running them again.
+    on_cell : callable, optional
+        Called as cells start and end, with the cell's ``strategy``, ``seed`` and ``state``
+        (``"running"``, ``"done"``, ``"resumed"`` from the results file, ``"failed"`` with
+        its ``error``, ``"stopped"``) and the
+        grid's counts: ``done``, ``running``, ``failed``, ``resumed``, ``total``.
 
     Returns
     -------
     SimulationResult
     """
     from dal_widgets import strategies as registry
-    from dal_widgets.session import Session
 
     where = "simulate"
     if not isinstance(dataset, Dataset):
@@ -592,42 +500,74 @@ def simulate(
             raise param_error(
                 "seeds", where, "a positive count or a non-empty list of seeds", seeds
             )
-    targets = dataset.targets
+    max_workers = check_executor(executor, max_workers, where)
     result = SimulationResult(budget=budget, initial=initial)
-    for seed in seed_list:
-        rng = np.random.default_rng([seed, 7])
-        proxy = targets.argmax(1) if targets.ndim == 2 else targets  # multi-label: first class
-        start = balanced_initial(proxy, initial, len(dataset.classes), rng)
-        # Noisy answers are fixed per seed, so every strategy meets the same oracle.
-        answers = targets.copy()
-        n_pool = len(targets)
-        if noise > 0 and targets.ndim == 2:  # multi-label: a noisy answer gets one class toggled
-            flip = np.flatnonzero(rng.random(n_pool) < noise)
-            cls = rng.integers(0, len(dataset.classes), size=flip.size)
-            answers[flip, cls] ^= 1
-        elif noise > 0:
-            flipped = rng.random(n_pool) < noise
-            shift = rng.integers(1, len(dataset.classes), size=n_pool)
-            answers[flipped] = (targets[flipped] + shift[flipped]) % len(dataset.classes)
-        for name in strategies:
-            if stop is not None and stop.is_set():
-                return result
-            session = Session(
-                dataset,
-                retrain="manual",
-                strategy=name,
-                model=model,
-                store=":memory:",
-                seed=seed,
-                device=device,
-                train_config=train_config,
-                encoder=encoder,
-            )
-            try:
-                _run_one(session, start, answers, batch, budget, result, progress, stop)
-            finally:
-                session.close()
-    return result
+    shared = {
+        "dataset": dataset,
+        "model": model,
+        "device": device,
+        "train_config": train_config,
+        "encoder": encoder,
+        "batch": batch,
+        "budget": budget,
+    }
+    oracle = functools.partial(_oracle, dataset, initial=initial, noise=noise)
+    cells = [Cell(name, seed, oracle) for seed in seed_list for name in strategies]
+    configs: dict[str, dict[str, Any]] = {}
+    if results is not None:  # keys only for a results file: describing a model costs a copy
+        same = {k: describe(v) for k, v in shared.items() if k != "dataset"}
+        same.update(dataset=_data_key(dataset), initial=initial, noise=noise)
+        for cell in cells:
+            config = {**same, "strategy": cell.strategy, "seed": cell.seed}
+            cell.key = cell_key(config)
+            configs[cell.key] = config
+    return run_grid(
+        cells,
+        shared,
+        configs,
+        result,
+        executor=executor,
+        max_workers=max_workers,
+        results=results,
+        progress=progress,
+        on_cell=on_cell,
+        stop=stop,
+        where=where,
+    )
+
+
+def _data_key(dataset: Dataset) -> dict[str, Any]:
+    """What identifies a dataset for a results file: its fingerprint (ids and content), and
+    the oracle's answers, the classes and the held-out split, which the fingerprint leaves out."""
+    return {
+        "fingerprint": dataset.fingerprint,
+        "targets": describe(dataset.targets),
+        "classes": list(dataset.classes),
+        "eval": describe([dataset.y_eval, dataset.eval_ids, dataset.n_eval]),
+    }
+
+
+def _oracle(
+    dataset: Dataset, seed: int, *, initial: int, noise: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """A seed's initial labels (balanced over the classes) and the oracle's answers (noisy
+    answers are fixed per seed, so every strategy meets the same oracle)."""
+    targets = dataset.targets
+    assert targets is not None
+    rng = np.random.default_rng([seed, 7])
+    proxy = targets.argmax(1) if targets.ndim == 2 else targets  # multi-label: first class
+    start = balanced_initial(proxy, initial, len(dataset.classes), rng)
+    answers = targets.copy()
+    n_pool = len(targets)
+    if noise > 0 and targets.ndim == 2:  # multi-label: a noisy answer gets one class toggled
+        flip = np.flatnonzero(rng.random(n_pool) < noise)
+        cls = rng.integers(0, len(dataset.classes), size=flip.size)
+        answers[flip, cls] ^= 1
+    elif noise > 0:
+        flipped = rng.random(n_pool) < noise
+        shift = rng.integers(1, len(dataset.classes), size=n_pool)
+        answers[flipped] = (targets[flipped] + shift[flipped]) % len(dataset.classes)
+    return start, answers
 
 
 def _run_one(

@@ -78,6 +78,13 @@ class _ConsistentDropout:
         self.handles = []
 
 
+def _writable(batch: Any) -> np.ndarray:
+    """A batch as an array torch may wrap: a read-only one (a memory-mapped file, an array
+    from Ray's object store) is copied, a batch at a time, instead of wrapped with a warning."""
+    arr = np.asarray(batch)
+    return arr if arr.flags.writeable else arr.copy()
+
+
 def _require_dropout(model: nn.Module) -> None:
     if not has_dropout(model):
         raise ValueError(
@@ -164,7 +171,7 @@ def predict(
         ):
             for start in range(0, n, batch_size):
                 xb = torch.as_tensor(
-                    np.asarray(X[start : start + batch_size])
+                    _writable(X[start : start + batch_size])
                     if not isinstance(X, torch.Tensor)
                     else X[start : start + batch_size]
                 )

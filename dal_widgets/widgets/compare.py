@@ -56,6 +56,7 @@ class CompareWidget(View):
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._total = 0
+        self._failure = ""
         self.chart = LineChart(
             title="Held-out accuracy (mean over seeds, quartile band)",
             xlabel="labels",
@@ -63,6 +64,9 @@ class CompareWidget(View):
         )
         self.progress = W.IntProgress(value=0, min=0, max=1, description="rounds")
         self.status = W.HTML()
+        #: Cells (strategy, seed) done, running and failed: where they run (an executor) or
+        #: come from (a results file) shows here.
+        self.cells = W.HTML()
         self.table = W.HTML()
         self.run_button = W.Button(description="Run", icon="play")
         self.stop_button = W.Button(description="Stop", icon="stop", button_style="warning")
@@ -71,6 +75,7 @@ class CompareWidget(View):
         self.widget = W.VBox(
             [
                 W.HBox([self.run_button, self.stop_button, self.progress, self.status]),
+                self.cells,
                 self.chart,
                 self.table,
             ]
@@ -106,6 +111,8 @@ class CompareWidget(View):
         self.progress.max = max(self._total, 1)
         self.progress.value = 0
         self.status.value = "starting…"
+        self.cells.value = ""
+        self._failure = ""
         self._thread = start_daemon(self._work, name="dal-compare", on_error=self._failed)
 
     def stop(self) -> None:
@@ -122,12 +129,22 @@ class CompareWidget(View):
     def _work(self) -> None:
         from dal_widgets.simulation import simulate
 
+        kwargs = dict(self.kwargs)
+        user_on_cell = kwargs.pop("on_cell", None)
+
+        def on_cell(event: dict[str, Any]) -> None:
+            self._on_cell(event)
+            if user_on_cell is not None:
+                user_on_cell(event)
+
+        # on_cell given: failed cells are shown here, and simulate does not warn.
         res = simulate(
             self.dataset,
             self.strategies,
             progress=self._on_record,
             stop=self._stop,
-            **self.kwargs,
+            on_cell=on_cell,
+            **kwargs,
         )
         self.result = res
         self._draw(final=True)
@@ -138,12 +155,30 @@ class CompareWidget(View):
             else f" · {seeds} seeds"
         )
         self.status.value = html.escape(("stopped" if self._stop.is_set() else "done") + caveat)
+        for failure in res.failures:
+            self.errors.append(f"{failure['strategy']} seed {failure['seed']}:\n{failure['error']}")
 
     def _failed(self, exc: Exception, text: str) -> None:
         """The run failed in its thread: kept in ``error`` / ``errors`` and shown, not printed."""
         self.error = text
         self.errors.append(text)
         self._show_error(exc)
+
+    def _on_cell(self, event: dict[str, Any]) -> None:
+        """Counts of cells; a failed one names its strategy, seed and error line."""
+        parts = [f"cells: {event['done']} of {event['total']} done"]
+        if event["resumed"]:
+            parts.append(f"{event['resumed']} from the results file")
+        parts.append(f"{event['running']} running")
+        if event["failed"]:
+            parts.append(f"{event['failed']} failed")
+        text = html.escape(" · ".join(parts))
+        if event["state"] == "failed":
+            line = (event.get("error") or "").strip().splitlines()[-1:] or ["?"]
+            self._failure = f"{event['strategy']} seed {event['seed']} failed: {line[0]}"
+        if self._failure:
+            text += f"<br><span style='color:#c62828'>{html.escape(self._failure)}</span>"
+        self.cells.value = text
 
     def _on_record(self, record: dict[str, Any]) -> None:
         self.result.records.append(record)
