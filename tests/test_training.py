@@ -818,15 +818,51 @@ def test_thread_threads_changes_the_calling_thread_only():
     def other():
         seen["other"] = torch.get_num_threads()
 
+    mkl = _mkl_threads()
+    mkl_before = mkl() if mkl else None
     with thread_threads(1):
         seen["inside"] = torch.get_num_threads()
+        seen["mkl"] = mkl() if mkl else 1
         t = threading.Thread(target=other)
         t.start()
         t.join()
         x = torch.randn(300, 300)
         torch.testing.assert_close(x @ x, (x.double() @ x.double()).float(), rtol=1e-4, atol=1e-3)
-    assert seen == {"inside": 1, "other": before}
+    assert seen == {"inside": 1, "mkl": 1, "other": before}
     assert torch.get_num_threads() == before
+    assert (mkl() if mkl else None) == mkl_before
+
+
+def _mkl_threads():
+    """MKL's thread count for the calling thread, read through torch's library (or None)."""
+    import ctypes
+    import os
+
+    path = os.path.join(os.path.dirname(torch.__file__), "lib", "libtorch_cpu.so")
+    try:
+        get = ctypes.CDLL(path).MKL_Get_Max_Threads
+    except (OSError, AttributeError):
+        return None
+    get.restype = ctypes.c_int
+    return get
+
+
+def test_a_session_fits_its_head_at_one_thread_and_leaves_its_threads_alone(tmp_path):
+    import dal_widgets as dal
+
+    if torch.get_num_threads() < 2:
+        pytest.skip("needs at least 2 threads")
+    rng = np.random.default_rng(0)
+    E = rng.normal(size=(300, 16)).astype(np.float32)
+    ds = dal.datasets.from_arrays(E, rng.integers(0, 3, 300), name="threads")
+    s = dal.Session(ds, encoder=dal.encoders.precomputed(E), store=str(tmp_path / "t.db"))
+    seen = []
+    s.on("train_progress", lambda **_: seen.append(torch.get_num_threads()))
+    s.label(ds.ids[:30].tolist(), [ds.classes[i % 3] for i in range(30)])
+    s.wait()
+    s.close()
+    assert seen and set(seen) == {1}  # the trainer's thread, during the head's fit
+    assert torch.get_num_threads() >= 2  # this thread's count is untouched
 
 
 def test_embedding_head_masks_weights_as_it_would_mask_inputs():
@@ -836,11 +872,22 @@ def test_embedding_head_masks_weights_as_it_would_mask_inputs():
 
     head = EmbeddingHead(48, 5, dropout=0.3).train()
     x = torch.randn(16, 48)
+    layer_calls = []
+    forward = head.classifier.forward
+    head.classifier.forward = lambda v: layer_calls.append(1) or forward(v)
     torch.manual_seed(4)
     fused = head(x)
+    fused.square().sum().backward()
+    fused_grad = head.classifier.weight.grad.clone()
+    assert layer_calls == []  # the shortcut ran: the layer was not called
+    head.classifier.weight.grad = None
     torch.manual_seed(4)
     plain = head.classifier(head.features(x))
+    plain.square().sum().backward()
+    assert layer_calls == [1]
     torch.testing.assert_close(fused, plain, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(fused_grad, head.classifier.weight.grad, rtol=1e-5, atol=1e-6)
+    del head.classifier.forward
     assert not torch.allclose(fused, head.eval()(x))  # the mask did drop features
     hooked = []
     head.train().classifier.register_forward_pre_hook(lambda _m, args: hooked.append(args[0]))

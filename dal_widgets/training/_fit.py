@@ -320,9 +320,14 @@ def _adam(model: nn.Module, config: TrainConfig) -> torch.optim.Adam:
         p.device.type in ("cpu", "cuda") and p.dtype in (torch.float32, torch.float64)
         for p in params
     )
-    return torch.optim.Adam(
-        params, lr=config.lr, weight_decay=config.weight_decay, fused=True if fused else None
-    )
+    if fused:
+        try:
+            return torch.optim.Adam(
+                params, lr=config.lr, weight_decay=config.weight_decay, fused=True
+            )
+        except RuntimeError:  # torch before 2.4 has no fused Adam on the CPU
+            pass
+    return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
 
 
 def fit(

@@ -240,15 +240,27 @@ class EmbeddingHead(MLP):
     def forward_standardized(self, x: torch.Tensor) -> torch.Tensor:
         drop = cast(FeatureDropout, self.features[1])
         linear = self.classifier
-        # A hook on the layer (the loss head's, a user's) must see it run: the plain path.
-        hooked = linear._forward_pre_hooks or linear._forward_hooks
-        if self.training and drop.p > 0 and self.loss_head is None and not hooked:
+        if self.training and drop.p > 0 and self.loss_head is None and not _hooked(self):
             # One mask per batch: masking the weights' columns is the same product as masking
             # the inputs, at the weights' size (10 x D) instead of the batch's (256 x D).
             x = x.flatten(1)
             keep = drop.keep(x.shape[1:], x.device, linear.weight.dtype)
             return nn.functional.linear(x, linear.weight * keep, linear.bias)
         return self.classifier(self.features(x))
+
+
+def _hooked(model: nn.Module) -> bool:
+    """Whether a hook (the loss head's, a user's, a global one) would miss layers that a
+    shortcut skips: then the model runs layer by layer."""
+    from torch.nn.modules import module as _module
+
+    if any(
+        getattr(_module, name, None)
+        for name in ("_global_forward_hooks", "_global_forward_pre_hooks", "_global_backward_hooks")
+    ):
+        return True
+    kinds = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
+    return any(getattr(m, kind, None) for m in model.modules() for kind in kinds)
 
 
 class SmallCNN(nn.Module):
