@@ -37,10 +37,12 @@ Published reference points (60k pool): Gal et al. 2017, labels to 90% / 95%: Var
 120/295, BALD 145/335, Max-Entropy 165/355, Mean-STD 230/695, random 255/835; Kirsch et al.
 2019, median labels to 90% / 95%: BatchBALD 90/230, BALD 120/250.
 
-Each (strategy, seed) run is one task; ``--jobs`` runs tasks in parallel processes (one torch
-thread each). Finished tasks are appended to a records file at once, so an interrupted run
-resumes where it stopped (``--resume``); ``--report-only`` rebuilds the report from it. The
-full run is long on a CPU; it is not part of the test suite.
+Each (strategy, seed) run is one cell of ``dal.simulate``'s grid; ``--jobs N`` runs the cells
+in N local processes (``executor="processes"``, cores / N torch threads each). Finished cells are
+appended to ``results/<name>.grid.jsonl`` (``simulate(results=...)``) as they end, so an
+interrupted run resumes where it stopped (``--resume``); the records of the report go to
+``<name>.records.jsonl``, from which ``--report-only`` rebuilds it. The full run is long on a
+CPU; it is not part of the test suite.
 
     python benchmarks/label_efficiency.py --quick                       # smoke run, ~1 min
     python benchmarks/label_efficiency.py --jobs 2 --resume             # the full MNIST run
@@ -56,9 +58,7 @@ import json
 import subprocess
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
 from datetime import datetime, timedelta, timezone
-from multiprocessing import get_context
 from pathlib import Path
 
 from _harness import RESULTS, Report
@@ -89,8 +89,6 @@ CNN_FALLBACK = {
 }
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-_DATASET = None
-_ENCODER = None
 
 
 def imagenet_normalize(x):
@@ -138,42 +136,82 @@ def train_config(name: str, pseudo: bool, which: str = "tuned"):
     return config.with_(pseudo_labels=0.95) if pseudo else config
 
 
-def run_task(task: dict) -> list[dict]:
-    """One strategy and one seed (in a worker process)."""
-    global _DATASET
-    import torch
-
+def run_grid(args, proto: dict, names: list[str], grid_path: Path) -> None:
+    """Every (strategy, seed) cell through ``dal.simulate``: in ``--jobs`` local processes
+    (cores / jobs torch threads each) or serially, finished cells appended to ``grid_path`` (the resume
+    state; ``--resume`` keeps it). One simulate call per training schedule: the plain
+    strategies, then the ``+pseudo`` ones (:func:`grid_records` reads the results back)."""
     import dal_widgets as dal
 
-    torch.set_num_threads(task["threads"])
-    if _DATASET is None:
-        _DATASET = load_dataset(task["dataset"], task["root"])
-    strategy, _, variant = task["strategy"].partition("+")
-    encoder, config = None, None
-    if task.get("encoder"):
-        global _ENCODER
-        from dal_widgets._encoded import HEAD_CONFIG
+    ds = load_dataset(args.dataset, args.root)
+    encoder = make_encoder(args.encoder) if args.encoder else None
+    t0 = time.perf_counter()
+    last: dict[tuple[str, int], dict] = {}
+    for pseudo in (False, True):
+        group = [n.partition("+")[0] for n in names if n.endswith("+pseudo") == pseudo]
+        if not group:
+            continue
+        if encoder is not None:
+            from dal_widgets._encoded import HEAD_CONFIG
 
-        if _ENCODER is None:
-            _ENCODER = make_encoder(task["encoder"])
-        encoder = _ENCODER
-        # The library's default head schedule (None: HEAD_CONFIG), with or without pseudo-labels.
-        config = HEAD_CONFIG.with_(pseudo_labels=0.95) if variant == "pseudo" else None
-    else:
-        config = train_config(task["dataset"], variant == "pseudo", task["train_config"])
-    res = dal.simulate(
-        _DATASET,
-        [strategy],
-        initial=task["initial"],
-        batch=task["batch"],
-        budget=task["budget"],
-        seeds=[task["seed"]],
-        baseline=None,  # one run per task: the grid runs random as a task of its own
-        device="cpu",
-        train_config=config,
-        encoder=encoder,
-    )
-    return [dict(r, strategy=task["strategy"]) for r in res.to_records()]
+            # The library's default head schedule (None: HEAD_CONFIG), or it with pseudo-labels.
+            config = HEAD_CONFIG.with_(pseudo_labels=0.95) if pseudo else None
+        else:
+            config = train_config(args.dataset, pseudo, args.train_config)
+        suffix = "+pseudo" if pseudo else ""
+
+        def keep(record: dict, suffix: str = suffix) -> None:
+            last[(record["strategy"] + suffix, record["seed"])] = record
+
+        def show(event: dict, suffix: str = suffix) -> None:
+            if event["state"] not in ("done", "failed"):
+                return
+            name, seed = event["strategy"] + suffix, event["seed"]
+            end = last.get((name, seed))
+            what = f"{end['accuracy']:.3f} at {end['labels']} labels" if end else event["state"]
+            print(
+                f"[{time.perf_counter() - t0:6.0f} s] {name:>16} seed {seed}: {what} "
+                f"({event['done']} of {event['total']} cells done, {event['resumed']} resumed)",
+                flush=True,
+            )
+
+        res = dal.simulate(
+            ds,
+            group,
+            initial=proto["initial"],
+            batch=proto["batch"],
+            budget=args.budget,
+            seeds=args.seeds,
+            baseline=None,  # random is a strategy of the grid like the others
+            device="cpu",
+            train_config=config,
+            encoder=encoder,
+            executor="processes" if args.jobs > 1 else None,
+            max_workers=args.jobs,
+            results=grid_path,
+            progress=keep,
+            on_cell=show,
+        )
+        if res.failures:
+            raise SystemExit("cells failed:\n" + "\n".join(f["error"] for f in res.failures))
+
+
+def grid_records(grid_path: Path, args) -> list[dict]:
+    """The records of the finished cells in the grid file that belong to this run (its
+    strategies, seeds and budget), with ``+pseudo`` restored from each cell's train config."""
+    records = []
+    for line in grid_path.read_text().splitlines():
+        try:
+            entry = json.loads(line)
+        except ValueError:  # a line cut short by a kill (simulate drops it on its next run)
+            continue
+        config = entry["config"]
+        schedule = config.get("train_config") or {}
+        pseudo = isinstance(schedule, dict) and bool(schedule.get("pseudo_labels"))
+        name = entry["strategy"] + ("+pseudo" if pseudo else "")
+        if name in args.names and entry["seed"] < args.seeds and config["budget"] == args.budget:
+            records += [dict(r, strategy=name) for r in entry["records"]]
+    return records
 
 
 def embed_once(args) -> dict:
@@ -453,7 +491,7 @@ def build_report(args, records: list[dict], seconds: float) -> Report:
         else [
             f"PARTIAL RUN: {len(finished)} of the {args.seeds} seeds finished for every strategy "
             f"(seeds {', '.join(map(str, finished))}); the remaining runs continue with "
-            "`--resume` (finished runs are kept in benchmarks/results/*.records.jsonl)."
+            "`--resume` (finished runs are kept in benchmarks/results/*.grid.jsonl)."
         ]
     )
     notes += [
@@ -473,8 +511,12 @@ def build_report(args, records: list[dict], seconds: float) -> Report:
         "up to 200 pseudo-labels per class, labels repeated to weigh as much as the pseudo-labels.",
         "Labels to reach: per seed, the first labeled-set size whose held-out accuracy reaches "
         "the threshold; median [quartiles] over seeds. AUBC: mean accuracy over the budget "
-        "(trapezoids), averaged over seeds. Seconds per round: mean over rounds and seeds, one "
-        "torch thread per run" + (f", {args.jobs} runs in parallel." if args.jobs > 1 else "."),
+        "(trapezoids), averaged over seeds. Seconds per round: mean over rounds and seeds; "
+        + (
+            f"{args.jobs} runs in parallel, each with cores / {args.jobs} torch threads."
+            if args.jobs > 1
+            else "one run at a time with torch's default threads."
+        ),
         "Published numbers are for a 60,000-sample pool and other models; ours is 8,000 (fewer "
         "redundant near-duplicates for BALD to trip on, but also fewer good picks).",
     ]
@@ -631,7 +673,9 @@ def main() -> None:
     )
     parser.add_argument("--jobs", type=int, default=1, help="runs in parallel (processes)")
     parser.add_argument(
-        "--resume", action="store_true", help="keep finished runs from the records file"
+        "--resume",
+        action="store_true",
+        help="keep finished cells from the grid file (results/<name>.grid.jsonl)",
     )
     parser.add_argument(
         "--report-only", action="store_true", help="rebuild the report from the records"
@@ -668,37 +712,16 @@ def main() -> None:
 
     for n in args.names:
         dal.strategies.get(n.split("+")[0])  # fail early on a typo
-    done: dict[tuple[str, int], list[dict]] = {}
-    if (args.resume or args.report_only) and records_path.exists():
-        for line in records_path.read_text().splitlines():
-            rec = json.loads(line)
-            done.setdefault((rec["strategy"], rec["seed"]), []).append(rec)
-    elif records_path.exists():
-        records_path.unlink()
-    # Seed-major order: if the run is cut short, every strategy has the same seeds.
-    tasks = [
-        {
-            "dataset": args.dataset,
-            "root": args.root,
-            "strategy": n,
-            "seed": seed,
-            "initial": proto["initial"],
-            "batch": proto["batch"],
-            "budget": args.budget,
-            "threads": 1 if args.jobs > 1 else 2,
-            "train_config": args.train_config,
-            "encoder": args.encoder,
-        }
-        for seed in range(args.seeds)
-        for n in args.names
-        if (n, seed) not in done
-    ]
+    grid_path = RESULTS / f"{report_name(args)}.grid.jsonl"  # the resume state
+    if not (args.resume or args.report_only):
+        grid_path.unlink(missing_ok=True)
+    run = not args.report_only
     # The embedding is the same work for a quick and a full run: one file for both.
     embedding_path = RESULTS / f"{report_name(args).removesuffix('_quick')}.embedding.json"
     args.embedding = None
     if args.encoder and embedding_path.exists():
         args.embedding = json.loads(embedding_path.read_text())
-    if args.encoder and not args.report_only and tasks:
+    if args.encoder and run:
         info = embed_once(args)
         old = args.embedding
         same = old and all(old.get(k) == info[k] for k in ("encoder_id", "fingerprint"))
@@ -707,37 +730,21 @@ def main() -> None:
             embedding_path.write_text(json.dumps(info, indent=2) + "\n")
         else:  # only read the cache: keep the measurement of the run that computed it
             args.embedding = dict(old, read_s=info["seconds"])
-    t0 = time.perf_counter()
-    if not args.report_only and tasks:
-        print(
-            f"{len(tasks)} runs to do ({len(done)} done before), {args.jobs} in parallel",
-            flush=True,
-        )
-        with ProcessPoolExecutor(max_workers=args.jobs, mp_context=get_context("spawn")) as pool:
-            futures = {pool.submit(run_task, t): t for t in tasks}
-            from concurrent.futures import as_completed
-
-            for fut in as_completed(futures):
-                t = futures[fut]
-                recs = fut.result()
-                done[(t["strategy"], t["seed"])] = recs
-                with records_path.open("a") as fh:
-                    for r in recs:
-                        fh.write(json.dumps(r) + "\n")
-                accs = " ".join(f"{r['accuracy']:.3f}" for r in recs[:: max(1, len(recs) // 6)])
-                print(
-                    f"[{time.perf_counter() - t0:6.0f} s] {t['strategy']:>16} seed {t['seed']}: "
-                    f"{accs} ... {recs[-1]['accuracy']:.3f} at {recs[-1]['labels']}",
-                    flush=True,
-                )
-    records = [
-        r for (n, seed), recs in done.items() if n in args.names and seed < args.seeds for r in recs
-    ]
+    if run:
+        run_grid(args, proto, args.names, grid_path)
+    if grid_path.exists():
+        records = grid_records(grid_path, args)
+        with records_path.open("w") as fh:  # what the report reads, kept with the results
+            for r in records:
+                fh.write(json.dumps(r) + "\n")
+    else:  # a committed run: its records only
+        lines = records_path.read_text().splitlines() if records_path.exists() else []
+        records = [json.loads(line) for line in lines]
     # Report the seeds every strategy has finished, so that all rows compare the same seeds
-    # (an interrupted run keeps the rest in the records file for --resume).
-    complete = [seed for seed in range(args.seeds) if all((n, seed) in done for n in args.names)]
-    if complete:
-        records = [r for r in records if r["seed"] in complete]
+    # (an interrupted run keeps the rest in the grid file for --resume).
+    have = {(r["strategy"], r["seed"]) for r in records}
+    complete = [s for s in range(args.seeds) if all((n, s) in have for n in args.names)]
+    records = [r for r in records if r["seed"] in complete and r["strategy"] in args.names]
     if not records:
         raise SystemExit("no records to report")
     # Wall time of the runs: their round times over the workers.

@@ -33,7 +33,16 @@ from typing import Any
 from _harness import REPO, RESULTS, format_cell, machine_line
 
 #: Every benchmark script, in the order BENCHMARKS.md shows them.
-BENCHMARKS = ["label_efficiency", "strategies", "training", "widgets", "projection", "map_browser"]
+BENCHMARKS = [
+    "label_efficiency",
+    "strategies",
+    "training",
+    "widgets",
+    "projection",
+    "map_browser",
+    "encoders",
+    "grid",
+]
 #: Run only with --with-label-efficiency or when named in --only: it takes about an hour.
 OPT_IN = {"label_efficiency"}
 OUTPUT = REPO / "BENCHMARKS.md"

@@ -212,6 +212,31 @@ def test_encoders_benchmark_runs_quick_and_writes_its_report(tmp_path):
         assert (tmp_path / figure["path"]).is_file()
 
 
+@pytest.mark.slow
+def test_grid_benchmark_runs_quick_and_writes_its_report(tmp_path):
+    import subprocess
+
+    pytest.importorskip("ray")
+    out = subprocess.run(
+        [sys.executable, str(BENCH / "grid.py"), "--quick", "--results", str(tmp_path)],
+        cwd=BENCH.parent,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+    )
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-4000:]
+    doc = json.loads((tmp_path / "grid.json").read_text())
+    assert doc["name"] == "grid" and doc["quick"] is True
+    targets = {t["name"]: t for t in doc["targets"]}
+    assert targets["speed-up of processes over serial, 2 cores"]["met"] is None  # not judged
+    data = doc["data"]
+    assert data["cells"] == 4 and len(data["cell_seconds"]) == 4
+    assert data["ray_task"]["single"]["n"] == 10 and data["ray_task"]["batched_s"] > 0
+    rows = doc["tables"][0]["rows"]
+    assert [r[3] for r in rows] == [0, 0, 0, 0]  # no failed cells anywhere
+
+
 def test_label_efficiency_encoder_variant_reports_beside_the_cnn(bench, monkeypatch):
     _, _, le = bench
     from types import SimpleNamespace
