@@ -563,7 +563,10 @@ def main() -> None:
         "head fits and the label loop use Gaussian-cluster embeddings (10 classes), given "
         "through encoders.precomputed; the fit's time is the worker's own clock "
         "(model_version.seconds). Targets are judged at torch's default thread count "
-        f"({default}); the 1-thread rows are for comparison."
+        f"({default}); the 1-thread rows are for comparison. The thread count is the process's "
+        "setting: the session's trainer fits small models (a head) at one thread in its own "
+        "thread whatever it is (README, 'Small models train at one thread'), while the pool "
+        "scoring of the label loop uses it."
     )
     report.note(
         "label -> next suggestion: label the current suggestion (the oracle's answer), "

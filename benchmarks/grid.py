@@ -73,7 +73,10 @@ def main() -> None:
     }
     ds = dal.datasets.digits()
     report = Report(
-        "grid", "Simulation grids: serial, local processes, local Ray", quick=args.quick
+        "grid",
+        "Simulation grids: serial, local processes, local Ray",
+        quick=args.quick,
+        results=args.results,
     )
     load = {}
     start = cpu_ticks()

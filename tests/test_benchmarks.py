@@ -70,7 +70,7 @@ def test_render_orders_variants_after_their_script_and_marks_runs(bench, tmp_pat
     assert "0/1 met (NOT met: strategies speed)" in rows["strategies"]
     assert "1/1 met" in rows["widgets"]
     assert "QUICK RUN RESULTS: `training`" in text
-    assert "No results yet for: `projection`, `map_browser`." in text
+    assert "No results yet for: `projection`, `map_browser`, `encoders`, `grid`." in text
     # A cell's pipe is escaped, so the table keeps its columns.
     assert "| a \\| b | 1.5 |" in text
     assert "**NOT met**" in text

@@ -796,7 +796,9 @@ def test_trained_observers_may_wait_and_load_without_deadlock(ds, tmp_path):
     s.label(ds.ids[9:12].tolist(), oracle(ds, ds.ids[9:12]))
     s.train()
     assert s.wait(timeout=60) and waited == [False]  # the trainer's thread cannot wait for itself
-    slow = dal.Session(ds, store=None, device="cpu", train_config=TrainConfig(steps=50_000))
+    slow = dal.Session(
+        ds, store=None, device="cpu", train_config=TrainConfig(steps=50_000, max_epochs=100_000)
+    )
     slow.label(ds.ids[:9].tolist(), oracle(ds, ds.ids[:9]))
     slow.train()
     time.sleep(0.3)

@@ -808,10 +808,10 @@ def test_concurrent_predictions_on_one_model_keep_their_own_embeddings_and_masks
 def test_thread_threads_changes_the_calling_thread_only():
     # Head fits run at one thread in the trainer's thread; the other threads keep theirs
     # (torch.set_num_threads would also change the default every new thread starts with).
-    from dal_widgets.training._omp import openmp_runtime, thread_threads
+    from dal_widgets.training._omp import thread_runtimes, thread_threads
 
     before = torch.get_num_threads()
-    if openmp_runtime() is None or before < 2:
+    if thread_runtimes()[0] is None or before < 2:
         pytest.skip("needs torch's OpenMP runtime and at least 2 threads")
     seen = {}
 
