@@ -296,3 +296,27 @@ def test_label_efficiency_encoder_variant_reports_beside_the_cnn(bench, monkeypa
     random_aubc = report.tables[0]["rows"][0][4]
     assert [t["name"] for t in report.targets] == [f"AUBC margin > random ({random_aubc})"]
     assert any(n.startswith("Embedding (effnet-lite0-x, D=1280)") for n in report.notes)
+
+
+def test_label_efficiency_sklearn_baseline_is_a_resumable_row(bench, tmp_path):
+    # Issue 16's baseline: k-means picks, label spreading, 5-NN; its cells sit in the grid
+    # file beside the strategies' and come back as a row like theirs.
+    import argparse
+
+    _, _, le = bench
+    args = argparse.Namespace(dataset="digits", root="", seeds=2, budget=40, names=[le.BASELINE])
+    proto = {"initial": 20, "batch": 10}
+    path = tmp_path / "g.grid.jsonl"
+    le.sklearn_baseline(args, proto, path)
+    entries = [json.loads(line) for line in path.read_text().splitlines()]
+    assert [e["seed"] for e in entries] == [0, 1]
+    records = le.grid_records(path, args)
+    assert [r["labels"] for r in records if r["seed"] == 0] == [20, 30, 40]
+    assert all(r["strategy"] == le.BASELINE for r in records)
+    # It uses the pool: well above what 20-40 labels give a classifier alone on digits.
+    assert min(r["accuracy"] for r in records if r["labels"] == 40) > 0.85
+    le.sklearn_baseline(args, proto, path)  # both seeds done: nothing is added
+    assert len(path.read_text().splitlines()) == 2
+    args.budget = 30  # another protocol: new cells, and only they are read back
+    le.sklearn_baseline(args, proto, path)
+    assert {r["labels"] for r in le.grid_records(path, args)} == {20, 30}
