@@ -493,8 +493,14 @@ def build_report(args, records: list[dict], seconds: float) -> Report:
                 quartiles(r90[n], args.budget),
                 quartiles(r95[n], args.budget),
                 f"{res.aubc(n):.4f}",
-                stop_column(n, stops, records, args.budget),
-                stop_column(n, eager, records, args.budget),
+                *(
+                    ["n/a (no model: not the loop)"] * 2
+                    if n == BASELINE
+                    else [
+                        stop_column(n, stops, records, args.budget),
+                        stop_column(n, eager, records, args.budget),
+                    ]
+                ),
                 f"{sec['train_s']:.2f} / {sec['infer_s']:.2f} / {sec['select_s']:.2f}",
                 "; ".join(f"{a} / {b} ({src})" for src, a, b in pub) if pub else "",
             ]
