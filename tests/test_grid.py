@@ -346,3 +346,21 @@ def test_compare_widget_shows_a_failed_cell(ds):
     assert "1 failed" in w.cells.value and "bald seed 0 failed" in w.cells.value
     assert any("bald seed 0" in e and "Traceback" in e for e in w.errors)
     assert w.result.failures and "random" in {s["name"] for s in w.chart.series}
+
+
+@pytest.mark.slow
+def test_an_encoder_grid_embeds_once_in_the_driver_and_runs_on_processes(ds, tmp_path):
+    # With an encoder, the driver embeds the pool into the cache first; the workers read it.
+    rng = np.random.default_rng(0)
+    E = rng.normal(size=(len(ds), 24)).astype(np.float32) + ds.targets[:, None] * 0.5
+    Ee = rng.normal(size=(ds.n_eval, 24)).astype(np.float32) + ds.y_eval[:, None] * 0.5
+    enc = dal.encoders.precomputed(E, eval_embeddings=Ee)
+    kw = {**GRID, "budget": 30}
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        serial = dal.simulate(ds, ["margin"], seeds=1, encoder=enc, **kw)
+    finally:
+        torch.set_num_threads(before)
+    res = dal.simulate(ds, ["margin"], seeds=1, encoder=enc, executor="processes", **kw)
+    assert res.failures == [] and curves(res) == curves(serial)
