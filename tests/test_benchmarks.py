@@ -181,14 +181,13 @@ def test_label_efficiency_reports_where_stable_predictions_stop(bench):
     assert le.stop_column("m", SimulationResult(records=old).stopping(), old, 60).startswith("n/a")
 
 
-@pytest.mark.slow
-def test_encoders_benchmark_runs_quick_and_writes_its_report(tmp_path):
+def _run_quick(name, args, results):
+    """Run benchmarks/<name>.py with ``args`` in a fresh process; its report, checked to be a
+    quick run of that benchmark."""
     import subprocess
 
-    args = ["--quick", "--images", "8", "--repeat", "1", "--fits", "3", "--labels", "3"]
-    args += ["--pool", "2000", "--lazy-pool", "200", "--results", str(tmp_path)]
     out = subprocess.run(
-        [sys.executable, str(BENCH / "encoders.py"), *args],
+        [sys.executable, str(BENCH / f"{name}.py"), *args],
         cwd=BENCH.parent,
         capture_output=True,
         text=True,
@@ -196,8 +195,17 @@ def test_encoders_benchmark_runs_quick_and_writes_its_report(tmp_path):
         check=False,
     )
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-4000:]
-    doc = json.loads((tmp_path / "encoders.json").read_text())
-    assert doc["name"] == "encoders" and doc["quick"] is True
+    doc = json.loads((results / f"{name}.json").read_text())
+    assert doc["name"] == name and doc["quick"] is True
+    return doc
+
+
+@pytest.mark.slow
+def test_encoders_benchmark_runs_quick_and_writes_its_report(tmp_path):
+
+    args = ["--quick", "--images", "8", "--repeat", "1", "--fits", "3", "--labels", "3"]
+    args += ["--pool", "2000", "--lazy-pool", "200", "--results", str(tmp_path)]
+    doc = _run_quick("encoders", args, tmp_path)
     targets = {t["name"]: t for t in doc["targets"]}
     assert "embedding samples/s, cache / bare loop (medians)" in targets
     assert "head fit on 1,000 labels, D=1280, p95" in targets
@@ -214,20 +222,9 @@ def test_encoders_benchmark_runs_quick_and_writes_its_report(tmp_path):
 
 @pytest.mark.slow
 def test_grid_benchmark_runs_quick_and_writes_its_report(tmp_path):
-    import subprocess
 
     pytest.importorskip("ray")
-    out = subprocess.run(
-        [sys.executable, str(BENCH / "grid.py"), "--quick", "--results", str(tmp_path)],
-        cwd=BENCH.parent,
-        capture_output=True,
-        text=True,
-        timeout=900,
-        check=False,
-    )
-    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-4000:]
-    doc = json.loads((tmp_path / "grid.json").read_text())
-    assert doc["name"] == "grid" and doc["quick"] is True
+    doc = _run_quick("grid", ["--quick", "--results", str(tmp_path)], tmp_path)
     targets = {t["name"]: t for t in doc["targets"]}
     assert targets["speed-up of processes over serial, 2 cores"]["met"] is None  # not judged
     data = doc["data"]
