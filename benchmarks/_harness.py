@@ -141,6 +141,11 @@ def others_share(before: Any, after: Any) -> float | None:
     return max(0.0, others / (after[1] - before[1]))
 
 
+def shares_text(shares: dict[str, float | None]) -> str:
+    """``"embedding 1%, head fits 0%, lazy pool unknown"``: :func:`others_share` per part."""
+    return ", ".join(f"{k} {v:.0%}" if v is not None else f"{k} unknown" for k, v in shares.items())
+
+
 def wait_quiet(seconds: float) -> None:
     """Wait up to ``seconds`` for other processes to use less than 10% of the CPU."""
     deadline = time.monotonic() + seconds

@@ -30,7 +30,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _harness import REPO, Measurement, Report, cpu_ticks, others_share, ratio
+from _harness import REPO, Measurement, Report, cpu_ticks, others_share, ratio, shares_text
 
 MNIST = REPO.parent / "shared" / "data" / "mnist-test"
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -573,7 +573,7 @@ def main() -> None:
         "Session.wait() for the fit that label starts, then query(1); each suggestion was "
         "checked to come from a model that saw every label."
     )
-    shares = ", ".join(f"{k} {v:.0%}" if v is not None else f"{k} unknown" for k, v in load.items())
+    shares = shares_text(load)
     busy = any(v is None or v > 0.1 for v in load.values())
     report.note(
         (

@@ -17,7 +17,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from _harness import Measurement, Report, cpu_ticks, others_share
+from _harness import Measurement, Report, cpu_ticks, others_share, shares_text
 
 
 def curves(res) -> list[tuple]:
@@ -148,7 +148,7 @@ def main() -> None:
         )
     same_all = curves(procs) == curves(serial) == curves(on_ray) == curves(warm)
     report.target("every cell's curve equals the serial run's", same_all, "True", same_all)
-    shares = ", ".join(f"{k} {v:.0%}" if v is not None else f"{k} unknown" for k, v in load.items())
+    shares = shares_text(load)
     report.note(
         f"{cells} cells of {sum(cell_s) / cells:.1f} s each on average (serial). The parallel "
         "runs include starting their workers: spawn and importing torch and the package, a few "

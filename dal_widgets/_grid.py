@@ -33,7 +33,7 @@ import numpy as np
 from dal_widgets._checks import check_int, param_error
 from dal_widgets._grid_backends import EXECUTORS
 
-__all__ = ["Cell", "GridFile", "cell_key", "describe", "run_cell", "run_grid"]
+__all__ = ["Cell", "GridFile", "cell_key", "describe", "error_line", "run_cell", "run_grid"]
 
 
 @dataclasses.dataclass
@@ -148,7 +148,7 @@ def run_cell(
 
     result = SimulationResult()
     t0 = time.perf_counter()
-    where = f"{platform.node()}:{os.getpid()}"
+    error = None
     try:
         session = Session(
             shared["dataset"],
@@ -177,22 +177,22 @@ def run_cell(
     except Exception:  # a cell's failure is its result; serial runs re-raise
         if not catch:
             raise
-        return {
-            "records": result.records,
-            "error": traceback.format_exc(),
-            "complete": False,
-            "where": where,
-            "seconds": time.perf_counter() - t0,
-        }
+        error = traceback.format_exc()
     stopped = stop is not None and stop.is_set()
     last = result.records[-1]["labels"] if result.records else 0
     return {
         "records": result.records,
-        "error": None,
-        "complete": not stopped or last >= shared["budget"],
-        "where": where,
+        "error": error,
+        "complete": error is None and (not stopped or last >= shared["budget"]),
+        "where": f"{platform.node()}:{os.getpid()}",
         "seconds": time.perf_counter() - t0,
     }
+
+
+def error_line(text: str | None) -> str:
+    """The last line of a traceback (the exception and its message), for one-line displays."""
+    lines = (text or "").strip().splitlines()
+    return lines[-1] if lines else "?"
 
 
 # ---------------------------------------------------------------------------------------------

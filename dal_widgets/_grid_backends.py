@@ -66,12 +66,12 @@ def _executor_cell(
     return run_cell(shared, task, stop)
 
 
-def _ray_cell(shared: dict[str, Any], task: dict[str, Any], threads: int) -> dict[str, Any]:
+def _ray_cell(shared: dict[str, Any], task: dict[str, Any]) -> dict[str, Any]:
     import torch
 
     from dal_widgets._grid import run_cell
 
-    torch.set_num_threads(threads)
+    torch.set_num_threads(1)  # a task holds one CPU
     return run_cell(shared, task)
 
 
@@ -79,18 +79,53 @@ def _ray_cell(shared: dict[str, Any], task: dict[str, Any], threads: int) -> dic
 # Backends
 
 
-class _ProcessBackend:
+class _ExecutorBackend:
+    """A caller's executor; threads of this process are told to stop after their round."""
+
+    def __init__(self, executor: Executor, shared: dict[str, Any], slots: int) -> None:
+        self.executor, self.shared, self.slots = executor, shared, slots
+        threads = isinstance(executor, ThreadPoolExecutor)
+        self.event: Any = threading.Event() if threads else None
+
+    def submit(self, task: dict[str, Any]) -> Any:
+        return self.executor.submit(_executor_cell, self.shared, task, self.event)
+
+    def wait(self, handles: list[Any], timeout: float) -> list[Any]:
+        return list(wait_futures(handles, timeout=timeout, return_when=FIRST_COMPLETED)[0])
+
+    def result(self, handle: Any) -> dict[str, Any]:
+        try:
+            return handle.result()
+        except BrokenProcessPool:
+            return _failure(
+                "A worker process died while this cell ran (killed, or out of memory?); "
+                "the other cells it shared the pool with failed with it.\n" + traceback.format_exc()
+            )
+        except BaseException:  # noqa: BLE001 (a cancel, the executor's failure: the cell's)
+            return _failure(traceback.format_exc())
+
+    def stop(self, handles: list[Any]) -> list[Any]:
+        if self.event is not None:
+            self.event.set()  # running cells end after their current round and come back
+        return [h for h in handles if not h.cancel()]
+
+    def close(self) -> None:
+        if self.event is not None:
+            self.event.set()
+
+
+class _ProcessBackend(_ExecutorBackend):
     """Our own pool of spawned processes (no thread state of this process is forked). A
     worker that dies (killed, out of memory) breaks the pool: the cells it held are failed,
     and the pool is started again for the rest."""
 
     def __init__(self, blob: bytes, workers: int) -> None:
         self.ctx = multiprocessing.get_context("spawn")
-        self.event = self.ctx.Event()  # the workers' view of stop: end after the round
-        self.slots = workers
         self.threads = max(1, _cpus() // workers)  # the workers share the cores
         self.blob = blob
-        self.pool = self._new_pool()
+        self.slots = workers
+        self.event = self.ctx.Event()  # the workers' view of stop: end after the round
+        self.executor = self._new_pool()
 
     def _new_pool(self) -> Any:
         from concurrent.futures import ProcessPoolExecutor
@@ -104,63 +139,15 @@ class _ProcessBackend:
 
     def submit(self, task: dict[str, Any]) -> Any:
         try:
-            return self.pool.submit(_process_cell, task)
+            return self.executor.submit(_process_cell, task)
         except BrokenProcessPool:
-            self.pool.shutdown(wait=False, cancel_futures=True)
-            self.pool = self._new_pool()
-            return self.pool.submit(_process_cell, task)
-
-    def wait(self, handles: list[Any], timeout: float) -> list[Any]:
-        return list(wait_futures(handles, timeout=timeout, return_when=FIRST_COMPLETED)[0])
-
-    def result(self, handle: Any) -> dict[str, Any]:
-        try:
-            return handle.result()
-        except BrokenProcessPool:
-            return _failure(
-                "A worker process died while this cell ran (killed, or out of memory?); "
-                "the other cells it shared the pool with failed with it.\n" + traceback.format_exc()
-            )
-        except BaseException:  # noqa: BLE001 (a cancel, or a result that cannot unpickle)
-            return _failure(traceback.format_exc())
-
-    def stop(self, handles: list[Any]) -> list[Any]:
-        self.event.set()  # running cells end after their current round and come back
-        return [h for h in handles if not h.cancel()]
+            self.executor.shutdown(wait=False, cancel_futures=True)
+            self.executor = self._new_pool()
+            return self.executor.submit(_process_cell, task)
 
     def close(self) -> None:
-        self.event.set()  # on an exception or Ctrl-C too: no cell runs on to its budget
-        self.pool.shutdown(wait=True, cancel_futures=True)
-
-
-class _ExecutorBackend:
-    """A caller's executor; threads of this process are told to stop after their round."""
-
-    def __init__(self, executor: Executor, shared: dict[str, Any], slots: int) -> None:
-        self.executor, self.shared, self.slots = executor, shared, slots
-        threads = isinstance(executor, ThreadPoolExecutor)
-        self.event = threading.Event() if threads else None
-
-    def submit(self, task: dict[str, Any]) -> Any:
-        return self.executor.submit(_executor_cell, self.shared, task, self.event)
-
-    def wait(self, handles: list[Any], timeout: float) -> list[Any]:
-        return list(wait_futures(handles, timeout=timeout, return_when=FIRST_COMPLETED)[0])
-
-    def result(self, handle: Any) -> dict[str, Any]:
-        try:
-            return handle.result()
-        except BaseException:  # noqa: BLE001 (the executor's failure is the cell's)
-            return _failure(traceback.format_exc())
-
-    def stop(self, handles: list[Any]) -> list[Any]:
-        if self.event is not None:
-            self.event.set()
-        return [h for h in handles if not h.cancel()]  # running ones finish and come back
-
-    def close(self) -> None:
-        if self.event is not None:
-            self.event.set()
+        super().close()  # on an exception or Ctrl-C too: no cell runs on to its budget
+        self.executor.shutdown(wait=True, cancel_futures=True)
 
 
 class _RayBackend:
@@ -182,7 +169,7 @@ class _RayBackend:
         self.remote = ray.remote(**options)(_ray_cell)
 
     def submit(self, task: dict[str, Any]) -> Any:
-        return self.remote.remote(self.ref, task, 1)
+        return self.remote.remote(self.ref, task)
 
     def wait(self, handles: list[Any], timeout: float) -> list[Any]:
         return list(self.ray.wait(handles, num_returns=1, timeout=timeout)[0])
@@ -257,15 +244,24 @@ _SENT = ("dataset", "model", "train_config", "encoder")
 
 
 def _pickle_for_workers(shared: dict[str, Any], where: str) -> bytes:
-    """The grid's shared settings as bytes for spawned workers, or a TypeError that names the
-    setting they could not get: an object pickle refuses, or code defined in a notebook (its
-    ``__main__`` has no file, so a spawned process cannot import what it defines)."""
+    """The grid's shared settings as bytes for spawned workers, pickled once, or a TypeError
+    that names the setting they could not get: an object pickle refuses, or code defined in a
+    notebook (its ``__main__`` has no file, so a spawned process cannot import what it
+    defines)."""
+    buf = io.BytesIO()
+    finder = _MainFinder(buf)
+    interactive = not hasattr(sys.modules.get("__main__"), "__file__")
+    try:
+        finder.dump(shared)
+        if not (finder.found and interactive):
+            return buf.getvalue()
+    except Exception:  # noqa: BLE001 (named below, setting by setting)
+        pass
     how = (
         "Define models and functions in a module the workers can import (a .py file beside "
         "the notebook), or use executor='ray', which sends code by value."
     )
-    interactive = not hasattr(sys.modules.get("__main__"), "__file__")
-    for name in _SENT:  # one at a time, to name the one that fails
+    for name in _SENT:  # only on failure: one at a time, to name the one that fails
         finder = _MainFinder(io.BytesIO())
         try:
             finder.dump(shared.get(name))
@@ -274,11 +270,11 @@ def _pickle_for_workers(shared: dict[str, Any], where: str) -> bytes:
                 f"{where}(executor='processes') sends {name!r} to each worker process, and it "
                 f"cannot be pickled ({type(exc).__name__}: {exc}). {how}"
             ) from exc
-        if finder.found and interactive:
+        if finder.found:
             names = ", ".join(sorted(set(finder.found)))
             raise TypeError(
                 f"{where}(executor='processes') sends {name!r} to each worker process, and it "
                 f"uses code defined in the notebook ({names}), which worker processes cannot "
                 f"import. {how}"
             )
-    return pickle.dumps(shared)
+    raise TypeError(f"{where}(executor='processes') cannot send its settings to the workers.")

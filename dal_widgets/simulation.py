@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from dal_widgets._checks import check_int, check_real, param_error
-from dal_widgets._grid import Cell, cell_key, check_executor, describe, run_grid
+from dal_widgets._grid import Cell, cell_key, check_executor, describe, error_line, run_grid
 from dal_widgets._repr import (
     MISSING,
     fmt_fraction,
@@ -331,8 +331,7 @@ class SimulationResult:
         n = len(self.failures)
         lines = [f"{n} cell{'s' if n > 1 else ''} failed (tracebacks in .failures):"]
         for f in self.failures[:5]:
-            last = f["error"].strip().splitlines()[-1] if f["error"].strip() else "?"
-            lines.append(f"  {f['strategy']} seed {f['seed']}: {last}")
+            lines.append(f"  {f['strategy']} seed {f['seed']}: {error_line(f['error'])}")
         if n > 5:
             lines.append(f"  ... and {n - 5} more")
         return "\n".join(lines)
@@ -511,7 +510,10 @@ def simulate(
         "batch": batch,
         "budget": budget,
     }
-    oracle = functools.partial(_oracle, dataset, initial=initial, noise=noise)
+    # Cells go seed by seed: one seed's oracle serves each of its strategies, one at a time.
+    oracle = functools.lru_cache(maxsize=1)(
+        functools.partial(_oracle, dataset, initial=initial, noise=noise)
+    )
     cells = [Cell(name, seed, oracle) for seed in seed_list for name in strategies]
     configs: dict[str, dict[str, Any]] = {}
     if results is not None:  # keys only for a results file: describing a model costs a copy

@@ -166,6 +166,8 @@ class CompareWidget(View):
 
     def _on_cell(self, event: dict[str, Any]) -> None:
         """Counts of cells; a failed one names its strategy, seed and error line."""
+        from dal_widgets._grid import error_line
+
         parts = [f"cells: {event['done']} of {event['total']} done"]
         if event["resumed"]:
             parts.append(f"{event['resumed']} from the results file")
@@ -174,8 +176,8 @@ class CompareWidget(View):
             parts.append(f"{event['failed']} failed")
         text = html.escape(" · ".join(parts))
         if event["state"] == "failed":
-            line = (event.get("error") or "").strip().splitlines()[-1:] or ["?"]
-            self._failure = f"{event['strategy']} seed {event['seed']} failed: {line[0]}"
+            line = error_line(event.get("error"))
+            self._failure = f"{event['strategy']} seed {event['seed']} failed: {line}"
         if self._failure:
             text += f"<br><span style='color:#c62828'>{html.escape(self._failure)}</span>"
         self.cells.value = text
