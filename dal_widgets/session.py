@@ -502,7 +502,8 @@ class Session:
 
     def _training_data(self) -> TrainingSet:  # on the trainer's thread, when a fit starts
         data = self.inputs.dataset()  # with an encoder, waits for the embeddings
-        return training_set(data, self.labels, self.classes, self._label_epoch, self.device)
+        epoch = self._label_epoch  # before the labels: the token never claims a newer set
+        return training_set(data, self.labels, self.classes, epoch, self.device)
 
     def export_model(self, path: Any) -> Path:
         """Save the newest model to one file: its weights and a JSON config (classes, dataset

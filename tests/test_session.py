@@ -141,6 +141,40 @@ def test_train_runs_in_background_and_reports_progress(ds):
     s.close()
 
 
+def test_a_request_made_before_the_fit_reads_its_labels_is_served_by_that_fit(ds, monkeypatch):
+    # The race CI hit on Intel: label() starts the first fit; train() came after the trainer
+    # took the request but before the fit had read the labels, and a second fit ran.
+    s = dal.Session(ds, store=None, device="cpu", train_config=TrainConfig(steps=50))
+    started, go = threading.Event(), threading.Event()
+    read = s.inputs.dataset
+
+    def slow_read(*args, **kwargs):  # the trainer's read of its data waits for ``go``
+        if threading.current_thread().name == "dal-widgets-trainer":
+            started.set()
+            assert go.wait(30)
+        return read(*args, **kwargs)
+
+    monkeypatch.setattr(s.inputs, "dataset", slow_read)
+    ids = ds.ids[:30].tolist()
+    s.label(ids, oracle(ds, ids))  # the first fit starts by itself
+    assert started.wait(30)
+    s.train()  # the same labels: the fit about to read them serves this request
+    go.set()
+    assert s.wait(timeout=60)
+    assert s.model_version.version == 1
+    more = ds.ids[30:40].tolist()
+    started.clear()
+    go.clear()
+    s.train()
+    assert started.wait(30)
+    s.label(more, oracle(ds, more))  # retrain="batch": no fit of its own
+    s.train()  # asked for before the fit reads: the 40 labels are in it
+    go.set()
+    assert s.wait(timeout=60)
+    assert s.model_version.version == 2 and s.model_version.n_labels == 40
+    s.close()
+
+
 def test_labels_given_during_training_reach_the_next_fit(ds):
     s = dal.Session(ds, store=None, device="cpu", train_config=TrainConfig(steps=400, batch_size=8))
     first = ds.ids[:20].tolist()

@@ -219,6 +219,10 @@ class Trainer:
         self._busy = False
         self._closed = False
         self._token: int | None = None  # the labeled set of the running fit
+        # The newest labeled set the queued request asks for (None: any fit, unconditionally).
+        # A fit that read its labels after the request was made serves it, even when the
+        # request came before the fit had read them (it is dropped once that fit publishes).
+        self._want: int | None = None
         # Set to cancel the running fit. A request after a cancel gets a new event rather than
         # clearing this one, so the cancelled fit still sees it and stops.
         self._cancel = threading.Event()
@@ -240,6 +244,10 @@ class Trainer:
                 and token == self._token
             ):
                 return  # the running fit already has exactly these labels
+            if self._pending and self._want is not None and token is not None:
+                self._want = max(self._want, token)
+            else:
+                self._want = token if not self._pending else None
             self._pending = True
             if self._cancel.is_set():
                 self._cancel = threading.Event()
@@ -333,14 +341,17 @@ class Trainer:
                     return
                 self._pending = False
                 self._busy = True
+            published = False
             try:
-                self._fit_once()
+                published = self._fit_once()
             except BaseException:  # noqa: BLE001 (captured for the views, never printed)
                 self.error = traceback.format_exc()
                 self._set_progress({"state": "error"})
                 self.emit("train_failed", error=self.error)
             finally:
                 with self._cond:
+                    if self._pending and published and self._served(self._want):
+                        self._pending = False  # asked for while this fit read those labels
                     self._busy = False
                     idle = not self._pending
                     self._cond.notify_all()
@@ -356,10 +367,16 @@ class Trainer:
         self.progress = progress
         self.emit("train_progress", progress=progress)
 
-    def _fit_once(self) -> None:
+    def _served(self, want: int | None) -> bool:
+        """Whether the fit that just published had the labeled set ``want`` (or a newer one)."""
+        return want is not None and self._token is not None and want <= self._token
+
+    def _fit_once(self) -> bool:
+        """One fit; whether it published a model."""
         version = self._fit_locked()
         if version is not None:  # outside the lock: observers may load, train or wait
             self.emit("trained", version=version)
+        return version is not None
 
     def _fit_locked(self) -> ModelVersion | None:
         """One fit of the plan; the new version once it is published, else None."""
