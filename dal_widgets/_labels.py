@@ -161,4 +161,6 @@ def training_set(
 
     X = torch.as_tensor(dataset.X[pos]).to(device)
     y_t = torch.as_tensor(y).to(device)
-    return TrainingSet(X, y_t, len(classes), token, unlabeled, labels_key(labels))
+    return TrainingSet(
+        X, y_t, len(classes), token, unlabeled, labels_key(labels), pos, lambda: dataset.X
+    )

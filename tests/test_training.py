@@ -894,3 +894,41 @@ def test_embedding_head_masks_weights_as_it_would_mask_inputs():
     torch.manual_seed(4)
     torch.testing.assert_close(head(x), plain, rtol=1e-5, atol=1e-6)
     assert hooked and hooked[0].shape == x.shape  # a hook still sees the layer run
+
+
+def test_label_spreading_config_is_checked():
+    with pytest.raises(ValueError, match="pseudo_labels=0.9"):
+        TrainConfig(label_spreading=True, pseudo_labels=0.9).validated()
+    with pytest.raises(ValueError, match="early_stopping=True"):
+        TrainConfig(label_spreading=True, early_stopping=True).validated()
+    with pytest.raises(ValueError, match="multi-label"):
+        TrainConfig(label_spreading=True).validated(multi_label=True)
+    with pytest.raises(TypeError, match="'label_spreading'"):
+        TrainConfig(label_spreading="yes").validated()
+    with pytest.raises(ValueError, match="'spread_neighbors'"):
+        TrainConfig(spread_neighbors=0).validated()
+
+
+def test_spreading_follows_the_graph_and_large_pools_use_a_subset():
+    from dal_widgets.training._spreading import SpreadGraph
+
+    rng = np.random.default_rng(0)
+    # Two interleaved half-moons: a nearest-centroid rule gets them wrong, the graph does not.
+    t = rng.uniform(0, np.pi, 400)
+    moon = np.where(np.arange(400) < 200, 0, 1)
+    x = np.stack([np.cos(t) + moon, np.sin(t) * np.where(moon, -1, 1) + 0.5 * moon], 1)
+    x = (x + rng.normal(0, 0.03, x.shape)).astype(np.float32)
+    g = SpreadGraph(x, 7, 10_000, torch.device("cpu"))
+    seeds = np.array([int(np.argmin(t[:200])), 200 + int(np.argmin(t[200:]))])
+    pos, cls = g.labels(seeds, moon[seeds], 2)
+    assert pos.size == 398 and not np.isin(seeds, pos).any()
+    assert (cls == moon[pos]).mean() > 0.97
+    # A subset of 300: labeled samples outside it join it; only subset samples are targets.
+    small = SpreadGraph(x, 7, 300, torch.device("cpu"))
+    out = np.setdiff1d(np.arange(400), small.nodes)
+    outside = np.array([out[out < 200][0], out[out >= 200][0]])  # one of each moon
+    pos, cls = small.labels(outside, moon[outside], 2)
+    assert np.isin(pos, small.nodes).all() and pos.size == 300
+    assert small.matches(x, 7, 300, torch.device("cpu")) and not small.matches(
+        x.copy(), 7, 300, torch.device("cpu")
+    )

@@ -34,6 +34,7 @@ from dal_widgets.training._fit import Callback, EarlyStopping, FitResult, FitSta
 from dal_widgets.training._inference import predict
 from dal_widgets.training._models import classifier_layer
 from dal_widgets.training._omp import thread_threads
+from dal_widgets.training._spreading import SpreadGraph
 
 __all__ = ["ModelVersion", "Snapshot", "Trainer", "TrainingSet", "weights_key"]
 
@@ -114,6 +115,10 @@ class TrainingSet:
     #: A hash of the labels themselves, kept in the model's version (what a saved model was
     #: trained on survives the process; ``token`` does not).
     labels_key: str = ""
+    #: The pool positions of the labels, in the order of ``X``, and the whole pool's model
+    #: inputs (for ``TrainConfig.label_spreading``; None where the caller has no pool).
+    positions: np.ndarray | None = None
+    pool: Callable[[], Any] | None = None
 
     @property
     def n_labels(self) -> int:
@@ -212,8 +217,10 @@ class Trainer:
         self.progress: dict[str, Any] = {"state": "idle"}
         #: The traceback of the newest failed fit (None after a fit succeeds).
         self.error: str | None = None
-        #: Pseudo-labels used by the newest fit (``TrainConfig.pseudo_labels``).
+        #: Pseudo-labels used by the newest fit (``TrainConfig.pseudo_labels``, or the pool
+        #: samples ``label_spreading`` reached).
         self.pseudo_label_count = 0
+        self._graph: SpreadGraph | None = None  # label_spreading's graph of the pool, kept
         self._cond = threading.Condition()
         self._pending = False
         self._busy = False
@@ -391,6 +398,8 @@ class Trainer:
             fit_seed = int(np.random.SeedSequence([self.seed, n_labels]).generate_state(1)[0])
             model = self._initial_model(fit_seed, data.n_classes)
             X, y, callbacks = self._validation_split(X, y, fit_seed)
+            if self.config.label_spreading:
+                X, y = self._with_spread_labels(X, y, data)
             result = self._fit_with_oom_retry(model, X, y, callbacks, fit_seed)
             if self.config.pseudo_labels > 0 and not result.cancelled:
                 model, result = self._refit_with_pseudo_labels(
@@ -448,6 +457,31 @@ class Trainer:
         val, train = order[:n_val], order[n_val:]
         callbacks.append(EarlyStopping(X[val], y[val], patience=cfg.patience))
         return X[train], y[train], callbacks
+
+    def _with_spread_labels(
+        self, X: torch.Tensor, y: torch.Tensor, data: TrainingSet
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``TrainConfig.label_spreading``: the labels spread over the pool's k-NN graph (built
+        once per pool); the labels, repeated to weigh as much, plus every pool sample reached."""
+        cfg = self.config
+        if data.pool is None or data.positions is None:
+            return X, y
+        pool = data.pool()
+        graph = self._graph
+        if graph is None or not graph.matches(
+            pool, cfg.spread_neighbors, cfg.spread_max_pool, self.device
+        ):
+            graph = self._graph = SpreadGraph(
+                pool, cfg.spread_neighbors, cfg.spread_max_pool, self.device
+            )
+        pos, cls = graph.labels(data.positions, y.cpu().numpy(), data.n_classes)
+        self.pseudo_label_count = int(pos.size)
+        if pos.size == 0:
+            return X, y
+        Xs = torch.as_tensor(np.ascontiguousarray(pool[pos])).to(self.device, X.dtype)
+        ys = torch.as_tensor(cls).to(self.device)
+        reps = max(1, round(len(ys) / len(y)))
+        return torch.cat([X] * reps + [Xs]), torch.cat([y] * reps + [ys])
 
     def _refit_with_pseudo_labels(
         self,
