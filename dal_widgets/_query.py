@@ -16,6 +16,7 @@ import numpy as np
 
 from dal_widgets import strategies as _strategies
 from dal_widgets._checks import check_int, param_error
+from dal_widgets.strategies._auto import regime
 
 __all__ = ["Query", "check_usable", "exclude_arg", "run_query"]
 
@@ -138,5 +139,8 @@ def run_query(
     )
     t2 = time.perf_counter()
     label = used.name if used is strategy else f"{used.name} (cold start for {strategy.name})"
+    if used.name == "auto":  # the regime it was in: coverage or margin
+        probs = arrays.get("probs")
+        label = f"auto ({regime(int(mask.sum()), None if probs is None else probs.shape[1])})"
     ids = [dataset.python_id(i) for i in dataset.ids[picks]]
     return Query(rnd, ids, picks, label, scores, t1 - t0, t2 - t1, arrays)

@@ -409,7 +409,9 @@ def simulate(
         Names from ``dal_widgets.strategies.available()``.
     initial : int
         Labels before the first query, balanced over the classes; the same for every
-        strategy at a given seed, so curves start together.
+        strategy at a given seed, so curves start together. 0 is the cold-start protocol: no
+        labels to begin with, the first ``batch`` are the strategy's own picks (its
+        ``cold_start`` stand-in's when it needs a model), as a user without labels starts.
     batch : int
         Labels per round.
     budget : int
@@ -487,8 +489,8 @@ def simulate(
         raise param_error("strategies", where, "a non-empty list of strategy names", strategies)
     for s in strategies:
         registry.get(s)
-    initial = check_int(initial, "initial", where, lo=1, hi=len(dataset) - 1)
-    budget = check_int(budget, "budget", where, lo=initial, hi=len(dataset))
+    initial = check_int(initial, "initial", where, lo=0, hi=len(dataset) - 1)
+    budget = check_int(budget, "budget", where, lo=max(initial, 1), hi=len(dataset))
     batch = check_int(batch, "batch", where, lo=1, hi=len(dataset))
     noise = check_real(noise, "noise", where, lo=0.0, hi=1.0, hi_open=True)
     if isinstance(seeds, (int, np.integer)) and not isinstance(seeds, bool):
@@ -572,6 +574,14 @@ def _oracle(
     return start, answers
 
 
+def _query_and_answer(session: Any, answers: np.ndarray, n: int) -> tuple[float, float]:
+    """One query of ``n``, answered by the oracle; the query's inference and selection time."""
+    ids = session.query(n)
+    row = session.store.rounds()[-1]
+    session.label(ids, answers[session.dataset.positions(ids)], source="oracle")
+    return row.infer_s or 0.0, row.select_s or 0.0
+
+
 def _run_one(
     session: Any,
     start: np.ndarray,
@@ -589,10 +599,13 @@ def _run_one(
     from dal_widgets.stopping import StopMonitor
 
     t0 = time.perf_counter()
-    session.label(dataset.ids[start].tolist(), answers[start], source="oracle")
     monitor = StopMonitor(session, stop_set=max(10, min(1000, len(dataset))))
     rnd = 0
     infer_s = select_s = 0.0
+    if start.size:
+        session.label(dataset.ids[start].tolist(), answers[start], source="oracle")
+    else:  # the cold-start protocol: the strategy picks the first batch from nothing
+        infer_s, select_s = _query_and_answer(session, answers, min(batch, budget))
     while True:
         session.train(block=True)  # the session evaluates each new model (its policy)
         acc = session.evaluation["accuracy"]
@@ -616,8 +629,5 @@ def _run_one(
         if left <= 0 or (stop is not None and stop.is_set()):
             break
         t0 = time.perf_counter()
-        ids = session.query(min(batch, left))
-        row = session.store.rounds()[-1]
-        infer_s, select_s = row.infer_s or 0.0, row.select_s or 0.0
-        session.label(ids, answers[dataset.positions(ids)], source="oracle")
+        infer_s, select_s = _query_and_answer(session, answers, min(batch, left))
         rnd += 1

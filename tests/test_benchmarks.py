@@ -119,12 +119,20 @@ def test_label_efficiency_names_its_results_by_dataset_and_schedule(bench):
     assert le.report_name(args) == "label_efficiency_defaults_quick"
     args.dataset, args.quick = "digits", False
     assert le.report_name(args) == "label_efficiency_digits"  # digits has one schedule
-    config = le.train_config("mnist", pseudo=False, which="tuned")
+    args.cold_start = True
+    assert le.report_name(args) == "label_efficiency_digits_coldstart"
+    config = le.train_config("mnist", "", which="tuned")
     assert (config.steps, config.batch_size, config.min_epochs) == (300, 32, 100)
     from dal_widgets.training import TrainConfig
 
-    assert le.train_config("mnist", pseudo=False, which="default") == TrainConfig()
-    assert le.train_config("mnist", pseudo=True, which="default").pseudo_labels == 0.95
+    assert le.train_config("mnist", "", which="default") == TrainConfig()
+    assert le.train_config("mnist", "+pseudo", which="default").pseudo_labels == 0.95
+    assert le.train_config("digits", "+spread").label_spreading
+    assert [le.variant(n) for n in ("margin", "margin+pseudo", "auto+spread")] == [
+        "",
+        "+pseudo",
+        "+spread",
+    ]
 
 
 def test_machine_counts_code_changes_as_dirty_but_not_benchmark_outputs(

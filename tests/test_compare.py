@@ -63,7 +63,7 @@ def test_stop_keeps_partial_results(ds):
 
 
 def test_errors_are_shown_not_printed(ds, capsys):
-    w = dal.CompareWidget(ds, ["random"], initial=0, device="cpu")
+    w = dal.CompareWidget(ds, ["random"], initial=-1, device="cpu")
     assert w.wait(30)
     assert "initial&#x27; parameter of simulate" in w.status.value and "Traceback" in w.error
     assert capsys.readouterr().err == ""

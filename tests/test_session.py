@@ -971,3 +971,48 @@ def test_a_restarted_ensemble_session_refits_for_its_committee(ds, tmp_path):
     assert again.wait(60)  # the refit gives the committee back
     assert again.compute_arrays({"member_probs"})["member_probs"].shape[1] == 2
     again.close()
+
+
+def test_label_spreading_learns_from_the_pool_and_builds_its_graph_once(ds, monkeypatch):
+    import dal_widgets.training._trainer as trainer_module
+
+    built = []
+    graph = trainer_module.SpreadGraph
+
+    def counted(*args, **kwargs):
+        built.append(1)
+        return graph(*args, **kwargs)
+
+    monkeypatch.setattr(trainer_module, "SpreadGraph", counted)
+    ids = np.concatenate([ds.ids[ds.targets == c][:1] for c in range(3)]).tolist()
+    cfg = TrainConfig(steps=150, batch_size=16, label_spreading=True)
+    s = dal.Session(ds, store=None, device="cpu", train_config=cfg, retrain="manual")
+    s.label(ids, oracle(ds, ids))
+    s.train(block=True)
+    # One label per class: the spreading reaches every other pool sample of the easy blobs.
+    assert s.pseudo_label_count == len(ds) - 3 and len(s.labels) == 3
+    assert s.evaluate()["accuracy"] > 0.95
+    more = [i for i in ds.ids[:10].tolist() if i not in ids]
+    s.label(more, oracle(ds, more))
+    s.train(block=True)
+    assert s.pseudo_label_count == len(ds) - len(s.labels) and len(built) == 1
+    s.close()
+
+
+def test_auto_strategy_names_its_regime_in_the_round_history(ds):
+    s = dal.Session(
+        ds,
+        store=None,
+        device="cpu",
+        strategy="auto",
+        retrain="manual",
+        train_config=TrainConfig(steps=30),
+    )
+    first = s.query(4)  # nothing labeled, no model: coverage
+    s.label(first, oracle(ds, first))
+    more = ds.ids[:12].tolist()
+    s.label(more, oracle(ds, more))
+    s.train(block=True)
+    s.query(4)  # 12+ labels of 3 classes, a model: margin
+    assert [r.strategy for r in s.store.rounds()] == ["auto (coverage)", "auto (margin)"]
+    s.close()

@@ -101,7 +101,7 @@ def test_label_noise_changes_answers(ds):
     [
         ({"strategies": ["nope"]}, KeyError, "Unknown strategy"),
         ({"strategies": []}, ValueError, "'strategies'"),
-        ({"initial": 0}, ValueError, "'initial'"),
+        ({"initial": -1}, ValueError, "'initial'"),
         ({"budget": 5, "initial": 10}, ValueError, "'budget'"),
         ({"batch": 0}, ValueError, "'batch'"),
         ({"seeds": 0}, ValueError, "'seeds'"),
@@ -196,3 +196,20 @@ def test_random_is_run_as_the_baseline_and_compared_seed_by_seed():
         train_config=TrainConfig(steps=30),
     )
     assert alone.strategies == ["margin"] and "against random" not in repr(alone)
+
+
+def test_cold_start_protocol_lets_the_strategy_pick_the_first_batch(ds):
+    res = dal.simulate(
+        ds,
+        strategies=["auto", "margin"],
+        initial=0,
+        batch=6,
+        budget=18,
+        seeds=1,
+        device="cpu",
+        train_config=TrainConfig(steps=30),
+    )
+    for name in ("auto", "margin"):
+        labels = [r["labels"] for r in res.records if r["strategy"] == name]
+        assert labels == [6, 12, 18]  # no balanced seed: the first model has the first batch
+    assert res.initial == 0

@@ -40,6 +40,7 @@ REQUIRED = {
     "badge": {"probs", "embeddings"},
     "typiclust": {"features"},
     "probcover": {"features"},
+    "auto": {"features"},
     "egl": {"probs", "embeddings"},
     "learning_loss": {"loss_pred"},
     "dfal": {"adv_dist"},
@@ -1034,7 +1035,8 @@ def test_unusable_reason_agrees_with_what_a_fitted_session_runs(data, model, con
         passes = s.arrays.passes
         if reason is None:
             picks = s.query(3)
-            assert len(set(picks)) == 3 and s.store.queries()[-1]["strategy"] == name
+            ran = s.store.queries()[-1]["strategy"]
+            assert len(set(picks)) == 3 and ran.partition(" (")[0] == name  # auto: + regime
             continue
         with pytest.raises(ValueError) as err:
             s.query(3)
@@ -1056,3 +1058,32 @@ def test_an_unusable_strategy_is_refused_before_a_cold_start_stands_in():
     assert len(s.query(3)) == 3
     assert s.store.queries()[-1]["strategy"] == "random (cold start for multilabel_entropy)"
     s.close()
+
+
+def test_auto_covers_while_labels_are_few_then_takes_the_smallest_margins():
+    from dal_widgets.strategies._auto import regime
+
+    rng = np.random.default_rng(0)
+    # Two tight clusters far apart, and a model sure of everything but the last 5 samples.
+    x = np.concatenate([rng.normal(0, 0.1, (30, 2)), rng.normal(10, 0.1, (30, 2))])
+    probs = np.tile([[0.99, 0.01]], (60, 1))
+    probs[-5:] = [[0.51, 0.49], [0.52, 0.48], [0.53, 0.47], [0.54, 0.46], [0.55, 0.45]]
+    few = np.zeros(60, bool)
+    few[:2] = True  # 2 labels, both in the first cluster: fewer than 3 per class
+    assert (
+        regime(2, 2) == "coverage" and regime(6, 2) == "margin" and regime(99, None) == "coverage"
+    )
+    picks = strategies.select("auto", 1, features=x, probs=probs, labeled_mask=few, rng=0)
+    assert picks[0] >= 30  # coverage: the cluster without labels, not the unsure samples
+    same = strategies.select("typiclust", 1, features=x, labeled_mask=few, rng=0)
+    assert picks.tolist() == same.tolist()
+    many = np.zeros(60, bool)
+    many[:6] = True  # 6 labels of 2 classes: margin
+    picks = strategies.select("auto", 3, features=x, probs=probs, labeled_mask=many, rng=0)
+    assert picks.tolist() == [55, 56, 57]  # the smallest margins, smallest first
+    # No model yet (no probs): coverage, whatever the count.
+    picks = strategies.select("auto", 1, features=x, labeled_mask=many, rng=0)
+    assert (
+        picks.tolist()
+        == strategies.select("typiclust", 1, features=x, labeled_mask=many, rng=0).tolist()
+    )

@@ -13,6 +13,7 @@ The library follows the taxonomy of Ren et al., "A survey of deep active learnin
 * diversity on ``embeddings``: coreset, kmeans, and the hybrid cluster_margin;
 * hybrid: badge (gradient embeddings from ``probs`` and ``embeddings``);
 * cold start on ``features`` (or ``embeddings``): typiclust, probcover;
+* budget-aware: auto (typiclust while labels are few, then margin);
 * expected model change: egl; learned loss: learning_loss; adversarial: dfal;
 * multi-label, on per-class ``label_probs``: multilabel_entropy, multilabel_margin;
 * composed: margin_coreset (see :func:`compose`).
@@ -28,6 +29,7 @@ from __future__ import annotations
 # Importing a module registers its strategies; _compose goes last (it composes the others).
 from dal_widgets.strategies import (
     _adversarial,  # noqa: F401
+    _auto,  # noqa: F401
     _badge,  # noqa: F401
     _batchbald,  # noqa: F401
     _bayesian,  # noqa: F401

@@ -67,8 +67,10 @@ def _facts(
 
 
 def _reason(strategy: Strategy, facts: dict[str, Any]) -> str | None:
+    # Optional arrays too: a session computes them whenever it can (auto's probs).
+    wanted = strategy.needs | strategy.optional
     for array in ARRAYS:  # a fixed order, so the reason does not change between runs
-        if array in strategy.needs:
+        if array in wanted:
             problem = _array_problem(array, **facts)
             if problem is not None:
                 return problem
