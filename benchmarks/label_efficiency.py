@@ -72,7 +72,7 @@ HERE = Path(__file__).resolve().parent
 MNIST_ROOT = HERE.parent.parent / "shared" / "data" / "mnist-test"
 DEFAULT_STRATEGIES = (
     "random,entropy,margin,variation_ratios,bald,batchbald,coreset,badge,typiclust,margin+pseudo,"
-    "sklearn-spreading"
+    "sklearn-spreading,random+spread,margin+spread,auto+spread"
 )
 UNCERTAINTY = ("entropy", "margin", "variation_ratios", "bald", "batchbald")
 PUBLISHED = {  # labels to reach 90% / 95% on the 60k pool: (source, to 90%, to 95%)
@@ -148,6 +148,8 @@ def train_config(name: str, suffix: str, which: str = "tuned"):
         config = TrainConfig(steps=300, batch_size=32, min_epochs=100)
     else:
         config = TrainConfig()
+    if suffix == "+spread":  # the pool joins the labels: epochs over it would multiply steps
+        config = config.with_(min_epochs=1)
     return config.with_(**VARIANTS[suffix])
 
 
@@ -593,7 +595,8 @@ def build_report(args, records: list[dict], seconds: float) -> Report:
         report_name(args),
         f"Label efficiency on {'MNIST' if args.dataset == 'mnist' else 'digits (embedded default)'}"
         + (" with the library's default TrainConfig()" if defaults_only(args) else "")
-        + (f" with frozen {encoder} features and the default head" if encoder else ""),
+        + (f" with frozen {encoder} features and the default head" if encoder else "")
+        + (", cold start (no initial labels)" if getattr(args, "cold_start", False) else ""),
         command=" ".join(
             ["python", "benchmarks/label_efficiency.py"]
             + [a for a in sys.argv[1:] if a != "--report-only"]
