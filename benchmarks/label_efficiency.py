@@ -805,6 +805,7 @@ def plot_curves(report: Report, args, curves: dict, names: list[str]) -> None:
         f"Label efficiency: {args.dataset}"
         + (", library default TrainConfig()" if defaults_only(args) else "")
         + (f", frozen {args.encoder} + head" if getattr(args, "encoder", None) else "")
+        + (", cold start (no initial labels)" if getattr(args, "cold_start", False) else "")
     )
     ax.grid(alpha=0.3)
     ax.legend(ncol=2, fontsize=8, loc="lower right")
