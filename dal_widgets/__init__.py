@@ -23,6 +23,7 @@ __all__ = [
     "Session",
     "StopMonitor",
     "TrainConfig",
+    "agreement",
     "datasets",
     "encoders",
     "simulate",
@@ -47,6 +48,7 @@ _LAZY = {
     "projection": ("dal_widgets.projection", None),
     "stopping": ("dal_widgets.stopping", None),
     "StopMonitor": ("dal_widgets.stopping", "StopMonitor"),
+    "agreement": ("dal_widgets.interrater", "agreement"),
 }
 
 
