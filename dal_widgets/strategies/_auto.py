@@ -64,5 +64,6 @@ def auto(
             features=features,
             device=device,
         )
+    assert probs is not None  # the margin regime needs a model
     scores = np.asarray(margin(probs[candidates]), dtype=np.float64)
     return candidates[_top_n(scores, n, rng)]

@@ -1,0 +1,449 @@
+"""Labeling as a team on PostgreSQL: a shared work queue with leases, overlap and per-annotator
+labels (the first slice of the team store; ``Session`` does not use it yet).
+
+>>> from dal_widgets.team import TeamQueue
+>>> q = TeamQueue("postgresql://alice@db.example/labels", project="digits-v1",
+...               annotator="alice", overlap=2)                          # doctest: +SKIP
+>>> q.add_items(range(1000))          # once, by whoever sets the project up   # doctest: +SKIP
+>>> ids = q.claim(10)                 # a batch, leased for lease_seconds        # doctest: +SKIP
+>>> q.label(ids[0], "7")              # returns once the label is committed      # doctest: +SKIP
+
+The rules, enforced by the database whatever the number of annotators:
+
+- An item is served to at most ``overlap`` annotators at a time, counting the labels it has and
+  the leases not yet expired; an annotator is never served an item they already labeled.
+- A claim is one transaction: it locks candidate items with ``FOR UPDATE SKIP LOCKED`` (two
+  annotators never wait on each other or take the same slot), then counts labels and live
+  leases on a fresh snapshot while holding the locks, and leases the best ``n`` by priority.
+- A lease lasts ``lease_seconds``; :meth:`TeamQueue.heartbeat` extends the live ones while the
+  batch is on screen. A lease that expired (a kernel killed mid-batch) is simply not counted,
+  so its items are served again.
+- Labels are append-only rows, one per (item, annotator). :meth:`TeamQueue.label` locks the
+  item, refuses a label beyond the overlap (a lease that expired while another annotator took
+  the slot), and returns only after the commit: a label it acknowledged is on the server.
+- A lost connection (the server restarting) is retried for ``reconnect_seconds``; a label whose
+  commit was lost with the connection is found on retry and not written twice.
+
+Credentials: the URL may carry a password (or use ``PGPASSWORD`` / ``~/.pgpass``); it is never
+shown in errors or reprs. ``url=None`` reads ``DAL_POSTGRES_URL``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, TypeVar
+
+from dal_widgets._checks import check_int, check_real, param_error
+
+__all__ = ["SCHEMA_VERSION", "LeaseLostError", "TeamQueue", "redact"]
+
+#: Version of the tables below; a database with a newer one is refused.
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS dal_meta (key text PRIMARY KEY, value text NOT NULL);
+CREATE TABLE IF NOT EXISTS dal_projects (
+    project text PRIMARY KEY, overlap integer NOT NULL, created timestamptz DEFAULT now());
+CREATE TABLE IF NOT EXISTS dal_items (
+    project text NOT NULL, item_id text NOT NULL, priority double precision NOT NULL DEFAULT 0,
+    needed integer NOT NULL, done integer NOT NULL DEFAULT 0,
+    PRIMARY KEY (project, item_id));
+CREATE INDEX IF NOT EXISTS dal_items_open ON dal_items (project, priority DESC, item_id)
+    WHERE done < needed;
+CREATE TABLE IF NOT EXISTS dal_leases (
+    project text NOT NULL, item_id text NOT NULL, annotator text NOT NULL,
+    expires timestamptz NOT NULL, PRIMARY KEY (project, item_id, annotator));
+CREATE TABLE IF NOT EXISTS dal_labels (
+    seq bigserial PRIMARY KEY, project text NOT NULL, item_id text NOT NULL,
+    annotator text NOT NULL, label text NOT NULL, at timestamptz NOT NULL DEFAULT now(),
+    UNIQUE (project, item_id, annotator));
+"""
+
+T = TypeVar("T")
+
+
+class LeaseLostError(RuntimeError):
+    """A label came after the annotator's lease expired and the item's slots were taken."""
+
+
+def redact(text: str) -> str:
+    """``text`` with the password of any connection URL or ``password=`` setting in it hidden."""
+    text = re.sub(r"([a-z][\w+.-]*://[^:/@\s]*:)[^@\s]*@", r"\1***@", text, flags=re.I)
+    return re.sub(r"(password\s*=\s*)('[^']*'|\S+)", r"\1***", text, flags=re.IGNORECASE)
+
+
+def _key(item: Any) -> str:
+    """An item id as the database keeps it: JSON, so 7 and "7" stay different."""
+    if isinstance(item, bool) or not isinstance(item, (int, str)):
+        if hasattr(item, "item"):  # numpy scalars
+            item = item.item()
+    if isinstance(item, bool) or not isinstance(item, (int, str)):
+        raise param_error("ids", "TeamQueue", "int or str item ids", item, TypeError)
+    return json.dumps(item)
+
+
+class TeamQueue:
+    """One annotator's handle on a project's shared queue (see the module's notes).
+
+    Parameters
+    ----------
+    url : str or None
+        A PostgreSQL URL (``postgresql://user@host:port/db``); None reads ``DAL_POSTGRES_URL``.
+    project : str
+        The project's name; the tables hold many projects.
+    annotator : str
+        Who labels through this handle.
+    overlap : int
+        Independent labels wanted per item (a project keeps the overlap it was created with;
+        another value for an existing project is an error).
+    lease_seconds : float
+        How long a claimed item stays reserved without a heartbeat.
+    reconnect_seconds : float
+        How long an operation keeps retrying while the server cannot be reached.
+    """
+
+    def __init__(
+        self,
+        url: str | None,
+        *,
+        project: str,
+        annotator: str,
+        overlap: int = 1,
+        lease_seconds: float = 120.0,
+        reconnect_seconds: float = 30.0,
+    ) -> None:
+        where = "TeamQueue"
+        if url is None:
+            url = os.environ.get("DAL_POSTGRES_URL")
+            if not url:
+                raise ValueError(
+                    f"{where} needs a PostgreSQL URL: pass url= or set DAL_POSTGRES_URL."
+                )
+        if not isinstance(url, str) or not url.startswith(("postgresql://", "postgres://")):
+            shown = redact(url) if isinstance(url, str) else url
+            raise param_error("url", where, "a 'postgresql://...' URL", shown)
+        for name, value in (("project", project), ("annotator", annotator)):
+            if not isinstance(value, str) or not value.strip():
+                raise param_error(name, where, "a non-empty string", value)
+        self.project, self.annotator = project, annotator
+        self.overlap = check_int(overlap, "overlap", where, lo=1, hi=100)
+        self.lease_seconds = check_real(lease_seconds, "lease_seconds", where, lo=0.1)
+        self.reconnect_seconds = check_real(reconnect_seconds, "reconnect_seconds", where, lo=0)
+        self._url = url
+        self._conn: Any = None
+        self._call(self._setup, retry=False)  # a wrong URL or password fails at once
+
+    # ------------------------------------------------------------------ connection
+    def __repr__(self) -> str:
+        return (
+            f"TeamQueue({redact(self._url)!r}, project={self.project!r}, "
+            f"annotator={self.annotator!r}, overlap={self.overlap})"
+        )
+
+    def _connect(self) -> Any:
+        import psycopg
+
+        if self._conn is None or self._conn.closed:
+            try:
+                self._conn = psycopg.connect(self._url, connect_timeout=5)
+            except psycopg.OperationalError as exc:
+                raise ConnectionError(
+                    f"TeamQueue could not connect to {redact(self._url)}: {redact(str(exc))}"
+                ) from None
+        return self._conn
+
+    def _call(self, op: Callable[[Any], T], *, retry: bool = True) -> T:
+        """Run ``op(connection)`` in one transaction, retrying on a lost connection."""
+        import psycopg
+
+        deadline = time.monotonic() + (self.reconnect_seconds if retry else 0.0)
+        pause = 0.05
+        while True:
+            try:
+                conn = self._connect()
+                with conn.transaction():
+                    return op(conn)
+            except (psycopg.OperationalError, ConnectionError) as exc:
+                if self._conn is not None:
+                    self._conn.close()
+                self._conn = None
+                if time.monotonic() >= deadline:
+                    if not retry:
+                        raise ConnectionError(redact(str(exc))) from None
+                    raise ConnectionError(
+                        f"TeamQueue lost the server at {redact(self._url)} and could not get it "
+                        f"back in {self.reconnect_seconds:g} s: {redact(str(exc))}"
+                    ) from None
+                time.sleep(pause)
+                pause = min(pause * 2, 1.0)
+
+    def close(self) -> None:
+        """Close the connection (leases stay until they expire; :meth:`release` frees them)."""
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def __enter__(self) -> TeamQueue:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ schema
+    def _setup(self, conn: Any) -> None:
+        conn.execute("SELECT pg_advisory_xact_lock(hashtext('dal_widgets schema'))")
+        conn.execute(_SCHEMA)
+        row = conn.execute("SELECT value FROM dal_meta WHERE key = 'schema_version'").fetchone()
+        if row is None:
+            conn.execute(
+                "INSERT INTO dal_meta VALUES ('schema_version', %s)", (str(SCHEMA_VERSION),)
+            )
+        elif int(row[0]) > SCHEMA_VERSION:
+            raise RuntimeError(
+                f"This database's dal_widgets tables are version {row[0]}, newer than this "
+                f"package's {SCHEMA_VERSION}: upgrade dal_widgets to use it."
+            )
+        conn.execute(
+            "INSERT INTO dal_projects (project, overlap) VALUES (%s, %s) "
+            "ON CONFLICT (project) DO NOTHING",
+            (self.project, self.overlap),
+        )
+        kept = conn.execute(
+            "SELECT overlap FROM dal_projects WHERE project = %s", (self.project,)
+        ).fetchone()[0]
+        if kept != self.overlap:
+            raise ValueError(
+                f"The 'overlap' parameter of TeamQueue must match project {self.project!r}, "
+                f"created with overlap={kept}. Got {self.overlap} instead."
+            )
+
+    # ------------------------------------------------------------------ the ranker's side
+    def add_items(self, ids: Iterable[Any], priority: float = 0.0) -> int:
+        """Put items in the queue (those already there are left as they are); how many were new."""
+        keys = [_key(i) for i in ids]
+
+        def op(conn: Any) -> int:
+            cur = conn.execute(
+                "INSERT INTO dal_items (project, item_id, priority, needed) "
+                "SELECT %s, unnest(%s::text[]), %s, %s ON CONFLICT DO NOTHING",
+                (self.project, keys, float(priority), self.overlap),
+            )
+            return int(cur.rowcount)
+
+        return self._call(op)
+
+    def set_priorities(self, priorities: Mapping[Any, float]) -> None:
+        """New priorities (higher: served first), e.g. a strategy's scores after a fit."""
+        keys = [_key(i) for i in priorities]
+        values = [float(v) for v in priorities.values()]
+
+        def op(conn: Any) -> None:
+            conn.execute(
+                "UPDATE dal_items i SET priority = v.p FROM "
+                "(SELECT unnest(%s::text[]) AS id, unnest(%s::float8[]) AS p) v "
+                "WHERE i.project = %s AND i.item_id = v.id",
+                (keys, values, self.project),
+            )
+
+        self._call(op)
+
+    # ------------------------------------------------------------------ the annotator's side
+    def claim(self, n: int) -> list[Any]:
+        """Lease up to ``n`` items for this annotator, best priority first (fewer when the
+        queue has fewer free slots; an empty list when none is free now)."""
+        n = check_int(n, "n", "TeamQueue.claim", lo=1, hi=10_000)
+        me, project = self.annotator, self.project
+
+        def op(conn: Any) -> list[Any]:
+            # 1. Lock candidates no one else is claiming or labeling right now.
+            locked = [
+                r[0]
+                for r in conn.execute(
+                    "SELECT item_id FROM dal_items i WHERE project = %s AND done < needed "
+                    "AND NOT EXISTS (SELECT 1 FROM dal_labels l WHERE l.project = i.project "
+                    "AND l.item_id = i.item_id AND l.annotator = %s) "
+                    "ORDER BY priority DESC, item_id LIMIT %s FOR UPDATE SKIP LOCKED",
+                    (project, me, 3 * n + 8),
+                )
+            ]
+            if not locked:
+                return []
+            # 2. A new snapshot, with the locks held: every committed lease and label of these
+            # items is visible now, and no one can add one until this transaction ends.
+            free = [
+                r[0]
+                for r in conn.execute(
+                    "SELECT i.item_id FROM dal_items i WHERE i.project = %s "
+                    "AND i.item_id = ANY(%s) AND i.done + (SELECT count(*) FROM dal_leases s "
+                    "WHERE s.project = i.project AND s.item_id = i.item_id "
+                    "AND s.annotator <> %s AND s.expires > clock_timestamp()) < i.needed "
+                    "AND NOT EXISTS (SELECT 1 FROM dal_labels l WHERE l.project = i.project "
+                    "AND l.item_id = i.item_id AND l.annotator = %s) "
+                    "ORDER BY i.priority DESC, i.item_id LIMIT %s",
+                    (project, locked, me, me, n),
+                )
+            ]
+            if free:
+                conn.execute(
+                    "INSERT INTO dal_leases (project, item_id, annotator, expires) "
+                    "SELECT %s, unnest(%s::text[]), %s, "
+                    "clock_timestamp() + make_interval(secs => %s) "
+                    "ON CONFLICT (project, item_id, annotator) "
+                    "DO UPDATE SET expires = EXCLUDED.expires",
+                    (project, free, me, self.lease_seconds),
+                )
+            return [json.loads(k) for k in free]
+
+        return self._call(op)
+
+    def heartbeat(self) -> int:
+        """Extend this annotator's live leases by ``lease_seconds``; how many it extended
+        (an expired lease is not revived: its slot may be someone else's now)."""
+
+        def op(conn: Any) -> int:
+            mine = [
+                r[0]
+                for r in conn.execute(
+                    "SELECT item_id FROM dal_leases WHERE project = %s AND annotator = %s "
+                    "AND expires > clock_timestamp()",
+                    (self.project, self.annotator),
+                )
+            ]
+            if not mine:
+                return 0
+            # The items' locks, in one order (claims never wait, labels take one): the count a
+            # concurrent claim makes cannot miss an extension.
+            conn.execute(
+                "SELECT 1 FROM dal_items WHERE project = %s AND item_id = ANY(%s) "
+                "ORDER BY item_id FOR UPDATE",
+                (self.project, mine),
+            )
+            cur = conn.execute(
+                "UPDATE dal_leases SET expires = clock_timestamp() + make_interval(secs => %s) "
+                "WHERE project = %s AND annotator = %s AND item_id = ANY(%s) "
+                "AND expires > clock_timestamp()",
+                (self.lease_seconds, self.project, self.annotator, mine),
+            )
+            return int(cur.rowcount)
+
+        return self._call(op)
+
+    def release(self, ids: Iterable[Any] | None = None) -> None:
+        """Give back leased items (all of this annotator's when ``ids`` is None)."""
+        keys = None if ids is None else [_key(i) for i in ids]
+
+        def op(conn: Any) -> None:
+            if keys is None:
+                conn.execute(
+                    "DELETE FROM dal_leases WHERE project = %s AND annotator = %s",
+                    (self.project, self.annotator),
+                )
+            else:
+                conn.execute(
+                    "DELETE FROM dal_leases WHERE project = %s AND annotator = %s "
+                    "AND item_id = ANY(%s)",
+                    (self.project, self.annotator, keys),
+                )
+
+        self._call(op)
+
+    def label(self, item: Any, label: str) -> None:
+        """Record this annotator's label of ``item``; returns once it is committed.
+
+        Raises :class:`LeaseLostError` when the lease expired and the item's ``overlap``
+        slots went to others meanwhile, and ValueError for a second, different label of the
+        same item by the same annotator (labels are append-only here).
+        """
+        if not isinstance(label, str) or not label:
+            raise param_error("label", "TeamQueue.label", "a class name", label)
+        key = _key(item)
+        me, project = self.annotator, self.project
+
+        def op(conn: Any) -> None:
+            row = conn.execute(
+                "SELECT done, needed FROM dal_items WHERE project = %s AND item_id = %s FOR UPDATE",
+                (project, key),
+            ).fetchone()
+            if row is None:
+                raise param_error("item", "TeamQueue.label", "an item of the queue", item)
+            done, needed = row
+            mine = conn.execute(
+                "SELECT label FROM dal_labels WHERE project = %s AND item_id = %s "
+                "AND annotator = %s",
+                (project, key, me),
+            ).fetchone()
+            if mine is not None:  # a retry after a lost commit, or a second label
+                if mine[0] == label:
+                    return
+                raise ValueError(
+                    f"TeamQueue.label: {me!r} already labeled item {item!r} as {mine[0]!r}; "
+                    f"labels are append-only here (got {label!r})."
+                )
+            others = conn.execute(
+                "SELECT count(*) FROM dal_leases WHERE project = %s AND item_id = %s "
+                "AND annotator <> %s AND expires > clock_timestamp()",
+                (project, key, me),
+            ).fetchone()[0]
+            held = conn.execute(
+                "SELECT 1 FROM dal_leases WHERE project = %s AND item_id = %s "
+                "AND annotator = %s AND expires > clock_timestamp()",
+                (project, key, me),
+            ).fetchone()
+            if done >= needed or (held is None and done + others >= needed):
+                raise LeaseLostError(
+                    f"Item {item!r} already has its {needed} label(s) or slots taken by others "
+                    f"after {me!r}'s lease expired; the label was not recorded."
+                )
+            conn.execute(
+                "INSERT INTO dal_labels (project, item_id, annotator, label) "
+                "VALUES (%s, %s, %s, %s)",
+                (project, key, me, label),
+            )
+            conn.execute(
+                "UPDATE dal_items SET done = done + 1 WHERE project = %s AND item_id = %s",
+                (project, key),
+            )
+            conn.execute(
+                "DELETE FROM dal_leases WHERE project = %s AND item_id = %s AND annotator = %s",
+                (project, key, me),
+            )
+
+        self._call(op)
+
+    # ------------------------------------------------------------------ reading
+    def labels(self) -> list[tuple[Any, str, str]]:
+        """Every label of the project as ``(item, annotator, label)``, oldest first (what
+        :func:`dal_widgets.agreement` takes)."""
+        rows = self._call(
+            lambda conn: conn.execute(
+                "SELECT item_id, annotator, label FROM dal_labels WHERE project = %s ORDER BY seq",
+                (self.project,),
+            ).fetchall()
+        )
+        return [(json.loads(i), a, lab) for i, a, lab in rows]
+
+    def remaining(self) -> int:
+        """Items that still need labels (leased or not)."""
+        return int(
+            self._call(
+                lambda conn: conn.execute(
+                    "SELECT count(*) FROM dal_items WHERE project = %s AND done < needed",
+                    (self.project,),
+                ).fetchone()[0]
+            )
+        )
+
+    def leased(self) -> list[Any]:
+        """The items this annotator holds a live lease on."""
+        rows = self._call(
+            lambda conn: conn.execute(
+                "SELECT item_id FROM dal_leases WHERE project = %s AND annotator = %s "
+                "AND expires > clock_timestamp() ORDER BY item_id",
+                (self.project, self.annotator),
+            ).fetchall()
+        )
+        return [json.loads(r[0]) for r in rows]
