@@ -42,6 +42,7 @@ BENCHMARKS = [
     "map_browser",
     "encoders",
     "grid",
+    "team",
 ]
 #: Run only with --with-label-efficiency or when named in --only: it takes about an hour.
 OPT_IN = {"label_efficiency"}

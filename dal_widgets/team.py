@@ -39,7 +39,7 @@ from typing import Any, TypeVar
 
 from dal_widgets._checks import check_int, check_real, param_error
 
-__all__ = ["SCHEMA_VERSION", "LeaseLostError", "TeamQueue", "redact"]
+__all__ = ["RULES", "SCHEMA_VERSION", "LeaseLostError", "TeamQueue", "redact"]
 
 #: Version of the tables below; a database with a newer one is refused.
 SCHEMA_VERSION = 1
@@ -61,6 +61,35 @@ CREATE TABLE IF NOT EXISTS dal_labels (
     seq bigserial PRIMARY KEY, project text NOT NULL, item_id text NOT NULL,
     annotator text NOT NULL, label text NOT NULL, at timestamptz NOT NULL DEFAULT now(),
     UNIQUE (project, item_id, annotator));
+CREATE TABLE IF NOT EXISTS dal_decisions (
+    seq bigserial PRIMARY KEY, project text NOT NULL, item_id text NOT NULL,
+    adjudicator text NOT NULL, label text NOT NULL, at timestamptz NOT NULL DEFAULT now());
+"""
+
+#: How an item's training label comes from its labels (see :meth:`TeamQueue.training_labels`).
+RULES = ("first", "majority", "adjudicated")
+
+# Per item: its labels' counts, the most common label when one leads (NULL on a tie), the
+# first label given, whether all labels agree, and the newest adjudication decision.
+_TALLY = """
+WITH c AS (
+    SELECT item_id, label, count(*) AS n, min(seq) AS first_seq
+    FROM dal_labels WHERE project = %(p)s GROUP BY item_id, label),
+r AS (
+    SELECT c.*, rank() OVER (PARTITION BY item_id ORDER BY n DESC) AS rk,
+           count(*) OVER (PARTITION BY item_id) AS kinds FROM c),
+top AS (
+    SELECT item_id, min(label) AS label, count(*) AS leaders, max(kinds) AS kinds
+    FROM r WHERE rk = 1 GROUP BY item_id),
+firsts AS (
+    SELECT DISTINCT ON (item_id) item_id, label FROM dal_labels
+    WHERE project = %(p)s ORDER BY item_id, seq),
+d AS (
+    SELECT DISTINCT ON (item_id) item_id, label FROM dal_decisions
+    WHERE project = %(p)s ORDER BY item_id, seq DESC)
+SELECT top.item_id, CASE WHEN top.leaders = 1 THEN top.label END, firsts.label,
+       top.kinds = 1, d.label
+FROM top JOIN firsts USING (item_id) LEFT JOIN d USING (item_id)
 """
 
 T = TypeVar("T")
@@ -425,6 +454,70 @@ class TeamQueue:
             ).fetchall()
         )
         return [(json.loads(i), a, lab) for i, a, lab in rows]
+
+    def training_labels(self, rule: str = "majority") -> dict[Any, str]:
+        """The label each item trains on, by ``rule`` (items the rule cannot decide are left
+        out). An adjudication decision (:meth:`adjudicate`) always wins; otherwise:
+
+        - ``"first"``: the first label given;
+        - ``"majority"``: the most common label; a tie waits for adjudication;
+        - ``"adjudicated"``: only labels everyone agreed on; any disagreement waits for
+          adjudication.
+        """
+        if rule not in RULES:
+            raise param_error(
+                "rule", "TeamQueue.training_labels", " or ".join(map(repr, RULES)), rule
+            )
+        rows = self._call(lambda conn: conn.execute(_TALLY, {"p": self.project}).fetchall())
+        out = {}
+        for item, majority, first, unanimous, decided in rows:
+            pick = decided or {"first": first, "majority": majority}.get(rule)
+            if pick is None and rule == "adjudicated" and unanimous:
+                pick = first
+            if pick is not None:
+                out[json.loads(item)] = pick
+        return out
+
+    def disagreements(self) -> dict[Any, list[tuple[str, str]]]:
+        """Items whose annotators disagree and that have no adjudication decision yet, with
+        their ``(annotator, label)`` pairs, oldest first: the adjudication queue."""
+
+        def op(conn: Any) -> list[Any]:
+            return conn.execute(
+                "SELECT l.item_id, l.annotator, l.label FROM dal_labels l "
+                "WHERE l.project = %(p)s AND l.item_id IN ("
+                "SELECT item_id FROM dal_labels WHERE project = %(p)s GROUP BY item_id "
+                "HAVING count(DISTINCT label) > 1) AND NOT EXISTS (SELECT 1 FROM dal_decisions "
+                "d WHERE d.project = l.project AND d.item_id = l.item_id) ORDER BY l.seq",
+                {"p": self.project},
+            ).fetchall()
+
+        out: dict[Any, list[tuple[str, str]]] = {}
+        for item, who, label in self._call(op):
+            out.setdefault(json.loads(item), []).append((who, label))
+        return out
+
+    def adjudicate(self, item: Any, label: str) -> None:
+        """Record this annotator's decision on ``item`` (append-only: the newest one counts);
+        it overrides the labels under every rule of :meth:`training_labels`."""
+        if not isinstance(label, str) or not label:
+            raise param_error("label", "TeamQueue.adjudicate", "a class name", label)
+        key = _key(item)
+
+        def op(conn: Any) -> None:
+            known = conn.execute(
+                "SELECT 1 FROM dal_items WHERE project = %s AND item_id = %s",
+                (self.project, key),
+            ).fetchone()
+            if known is None:
+                raise param_error("item", "TeamQueue.adjudicate", "an item of the queue", item)
+            conn.execute(
+                "INSERT INTO dal_decisions (project, item_id, adjudicator, label) "
+                "VALUES (%s, %s, %s, %s)",
+                (self.project, key, self.annotator, label),
+            )
+
+        self._call(op)
 
     def remaining(self) -> int:
         """Items that still need labels (leased or not)."""

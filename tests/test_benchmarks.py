@@ -7,6 +7,7 @@ BENCHMARKS.md says about them (order, QUICK / PARTIAL marks, missed targets, esc
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -70,7 +71,7 @@ def test_render_orders_variants_after_their_script_and_marks_runs(bench, tmp_pat
     assert "0/1 met (NOT met: strategies speed)" in rows["strategies"]
     assert "1/1 met" in rows["widgets"]
     assert "QUICK RUN RESULTS: `training`" in text
-    assert "No results yet for: `projection`, `map_browser`, `encoders`, `grid`." in text
+    assert "No results yet for: `projection`, `map_browser`, `encoders`, `grid`, `team`." in text
     # A cell's pipe is escaped, so the table keeps its columns.
     assert "| a \\| b | 1.5 |" in text
     assert "**NOT met**" in text
@@ -240,6 +241,21 @@ def test_grid_benchmark_runs_quick_and_writes_its_report(tmp_path):
     assert data["ray_task"]["single"]["n"] == 10 and data["ray_task"]["batched_s"] > 0
     rows = doc["tables"][0]["rows"]
     assert [r[3] for r in rows] == [0, 0, 0, 0]  # no failed cells anywhere
+
+
+@pytest.mark.slow
+def test_team_benchmark_runs_quick_and_writes_its_report(tmp_path):
+    import _pg
+
+    if _pg.problem() is not None:
+        if os.environ.get("DAL_REQUIRE_POSTGRES") == "1":
+            pytest.fail(f"DAL_REQUIRE_POSTGRES=1 but PostgreSQL cannot run: {_pg.problem()}")
+        pytest.skip(f"needs PostgreSQL: {_pg.problem()}")
+    doc = _run_quick("team", ["--quick", "--results", str(tmp_path)], tmp_path)
+    targets = {t["name"]: t for t in doc["targets"]}
+    assert targets["claim latency p95, 8 annotators"]["met"] is None  # not judged when quick
+    assert targets["every item labeled exactly twice"]["met"] is True
+    assert doc["data"]["labels"] == 800 and doc["data"]["labels_per_s"] > 0
 
 
 def test_label_efficiency_encoder_variant_reports_beside_the_cnn(bench, monkeypatch):

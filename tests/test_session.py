@@ -1013,6 +1013,7 @@ def test_auto_strategy_names_its_regime_in_the_round_history(ds):
     more = ds.ids[:12].tolist()
     s.label(more, oracle(ds, more))
     s.train(block=True)
-    s.query(4)  # 12+ labels of 3 classes, a model: margin
+    picked = s.query(4)  # 12+ labels of 3 classes, a model: margin
     assert [r.strategy for r in s.store.rounds()] == ["auto (coverage)", "auto (margin)"]
+    assert s.explain(picked[:1])[0]["strategy"] == "auto (margin)"  # the "why" card's regime
     s.close()

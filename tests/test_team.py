@@ -108,6 +108,31 @@ def test_bad_urls_and_credentials_never_show_the_password(cluster, url):
     q.close()
 
 
+def test_training_labels_follow_the_rule_and_adjudication_wins(url):
+    a, b, c = (queue(url, w, overlap=3) for w in ("ann", "bo", "cy"))
+    a.add_items(range(4))
+    for q, labels in ((a, "cat dog cat"), (b, "cat cat cat"), (c, "dog _ cat")):
+        for item, lab in enumerate(labels.split()):
+            if lab != "_":
+                q.label(item, lab)
+    # item 0: cat, cat, dog; item 1: dog, cat (a tie); item 2: cat x3; item 3: no labels
+    assert a.training_labels("first") == {0: "cat", 1: "dog", 2: "cat"}
+    assert a.training_labels("majority") == {0: "cat", 2: "cat"}  # the tie waits
+    assert a.training_labels("adjudicated") == {2: "cat"}  # only agreement counts
+    assert a.disagreements() == {0: [("ann", "cat"), ("bo", "cat"), ("cy", "dog")],
+                                 1: [("ann", "dog"), ("bo", "cat")]}  # fmt: skip
+    c.adjudicate(1, "dog")
+    c.adjudicate(1, "cat")  # the newest decision counts
+    assert a.training_labels("majority") == {0: "cat", 1: "cat", 2: "cat"}
+    assert a.training_labels("first")[1] == "cat" and 1 not in a.disagreements()
+    with pytest.raises(ValueError, match="'rule'"):
+        a.training_labels("vote")
+    with pytest.raises(ValueError, match="'item'"):
+        a.adjudicate(99, "cat")
+    for q in (a, b, c):
+        q.close()
+
+
 @pytest.mark.slow
 def test_eight_annotators_two_killed_and_a_server_restart_lose_nothing(cluster, url, tmp_path):
     """8 annotator processes on 2,000 items with overlap 2 and random think times; 2 are
