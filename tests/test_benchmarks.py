@@ -253,9 +253,11 @@ def test_team_benchmark_runs_quick_and_writes_its_report(tmp_path):
         pytest.skip(f"needs PostgreSQL: {_pg.problem()}")
     doc = _run_quick("team", ["--quick", "--results", str(tmp_path)], tmp_path)
     targets = {t["name"]: t for t in doc["targets"]}
-    assert targets["claim latency p95, 8 annotators"]["met"] is None  # not judged when quick
+    claim = targets["claim latency p95, 8 annotators (50 ms think time)"]
+    assert claim["met"] is None  # not judged when quick
     assert targets["every item labeled exactly twice"]["met"] is True
-    assert doc["data"]["labels"] == 800 and doc["data"]["labels_per_s"] > 0
+    busy, paced = doc["data"]["busy"], doc["data"]["paced"]
+    assert (busy["labels"], paced["labels"]) == (800, 200) and busy["rate"] > 0
 
 
 def test_label_efficiency_encoder_variant_reports_beside_the_cnn(bench, monkeypatch):
