@@ -106,6 +106,7 @@ def run_query(
     device: Any,
     ensemble_size: int | None = None,
     model: Any = None,
+    n_labeled: int | None = None,
 ) -> Query:
     """Pick ``n`` unmasked samples with strategy ``name`` (``cold_start`` while no model
     exists and it needs one), seeded by ``(seed, rnd)``.
@@ -114,7 +115,9 @@ def run_query(
     cold start stands in for it), with :func:`~dal_widgets.strategies.unusable_reason`'s
     reason: from the data (``dataset.multi_label``), the training (``ensemble_size``, the
     TrainConfig's; None: not checked here) and the model the query will use (``model``; None
-    before the first fit, when nothing about the model is checked yet).
+    before the first fit, when nothing about the model is checked yet). ``n_labeled``: the
+    labels there are (``mask`` also holds skipped and excluded samples), for ``auto``.
+
     """
     strategy = _strategies.get(name)
     check_usable(strategy.name, where, dataset=dataset, ensemble_size=ensemble_size, model=model)
@@ -125,6 +128,9 @@ def run_query(
         )
     n = check_int(n, "n", where, lo=1, hi=available)
     used = _strategies.get(cold_start) if strategy.needs_model and not have_model else strategy
+    params = {}
+    if used.name == "auto":  # its regime counts labels, not skips or exclusions
+        params["n_labeled"] = int(mask.sum()) if n_labeled is None else n_labeled
     t0 = time.perf_counter()
     arrays = compute(used.arrays_for(have_model))
     t1 = time.perf_counter()
@@ -136,11 +142,12 @@ def run_query(
         device=device,
         return_scores=True,
         **arrays,
+        **params,
     )
     t2 = time.perf_counter()
     label = used.name if used is strategy else f"{used.name} (cold start for {strategy.name})"
     if used.name == "auto":  # the regime it was in: coverage or margin
         probs = arrays.get("probs")
-        label = f"auto ({regime(int(mask.sum()), None if probs is None else probs.shape[1])})"
+        label = f"auto ({regime(params['n_labeled'], None if probs is None else probs.shape[1])})"
     ids = [dataset.python_id(i) for i in dataset.ids[picks]]
     return Query(rnd, ids, picks, label, scores, t1 - t0, t2 - t1, arrays)

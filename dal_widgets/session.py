@@ -113,7 +113,11 @@ class Session:
         self.seed = check_int(seed, "seed", where, lo=0)
         self.strategy = strategy or ("multilabel_entropy" if dataset.multi_label else "entropy")
         self.cold_start = cold_start
-        _strategies.get(cold_start)
+        if _strategies.get(cold_start).needs_model:
+            raise param_error(
+                "cold_start", where, "a strategy that needs no model (random, typiclust, "
+                "probcover, auto)", cold_start,
+            )  # fmt: skip
         self.device = resolve_device(device, where)
         default = TrainConfig() if encoder is None else HEAD_CONFIG
         self.train_config = (train_config or default).validated(
@@ -315,6 +319,7 @@ class Session:
     def add_class(self, name: str) -> None:
         """Add a class. Models trained from now on have one more output."""
         self.store.add_class(name)
+        self._label_epoch += 1  # a fit from now on has one more class: not the running one's
         self._events.emit("class_added", name=name)
 
     # ------------------------------------------------------------------ querying
@@ -360,6 +365,7 @@ class Session:
                 seed=self.seed,
                 rnd=self.round + 1,
                 device=self.device,
+                n_labeled=len(self.store.labels),
             )
             version = None if snapshot is None else snapshot.version.version
             scores = None if q.scores is None else q.scores[q.positions]

@@ -34,6 +34,7 @@ import json
 import os
 import re
 import time
+import uuid
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, TypeVar
 
@@ -63,18 +64,20 @@ CREATE TABLE IF NOT EXISTS dal_labels (
     UNIQUE (project, item_id, annotator));
 CREATE TABLE IF NOT EXISTS dal_decisions (
     seq bigserial PRIMARY KEY, project text NOT NULL, item_id text NOT NULL,
-    adjudicator text NOT NULL, label text NOT NULL, at timestamptz NOT NULL DEFAULT now());
+    adjudicator text NOT NULL, label text NOT NULL, at timestamptz NOT NULL DEFAULT now(),
+    token text NOT NULL UNIQUE);
 """
 
 #: How an item's training label comes from its labels (see :meth:`TeamQueue.training_labels`).
 RULES = ("first", "majority", "adjudicated")
 
-# Per item: its labels' counts, the most common label when one leads (NULL on a tie), the
-# first label given, whether all labels agree, and the newest adjudication decision.
+# Per item with labels or a decision: the most common label when one leads (NULL on a tie),
+# the first label given, whether all labels agree, the newest decision, and whether the item
+# has all its labels.
 _TALLY = """
 WITH c AS (
-    SELECT item_id, label, count(*) AS n, min(seq) AS first_seq
-    FROM dal_labels WHERE project = %(p)s GROUP BY item_id, label),
+    SELECT item_id, label, count(*) AS n FROM dal_labels WHERE project = %(p)s
+    GROUP BY item_id, label),
 r AS (
     SELECT c.*, rank() OVER (PARTITION BY item_id ORDER BY n DESC) AS rk,
            count(*) OVER (PARTITION BY item_id) AS kinds FROM c),
@@ -87,9 +90,11 @@ firsts AS (
 d AS (
     SELECT DISTINCT ON (item_id) item_id, label FROM dal_decisions
     WHERE project = %(p)s ORDER BY item_id, seq DESC)
-SELECT top.item_id, CASE WHEN top.leaders = 1 THEN top.label END, firsts.label,
-       top.kinds = 1, d.label
-FROM top JOIN firsts USING (item_id) LEFT JOIN d USING (item_id)
+SELECT i.item_id, CASE WHEN top.leaders = 1 THEN top.label END, firsts.label,
+       top.kinds = 1, d.label, i.done >= i.needed
+FROM dal_items i LEFT JOIN top USING (item_id) LEFT JOIN firsts USING (item_id)
+    LEFT JOIN d USING (item_id)
+WHERE i.project = %(p)s AND (top.item_id IS NOT NULL OR d.item_id IS NOT NULL)
 """
 
 T = TypeVar("T")
@@ -103,6 +108,17 @@ def redact(text: str) -> str:
     """``text`` with the password of any connection URL or ``password=`` setting in it hidden."""
     text = re.sub(r"([a-z][\w+.-]*://[^:/@\s]*:)[^@\s]*@", r"\1***@", text, flags=re.I)
     return re.sub(r"(password\s*=\s*)('[^']*'|\S+)", r"\1***", text, flags=re.IGNORECASE)
+
+
+def _secrets(url: str) -> set[str]:
+    """The password of ``url`` as written and decoded (empty when it has none)."""
+    from urllib.parse import unquote, urlsplit
+
+    try:
+        raw = urlsplit(url).netloc.rpartition("@")[0].partition(":")[2]
+    except ValueError:
+        return set()
+    return {v for v in (raw, unquote(raw)) if v}
 
 
 def _key(item: Any) -> str:
@@ -153,8 +169,13 @@ class TeamQueue:
                     f"{where} needs a PostgreSQL URL: pass url= or set DAL_POSTGRES_URL."
                 )
         if not isinstance(url, str) or not url.startswith(("postgresql://", "postgres://")):
-            shown = redact(url) if isinstance(url, str) else url
-            raise param_error("url", where, "a 'postgresql://...' URL", shown)
+            # Never the value itself: whatever it is, it may hold a password.
+            scheme = url.partition("://")[0] if isinstance(url, str) and "://" in url else None
+            shown = f"a {scheme}:// URL" if scheme else f"a {type(url).__name__}"
+            raise ValueError(
+                f"The 'url' parameter of {where} must be a 'postgresql://...' URL. "
+                f"Got {shown} instead."
+            )
         for name, value in (("project", project), ("annotator", annotator)):
             if not isinstance(value, str) or not value.strip():
                 raise param_error(name, where, "a non-empty string", value)
@@ -163,13 +184,14 @@ class TeamQueue:
         self.lease_seconds = check_real(lease_seconds, "lease_seconds", where, lo=0.1)
         self.reconnect_seconds = check_real(reconnect_seconds, "reconnect_seconds", where, lo=0)
         self._url = url
+        self._secrets = _secrets(url)
         self._conn: Any = None
         self._call(self._setup, retry=False)  # a wrong URL or password fails at once
 
     # ------------------------------------------------------------------ connection
     def __repr__(self) -> str:
         return (
-            f"TeamQueue({redact(self._url)!r}, project={self.project!r}, "
+            f"TeamQueue({self._hide(self._url)!r}, project={self.project!r}, "
             f"annotator={self.annotator!r}, overlap={self.overlap})"
         )
 
@@ -181,9 +203,22 @@ class TeamQueue:
                 self._conn = psycopg.connect(self._url, connect_timeout=5)
             except psycopg.OperationalError as exc:
                 raise ConnectionError(
-                    f"TeamQueue could not connect to {redact(self._url)}: {redact(str(exc))}"
+                    f"TeamQueue could not connect to {self._hide(self._url)}: "
+                    f"{self._hide(str(exc))}"
+                ) from None
+            except psycopg.Error:  # a URL libpq cannot parse: its text may quote the password
+                raise ValueError(
+                    "The 'url' parameter of TeamQueue must be a valid PostgreSQL URL. "
+                    f"Got {self._hide(self._url)} instead, which libpq cannot parse."
                 ) from None
         return self._conn
+
+    def _hide(self, text: str) -> str:
+        """``text`` with this URL's password hidden, however it was spelled."""
+        text = redact(text)
+        for secret in self._secrets:
+            text = text.replace(secret, "***")
+        return text
 
     def _call(self, op: Callable[[Any], T], *, retry: bool = True) -> T:
         """Run ``op(connection)`` in one transaction, retrying on a lost connection."""
@@ -202,10 +237,10 @@ class TeamQueue:
                 self._conn = None
                 if time.monotonic() >= deadline:
                     if not retry:
-                        raise ConnectionError(redact(str(exc))) from None
+                        raise ConnectionError(self._hide(str(exc))) from None
                     raise ConnectionError(
-                        f"TeamQueue lost the server at {redact(self._url)} and could not get it "
-                        f"back in {self.reconnect_seconds:g} s: {redact(str(exc))}"
+                        f"TeamQueue lost the server at {self._hide(self._url)} and could not get "
+                        f"it back in {self.reconnect_seconds:g} s: {self._hide(str(exc))}"
                     ) from None
                 time.sleep(pause)
                 pause = min(pause * 2, 1.0)
@@ -271,6 +306,12 @@ class TeamQueue:
         values = [float(v) for v in priorities.values()]
 
         def op(conn: Any) -> None:
+            # The rows' locks in item order first, as heartbeat takes them: no deadlock.
+            conn.execute(
+                "SELECT 1 FROM dal_items WHERE project = %s AND item_id = ANY(%s) "
+                "ORDER BY item_id FOR UPDATE",
+                (self.project, keys),
+            )
             conn.execute(
                 "UPDATE dal_items i SET priority = v.p FROM "
                 "(SELECT unnest(%s::text[]) AS id, unnest(%s::float8[]) AS p) v "
@@ -292,11 +333,16 @@ class TeamQueue:
             locked = [
                 r[0]
                 for r in conn.execute(
-                    "SELECT item_id FROM dal_items i WHERE project = %s AND done < needed "
+                    "SELECT item_id FROM dal_items i WHERE project = %(p)s AND done < needed "
                     "AND NOT EXISTS (SELECT 1 FROM dal_labels l WHERE l.project = i.project "
-                    "AND l.item_id = i.item_id AND l.annotator = %s) "
-                    "ORDER BY priority DESC, item_id LIMIT %s FOR UPDATE SKIP LOCKED",
-                    (project, me, 3 * n + 8),
+                    "AND l.item_id = i.item_id AND l.annotator = %(me)s) "
+                    # Unlocked here, so only a filter (step 2 counts again): without it, items
+                    # whose slots others hold fill the window and a claim comes back short.
+                    "AND i.done + (SELECT count(*) FROM dal_leases s WHERE s.project = "
+                    "i.project AND s.item_id = i.item_id AND s.annotator <> %(me)s "
+                    "AND s.expires > clock_timestamp()) < i.needed "
+                    "ORDER BY priority DESC, item_id LIMIT %(k)s FOR UPDATE SKIP LOCKED",
+                    {"p": project, "me": me, "k": 3 * n + 8},
                 )
             ]
             if not locked:
@@ -393,6 +439,8 @@ class TeamQueue:
         me, project = self.annotator, self.project
 
         def op(conn: Any) -> None:
+            # Acknowledged means on disk, whatever the server's default.
+            conn.execute("SET LOCAL synchronous_commit = on")
             row = conn.execute(
                 "SELECT done, needed FROM dal_items WHERE project = %s AND item_id = %s FOR UPDATE",
                 (project, key),
@@ -460,9 +508,10 @@ class TeamQueue:
         out). An adjudication decision (:meth:`adjudicate`) always wins; otherwise:
 
         - ``"first"``: the first label given;
-        - ``"majority"``: the most common label; a tie waits for adjudication;
-        - ``"adjudicated"``: only labels everyone agreed on; any disagreement waits for
-          adjudication.
+        - ``"majority"``: once the item has its ``overlap`` labels, the most common one; a
+          tie waits for adjudication;
+        - ``"adjudicated"``: once the item has its ``overlap`` labels, only a label everyone
+          gave; any disagreement waits for adjudication.
         """
         if rule not in RULES:
             raise param_error(
@@ -470,10 +519,15 @@ class TeamQueue:
             )
         rows = self._call(lambda conn: conn.execute(_TALLY, {"p": self.project}).fetchall())
         out = {}
-        for item, majority, first, unanimous, decided in rows:
-            pick = decided or {"first": first, "majority": majority}.get(rule)
-            if pick is None and rule == "adjudicated" and unanimous:
+        for item, majority, first, unanimous, decided, complete in rows:
+            if decided is not None:
+                pick = decided
+            elif rule == "first":
                 pick = first
+            elif not complete:  # majority and adjudicated wait for all of an item's labels
+                pick = None
+            else:
+                pick = majority if rule == "majority" else (first if unanimous else None)
             if pick is not None:
                 out[json.loads(item)] = pick
         return out
@@ -503,6 +557,7 @@ class TeamQueue:
         if not isinstance(label, str) or not label:
             raise param_error("label", "TeamQueue.adjudicate", "a class name", label)
         key = _key(item)
+        token = uuid.uuid4().hex  # one per call: a retry after a lost commit is not a new row
 
         def op(conn: Any) -> None:
             known = conn.execute(
@@ -512,9 +567,9 @@ class TeamQueue:
             if known is None:
                 raise param_error("item", "TeamQueue.adjudicate", "an item of the queue", item)
             conn.execute(
-                "INSERT INTO dal_decisions (project, item_id, adjudicator, label) "
-                "VALUES (%s, %s, %s, %s)",
-                (self.project, key, self.annotator, label),
+                "INSERT INTO dal_decisions (project, item_id, adjudicator, label, token) "
+                "VALUES (%s, %s, %s, %s, %s) ON CONFLICT (token) DO NOTHING",
+                (self.project, key, self.annotator, label, token),
             )
 
         self._call(op)

@@ -116,6 +116,7 @@ def test_bad_input_is_named(session, ds, call, exc, match):
         ({"model": "big"}, ValueError, "'model'"),
         ({"strategy": "nope"}, KeyError, "Unknown strategy"),
         ({"train_config": TrainConfig(steps=0)}, ValueError, "'steps'"),
+        ({"cold_start": "margin"}, ValueError, "'cold_start'"),  # needs the model it lacks
     ],
 )
 def test_bad_session_arguments(ds, kwargs, exc, match):
@@ -1016,4 +1017,16 @@ def test_auto_strategy_names_its_regime_in_the_round_history(ds):
     picked = s.query(4)  # 12+ labels of 3 classes, a model: margin
     assert [r.strategy for r in s.store.rounds()] == ["auto (coverage)", "auto (margin)"]
     assert s.explain(picked[:1])[0]["strategy"] == "auto (margin)"  # the "why" card's regime
+    s.close()
+
+
+def test_auto_counts_labels_not_skips(ds):
+    s = dal.Session(ds, store=None, device="cpu", strategy="auto", retrain="manual",
+                    train_config=TrainConfig(steps=30))  # fmt: skip
+    ids = np.concatenate([ds.ids[ds.targets == c][:1] for c in range(3)]).tolist()
+    s.label(ids, oracle(ds, ids))
+    s.train(block=True)
+    s.skip([i for i in ds.ids[:40].tolist() if i not in ids])  # 3 labels, 30+ skips
+    s.query(2)
+    assert s.store.rounds()[-1].strategy == "auto (coverage)"  # 3 labels < 3 per class
     s.close()

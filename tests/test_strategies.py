@@ -1087,3 +1087,21 @@ def test_auto_covers_while_labels_are_few_then_takes_the_smallest_margins():
         picks.tolist()
         == strategies.select("typiclust", 1, features=x, labeled_mask=many, rng=0).tolist()
     )
+
+
+def test_optional_arrays_refuse_only_what_the_data_cannot_give(monkeypatch):
+    from dal_widgets.strategies._registry import _REGISTRY
+
+    monkeypatch.setitem(_REGISTRY, "_optional_committee", None)  # removed again at the end
+
+    @strategies.register("_optional_committee", needs={"probs"}, optional={"member_probs"},
+                         replace=True)  # fmt: skip
+    def _optional_committee(probs, member_probs=None):
+        """A test strategy (Settles 2009)."""
+        return probs.max(1)
+
+    assert (
+        strategies.unusable_reason("_optional_committee", multi_label=False, ensemble_size=1)
+        is None
+    )
+    assert "multi-label" in strategies.unusable_reason("auto", multi_label=True, ensemble_size=1)

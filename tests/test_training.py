@@ -932,3 +932,12 @@ def test_spreading_follows_the_graph_and_large_pools_use_a_subset():
     assert small.matches(x, 7, 300, torch.device("cpu")) and not small.matches(
         x.copy(), 7, 300, torch.device("cpu")
     )
+
+
+def test_a_graph_build_stops_when_its_fit_is_cancelled():
+    from dal_widgets.training._spreading import SpreadCancelled, SpreadGraph
+
+    stop = threading.Event()
+    stop.set()
+    with pytest.raises(SpreadCancelled):
+        SpreadGraph(np.zeros((50, 3), np.float32), 7, 100, torch.device("cpu"), stop=stop)

@@ -49,13 +49,22 @@ def auto(
     probs: np.ndarray | None = None,
     device: Any = None,
     per_class: int = PER_CLASS,
+    n_labeled: int | None = None,
 ):
     """Budget-aware: TypiClust on the inputs while fewer than ``per_class`` labels per class
     exist (or no model does), then the smallest margins (Hacohen et al., ICML 2022, then
-    Scheffer et al., IDA 2001; see the module's notes)."""
-    per_class = check_int(per_class, "per_class", "strategies.select('auto')", lo=0)
+    Scheffer et al., IDA 2001; see the module's notes). ``n_labeled``: the labels there are
+    (a session passes it: ``labeled_mask`` also marks skipped and excluded samples); default
+    ``labeled_mask.sum()``."""
+    where = "strategies.select('auto')"
+    per_class = check_int(per_class, "per_class", where, lo=0)
+    labeled = (
+        int(labeled_mask.sum())
+        if n_labeled is None
+        else check_int(n_labeled, "n_labeled", where, lo=0)
+    )
     n_classes = None if probs is None else int(probs.shape[1])
-    if regime(int(labeled_mask.sum()), n_classes, per_class) == "coverage":
+    if regime(labeled, n_classes, per_class) == "coverage":
         return typiclust(
             n,
             candidates=candidates,

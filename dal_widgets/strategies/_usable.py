@@ -67,8 +67,10 @@ def _facts(
 
 
 def _reason(strategy: Strategy, facts: dict[str, Any]) -> str | None:
-    # Optional arrays too: a session computes them whenever it can (auto's probs).
-    wanted = strategy.needs | strategy.optional
+    # An optional softmax array too on multi-label data: a session computes optional arrays
+    # whenever it has a model (auto's probs), and a multi-label model has no softmax.
+    optional = {a for a in strategy.optional if facts["multi_label"] and a in _PROB_ARRAYS}
+    wanted = strategy.needs | optional
     for array in ARRAYS:  # a fixed order, so the reason does not change between runs
         if array in wanted:
             problem = _array_problem(array, **facts)

@@ -94,7 +94,9 @@ class TrainConfig:
         encoder's embeddings, else the flattened inputs) once per pool. It is what makes a
         few dozen labels count on data whose neighbours share classes: on digits, 20 labels
         give about 0.94 (``benchmarks/label_efficiency.py``). Single-label data only; not
-        together with ``pseudo_labels`` or ``early_stopping``.
+        together with ``pseudo_labels`` or ``early_stopping``. The pool joins the labels, so
+        ``min_epochs`` counts passes over both: keep it at 1 with large pools. Every sample
+        the spreading reached is a target, skipped ones included.
     spread_neighbors : int
         k of the graph (each sample's k nearest neighbours, made symmetric).
     spread_max_pool : int
@@ -162,7 +164,7 @@ class TrainConfig:
     def _check_spreading(self, where: str, multi_label: bool) -> None:
         from dal_widgets._checks import param_error
 
-        if not isinstance(self.label_spreading, bool):
+        if not isinstance(self.label_spreading, (bool, np.bool_)):
             raise param_error(
                 "label_spreading", where, "True or False", self.label_spreading, TypeError
             )

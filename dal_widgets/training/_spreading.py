@@ -8,7 +8,10 @@ it is built once per pool and kept (:class:`SpreadGraph`); each fit only iterate
 
 Large pools: the graph covers a fixed random subset of ``max_nodes`` samples (the labeled ones
 outside it join it through their own nearest neighbours in it, per fit), so building it costs
-at most ``max_nodes**2 * D`` multiply-adds once, and memory is ``O(max_nodes * k)``.
+at most ``max_nodes**2 * D`` multiply-adds once. What is kept is ``O(max_nodes * k)`` (the
+neighbours), plus, for a subset, its inputs on the CPU (``max_nodes * D`` floats) to connect
+labeled samples outside it. The build checks a stop event between chunks, so cancelling a
+fit does not wait for it.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["SpreadGraph", "knn", "spread"]
+__all__ = ["SpreadCancelled", "SpreadGraph", "knn", "spread"]
 
 # Rows of the distance matrix computed at once: bounds memory to _CHUNK * nodes floats.
 _CHUNK = 1024
@@ -29,13 +32,27 @@ def _flat(x: Any, device: torch.device) -> torch.Tensor:
     return t.reshape(t.shape[0], -1)
 
 
-def knn(queries: torch.Tensor, points: torch.Tensor, k: int, *, self_rows: bool) -> torch.Tensor:
+class SpreadCancelled(Exception):
+    """The graph's build saw its stop event."""
+
+
+def knn(
+    queries: torch.Tensor,
+    points: torch.Tensor,
+    k: int,
+    *,
+    self_rows: bool,
+    stop: Any = None,
+) -> torch.Tensor:
     """The ``k`` nearest rows of ``points`` for each row of ``queries`` (Euclidean), as an
     (M, k) tensor of row numbers; ``self_rows``: the queries are ``points`` itself, and a
-    row is not its own neighbour."""
+    row is not its own neighbour. ``stop``: an event checked between chunks
+    (:class:`SpreadCancelled` when set)."""
     sq_p = (points * points).sum(1)
     out = torch.empty(queries.shape[0], k, dtype=torch.long, device=points.device)
     for start in range(0, queries.shape[0], _CHUNK):
+        if stop is not None and stop.is_set():
+            raise SpreadCancelled
         q = queries[start : start + _CHUNK]
         d2 = (q * q).sum(1, keepdim=True) - 2.0 * q @ points.T + sq_p
         if self_rows:
@@ -96,7 +113,13 @@ class SpreadGraph:
     """The k-NN graph of one pool (or of a fixed subset of it), built once and reused."""
 
     def __init__(
-        self, pool: Any, k: int, max_nodes: int, device: torch.device, seed: int = 0
+        self,
+        pool: Any,
+        k: int,
+        max_nodes: int,
+        device: torch.device,
+        seed: int = 0,
+        stop: Any = None,
     ) -> None:
         self.pool = pool  # kept: identifies the pool (its id is only unique while it lives)
         self.k = k
@@ -108,9 +131,11 @@ class SpreadGraph:
             self.nodes = np.sort(pick)
         else:
             self.nodes = np.arange(n)
-        self.x = _flat(pool[self.nodes] if n > max_nodes else pool, device)
+        x = _flat(pool[self.nodes] if n > max_nodes else pool, device)
         self.k_eff = min(k, len(self.nodes) - 1)
-        self.neighbours = knn(self.x, self.x, self.k_eff, self_rows=True)
+        self.neighbours = knn(x, x, self.k_eff, self_rows=True, stop=stop)
+        # Only a subset needs its inputs again (labeled samples outside it join per fit).
+        self.x = x.cpu() if n > max_nodes else None
 
     def matches(self, pool: Any, k: int, max_nodes: int, device: torch.device) -> bool:
         """Whether this graph is the one for these settings (the same pool object)."""
@@ -137,7 +162,9 @@ class SpreadGraph:
         rows = torch.arange(n_base, device=self.device).repeat_interleave(m)
         edges = torch.stack([rows, self.neighbours.reshape(-1)])
         if outside.size:
-            extra = knn(_flat(self.pool[outside], self.device), self.x, self.k_eff, self_rows=False)
+            assert self.x is not None  # only a subset has samples outside it
+            queries = _flat(self.pool[outside], torch.device("cpu"))
+            extra = knn(queries, self.x, self.k_eff, self_rows=False).to(self.device)
             new = torch.arange(n_base, n_base + outside.size, device=self.device)
             edges = torch.cat(
                 [edges, torch.stack([new.repeat_interleave(m), extra.reshape(-1)])], 1

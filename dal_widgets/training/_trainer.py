@@ -34,7 +34,7 @@ from dal_widgets.training._fit import Callback, EarlyStopping, FitResult, FitSta
 from dal_widgets.training._inference import predict
 from dal_widgets.training._models import classifier_layer
 from dal_widgets.training._omp import thread_threads
-from dal_widgets.training._spreading import SpreadGraph
+from dal_widgets.training._spreading import SpreadCancelled, SpreadGraph
 
 __all__ = ["ModelVersion", "Snapshot", "Trainer", "TrainingSet", "weights_key"]
 
@@ -299,6 +299,7 @@ class Trainer:
             thread.join(timeout=timeout)
         _LIVE.discard(self)
         self.current = None
+        self._graph = None
 
     @property
     def model(self) -> nn.Module | None:
@@ -471,9 +472,13 @@ class Trainer:
         if graph is None or not graph.matches(
             pool, cfg.spread_neighbors, cfg.spread_max_pool, self.device
         ):
-            graph = self._graph = SpreadGraph(
-                pool, cfg.spread_neighbors, cfg.spread_max_pool, self.device
-            )
+            try:
+                graph = self._graph = SpreadGraph(
+                    pool, cfg.spread_neighbors, cfg.spread_max_pool, self.device,
+                    stop=self._fit_cancel,
+                )  # fmt: skip
+            except SpreadCancelled:  # the fit is cancelled: it will see so at once
+                return X, y
         pos, cls = graph.labels(data.positions, y.cpu().numpy(), data.n_classes)
         self.pseudo_label_count = int(pos.size)
         if pos.size == 0:
