@@ -60,6 +60,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import subprocess
 import sys
 import time
@@ -597,6 +598,7 @@ def build_report(args, records: list[dict], seconds: float) -> Report:
         + (" with the library's default TrainConfig()" if defaults_only(args) else "")
         + (f" with frozen {encoder} features and the default head" if encoder else "")
         + (", cold start (no initial labels)" if getattr(args, "cold_start", False) else ""),
+        + (f", the {args.tag} rows" if getattr(args, "tag", None) else ""),
         command=" ".join(
             ["python", "benchmarks/label_efficiency.py"]
             + [a for a in sys.argv[1:] if a != "--report-only"]
@@ -780,6 +782,8 @@ def report_name(args) -> str:
     encoder = getattr(args, "encoder", None)
     if encoder:
         name += f"_{ENCODERS.get(encoder, encoder)}"
+    if getattr(args, "tag", None):
+        name += f"_{args.tag}"
     return name + ("_quick" if args.quick else "")
 
 
@@ -855,10 +859,18 @@ def main() -> None:
         action="store_true",
         help="no balanced initial labels: the first batch is each strategy's own (issue 16)",
     )
+    parser.add_argument(
+        "--tag",
+        default=None,
+        help="a suffix for the results' names, so a run of a few rows sits beside the full "
+        "table instead of replacing it (e.g. --tag spread -> label_efficiency_spread)",
+    )
     parser.add_argument("--quick", action="store_true", help="random and margin, 1 seed, 60 labels")
     args = parser.parse_args()
     if args.encoder and args.train_config != "tuned":
         parser.error("--train-config sets the CNN's schedule; with --encoder the head's is used")
+    if args.tag is not None and not re.fullmatch(r"[a-z0-9_]+", args.tag):
+        parser.error(f"--tag must be lowercase letters, digits and '_'; got {args.tag!r}")
 
     proto = protocol(args)
     if args.quick:

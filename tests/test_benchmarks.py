@@ -122,6 +122,8 @@ def test_label_efficiency_names_its_results_by_dataset_and_schedule(bench):
     assert le.report_name(args) == "label_efficiency_digits"  # digits has one schedule
     args.cold_start = True
     assert le.report_name(args) == "label_efficiency_digits_coldstart"
+    args.tag = "spread"  # a few rows beside the full table
+    assert le.report_name(args) == "label_efficiency_digits_coldstart_spread"
     config = le.train_config("mnist", "", which="tuned")
     assert (config.steps, config.batch_size, config.min_epochs) == (300, 32, 100)
     from dal_widgets.training import TrainConfig
