@@ -97,6 +97,16 @@ FROM dal_items i LEFT JOIN top USING (item_id) LEFT JOIN firsts USING (item_id)
 WHERE i.project = %(p)s AND (top.item_id IS NOT NULL OR d.item_id IS NOT NULL)
 """
 
+# Item ``i`` can be leased to annotator ``%(me)s``: they have not labeled it, and its labels
+# plus the live leases of others leave a slot (claim uses it to pre-filter, then to decide).
+_OPEN_TO_ME = (
+    "NOT EXISTS (SELECT 1 FROM dal_labels l WHERE l.project = i.project "
+    "AND l.item_id = i.item_id AND l.annotator = %(me)s) "
+    "AND i.done + (SELECT count(*) FROM dal_leases s WHERE s.project = i.project "
+    "AND s.item_id = i.item_id AND s.annotator <> %(me)s "
+    "AND s.expires > clock_timestamp()) < i.needed"
+)
+
 T = TypeVar("T")
 
 
@@ -333,15 +343,11 @@ class TeamQueue:
             locked = [
                 r[0]
                 for r in conn.execute(
-                    "SELECT item_id FROM dal_items i WHERE project = %(p)s AND done < needed "
-                    "AND NOT EXISTS (SELECT 1 FROM dal_labels l WHERE l.project = i.project "
-                    "AND l.item_id = i.item_id AND l.annotator = %(me)s) "
                     # Unlocked here, so only a filter (step 2 counts again): without it, items
                     # whose slots others hold fill the window and a claim comes back short.
-                    "AND i.done + (SELECT count(*) FROM dal_leases s WHERE s.project = "
-                    "i.project AND s.item_id = i.item_id AND s.annotator <> %(me)s "
-                    "AND s.expires > clock_timestamp()) < i.needed "
-                    "ORDER BY priority DESC, item_id LIMIT %(k)s FOR UPDATE SKIP LOCKED",
+                    "SELECT item_id FROM dal_items i WHERE project = %(p)s AND done < needed "
+                    f"AND {_OPEN_TO_ME} ORDER BY priority DESC, item_id "
+                    "LIMIT %(k)s FOR UPDATE SKIP LOCKED",
                     {"p": project, "me": me, "k": 3 * n + 8},
                 )
             ]
@@ -352,14 +358,10 @@ class TeamQueue:
             free = [
                 r[0]
                 for r in conn.execute(
-                    "SELECT i.item_id FROM dal_items i WHERE i.project = %s "
-                    "AND i.item_id = ANY(%s) AND i.done + (SELECT count(*) FROM dal_leases s "
-                    "WHERE s.project = i.project AND s.item_id = i.item_id "
-                    "AND s.annotator <> %s AND s.expires > clock_timestamp()) < i.needed "
-                    "AND NOT EXISTS (SELECT 1 FROM dal_labels l WHERE l.project = i.project "
-                    "AND l.item_id = i.item_id AND l.annotator = %s) "
-                    "ORDER BY i.priority DESC, i.item_id LIMIT %s",
-                    (project, locked, me, me, n),
+                    "SELECT i.item_id FROM dal_items i WHERE i.project = %(p)s "
+                    f"AND i.item_id = ANY(%(ids)s) AND {_OPEN_TO_ME} "
+                    "ORDER BY i.priority DESC, i.item_id LIMIT %(n)s",
+                    {"p": project, "ids": locked, "me": me, "n": n},
                 )
             ]
             if free:

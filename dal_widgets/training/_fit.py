@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from dal_widgets._checks import check_int, check_real
+from dal_widgets._checks import check_int, check_real, param_error
 
 __all__ = [
     "Callback",
@@ -143,8 +143,6 @@ class TrainConfig:
         check_int(self.patience, "patience", where, lo=1)
         check_int(self.ensemble_size, "ensemble_size", where, lo=1, hi=50)
         check_int(self.deepfool_iters, "deepfool_iters", where, lo=1, hi=1000)
-        from dal_widgets._checks import param_error
-
         if self.precision not in ("auto", "fp32", "bf16", "fp16"):
             raise param_error(
                 "precision", where, "'auto', 'fp32', 'bf16' or 'fp16'", self.precision
@@ -162,8 +160,6 @@ class TrainConfig:
         return self
 
     def _check_spreading(self, where: str, multi_label: bool) -> None:
-        from dal_widgets._checks import param_error
-
         if not isinstance(self.label_spreading, (bool, np.bool_)):
             raise param_error(
                 "label_spreading", where, "True or False", self.label_spreading, TypeError

@@ -92,7 +92,7 @@ def spread(
         out = torch.zeros_like(y0).index_add_(0, dst, f[src] * w)
         return out.mul_(alpha).add_(y0, alpha=1 - alpha)
 
-    f = y0
+    f = y0.clone()  # filled in place below
     for _ in range(iters):
         f = step(f)
     # Nodes more than ``iters`` hops from every label (long chains): iterate on, and take

@@ -251,10 +251,12 @@ class Trainer:
                 and token == self._token
             ):
                 return  # the running fit already has exactly these labels
-            if self._pending and self._want is not None and token is not None:
+            if not self._pending:
+                self._want = token
+            elif self._want is not None and token is not None:
                 self._want = max(self._want, token)
             else:
-                self._want = token if not self._pending else None
+                self._want = None  # one of the queued requests asks for any fit
             self._pending = True
             if self._cancel.is_set():
                 self._cancel = threading.Event()
