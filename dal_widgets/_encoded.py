@@ -64,16 +64,26 @@ class ModelInputs:
         device: Any,
         on_progress: Callable[[dict[str, Any]], Any],
         on_ready: Callable[[], Any],
+        pretrain: bool = False,
     ) -> None:
         self.raw = dataset
         self.encoder = encoder
         self.job: Any = None
         self._view: Dataset | None = None
+        self._embedded = False  # whether _view holds the embeddings
         self._on_ready = on_ready
+        self._on_progress = on_progress
+        self._device = device
         self._settled = threading.Event()  # set once on_ready has run (or can never run)
+        #: A self-supervised encoder that still has to be pretrained: the raw inputs serve
+        #: the model until its embeddings exist, then ``on_switch`` swaps them in.
+        self.pretraining: Any = None
+        self.on_switch: Callable[[Callable[[], None]], Any] | None = None
         if encoder is None:
             self._view = dataset
             return
+        if pretrain:  # the raw inputs serve until the encoder is pretrained
+            self._view = dataset
         from dal_widgets.encoders import EmbeddingCache, EmbeddingJob, cache_root
 
         n_eval = dataset.n_eval
@@ -107,14 +117,29 @@ class ModelInputs:
         )
 
     def start(self) -> None:
-        """Start embedding in the background (precomputed arrays are ready at once)."""
-        if self.job is not None:
+        """Start embedding in the background (precomputed arrays are ready at once); a
+        self-supervised encoder is pretrained first, while the raw inputs serve."""
+        if self._view is self.raw and self.encoder is not None:
+            self._on_ready()  # the raw inputs are there: a saved model of them comes back
+            self.pretraining = self.encoder.pretrain(
+                self._device, wait=False, on_progress=self._pretrain_progress
+            )
+        elif self.job is not None:
             self.job.start()
         elif self.encoder is None:
             self._done()
         else:
             self._build(self.encoder.full("pool"), self.encoder.full("eval"))
             self._done()
+
+    def _pretrain_progress(self, progress: dict[str, Any]) -> None:
+        """On the pretraining thread: tell the views; once ready, embed the pool."""
+        self._on_progress(self.progress)
+        state = progress.get("state")
+        if state == "ready":
+            self.job.start()
+        elif state in ("error", "cancelled"):
+            self._settled.set()  # nothing more comes: waiters go on
 
     def _done(self) -> None:
         try:
@@ -126,8 +151,13 @@ class ModelInputs:
         """Block until the embeddings exist and the session has taken them in (its saved
         model restored); True then, False on timeout or when embedding failed or was
         cancelled (see :attr:`progress`)."""
+        start = time.monotonic()
+        if self.pretraining is not None:
+            if not self.pretraining.wait(timeout) or self.pretraining.failed:
+                return False
+            if timeout is not None:
+                timeout = max(0.0, timeout - (time.monotonic() - start))
         if self.job is not None:
-            start = time.monotonic()
             if not self.job.wait(timeout) or not self.job.ready:
                 return False
             if timeout is not None:
@@ -137,7 +167,7 @@ class ModelInputs:
     def _build(self, pool: np.ndarray, held: np.ndarray | None) -> None:
         """The embeddings exist (on the job's thread): the model's view of the dataset."""
         raw = self.raw
-        self._view = Dataset(
+        view = Dataset(
             pool,
             classes=raw.classes,
             kind="tabular",
@@ -151,22 +181,36 @@ class ModelInputs:
             multi_label=raw.multi_label,
         )
 
+        def apply() -> None:
+            self._view, self._embedded = view, True
+
+        if self._view is raw and self.on_switch is not None:
+            self.on_switch(apply)  # the session swaps them in while no fit or query runs
+        else:
+            apply()
+
     # ------------------------------------------------------------------ reading
     @property
     def ready(self) -> bool:
-        """Whether the model's inputs exist (always without an encoder)."""
+        """Whether the model's inputs exist (always without an encoder; the raw inputs while
+        a self-supervised encoder pretrains)."""
         return self._view is not None  # set only once every embedding exists
+
+    @property
+    def embedded(self) -> bool:
+        """Whether the model reads the encoder's embeddings (not the raw inputs)."""
+        return self._embedded
 
     @property
     def kind(self) -> str:
         """What the default model is built for: ``"embedding"`` under an encoder."""
-        return "embedding" if self.encoder is not None else self.raw.kind
+        return "embedding" if self._embedded else self.raw.kind
 
     @property
     def fingerprint(self) -> str:
         """What a saved model was trained on: the dataset's fingerprint, plus the encoder's id
         under an encoder (a head fits only the embeddings it was trained on)."""
-        if self.encoder is None:
+        if not self._embedded and (self.encoder is None or self._view is self.raw):
             return self.raw.fingerprint
         return f"{self.raw.fingerprint}+{self.encoder.id}"
 
@@ -174,7 +218,7 @@ class ModelInputs:
     def key(self) -> str:
         """What identifies :attr:`current` in caches (the map's): ``"features"`` for the raw
         inputs, the encoder's id once its embeddings are ready."""
-        return "features" if self.encoder is None or self._view is None else self.encoder.id
+        return self.encoder.id if self._embedded else "features"
 
     @property
     def current(self) -> Dataset:
@@ -210,6 +254,9 @@ class ModelInputs:
     @property
     def progress(self) -> dict[str, Any]:
         """``{"state": "ready"}`` without an encoder, else the embedding job's progress."""
+        pre = self.pretraining
+        if pre is not None and pre.progress.get("state") != "ready":
+            return {**pre.progress, "encoder": self.encoder.name}
         if self.job is None:
             return {"state": "ready"}
         return {**self.job.progress, "encoder": self.encoder.name}
@@ -219,9 +266,22 @@ class ModelInputs:
         p = self.progress
         state = p.get("state")
         if self.encoder is None or state == "ready":
+            pre = self.pretraining
+            if pre is not None and self._embedded:  # this session pretrained and switched
+                took = pre.progress.get("seconds")
+                took_text = "" if took is None else f" in {took:.0f} s"
+                return f"ready (pretrained on the pool{took_text}; the model switched to it)"
             return "ready"
         if state == "error":
-            return f"embedding failed: {p.get('error', '')}"
+            what = "pretraining" if "epochs" in p else "embedding"
+            return f"{what} failed: {p.get('error', '')}"
+        if "epochs" in p:  # a self-supervised encoder learns from the pool first
+            text = f"pretraining {self.encoder.name}: epoch {p.get('epoch', 0)}/{p['epochs']}"
+            if p.get("loss") is not None:
+                text += f", loss {p['loss']:.3f}"
+            if p.get("eta_s") is not None and state == "pretraining":
+                text += f", about {p['eta_s']:.0f} s left"
+            return text + ("" if state == "pretraining" else f" ({state})")
         done, total = p.get("done", 0), p.get("total", 0)
         rate, eta = p.get("rate"), p.get("eta_s")
         text = f"embedding with {self.encoder.name}: {done:,}/{total:,}"
@@ -232,5 +292,7 @@ class ModelInputs:
         return text
 
     def close(self) -> None:
+        if self.pretraining is not None:
+            self.pretraining.cancel()
         if self.job is not None:
             self.job.cancel()

@@ -119,10 +119,14 @@ class Session:
                 "probcover, auto)", cold_start,
             )  # fmt: skip
         self.device = resolve_device(device, where)
-        default = TrainConfig() if encoder is None else HEAD_CONFIG
+        # A self-supervised encoder still to be pretrained: the raw inputs and the default
+        # model serve until it is ready, then its head (see _switch_inputs).
+        pretrains = encoder is not None and not getattr(encoder, "ready", True)
+        default = TrainConfig() if encoder is None or pretrains else HEAD_CONFIG
         self.train_config = (train_config or default).validated(
             where + ".train_config", multi_label=dataset.multi_label
         )
+        self._head_config = train_config or HEAD_CONFIG  # after a pretrained encoder's switch
         self._models = ModelFactory(model, where)
         check_encoder(encoder, dataset, where)  # before the store is opened
         self._retrain = RetrainPolicy(retrain or ("batch" if encoder is None else "label"))
@@ -146,7 +150,9 @@ class Session:
             device=self.device,
             on_progress=lambda p: self._events.emit("embedding", progress=p),
             on_ready=self._on_inputs_ready,
+            pretrain=pretrains,
         )
+        self.inputs.on_switch = self._switch_inputs
         #: The newest query (None before the first in this process).
         self.last_query: Query | None = None
         self._notes = PickNotes()
@@ -187,15 +193,30 @@ class Session:
         self.inputs.start()  # at once without an encoder; in the background with one
 
     def _on_inputs_ready(self) -> None:
-        """The model's inputs exist (with an encoder: on the embedding thread, which must not
-        warn, so a saved model that cannot be loaded is only noted in its memory)."""
-        encoded = self.inputs.encoder is not None
+        """The model's inputs exist (embeddings: on the embedding thread, which must not warn,
+        so a saved model that cannot be loaded is only noted in its memory)."""
+        encoded = self.inputs.embedded
         if self.store.labels:  # the model kept beside the store, refitted if labels changed
             self._memory.restore_for(
                 self, self._new_model(), token=self._label_epoch, warn=not encoded
             )
         if encoded:
             self._events.emit("embedding", progress=self.inputs.progress)
+
+    def _switch_inputs(self, apply: Callable[[], None]) -> None:
+        """A self-supervised encoder is pretrained and has embedded the pool (on the embedding
+        thread): its embeddings replace the raw inputs while no fit or query runs, the raw
+        model goes, the head's config comes, and the round history records the switch."""
+
+        def swap() -> None:
+            with self._query_lock:  # after the fit lock: the order every path takes
+                apply()
+                self.train_config = self.arrays.config = self._head_config
+                self.arrays.clear()
+
+        self._trainer.switch(swap, self._head_config)
+        if not self.store.read_only:
+            self.store.update_round(encoder=self.inputs.encoder.id)
 
     # ------------------------------------------------------------------ configuration
     @property
@@ -552,10 +573,11 @@ class Session:
                 f"Session.evaluate needs a held-out split, and dataset {self.dataset.name!r} has none. "
                 "Load it with holdout=0.2 (a stratified fraction) or holdout=(X_eval, y_eval)."
             )
-        model, version = self.model, self.model_version
-        if model is None or version is None:
-            raise RuntimeError("No trained model yet: call train() (and wait()) first.")
-        data = self.inputs.dataset()
+        with self._query_lock:  # the model and its inputs, as one pair
+            model, version = self.model, self.model_version
+            if model is None or version is None:
+                raise RuntimeError("No trained model yet: call train() (and wait()) first.")
+            data = self.inputs.dataset()
         metrics = evaluate_model(model, data, config=self.train_config, device=self.device)
         result = {**metrics, "model_version": version.version, "n_labels": version.n_labels}
         if not self.store.read_only:

@@ -502,6 +502,8 @@ def simulate(
                 "seeds", where, "a positive count or a non-empty list of seeds", seeds
             )
     max_workers = check_executor(executor, max_workers, where)
+    if encoder is not None and not getattr(encoder, "ready", True):
+        encoder.pretrain(device)  # a self-supervised encoder: once, before any cell
     result = SimulationResult(budget=budget, initial=initial)
     shared = {
         "dataset": dataset,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -582,3 +583,154 @@ def test_a_bad_encoder_opens_no_store(tmp_path):
     with pytest.raises(TypeError, match="'encoder' parameter"):
         dal.Session(ds, store=str(tmp_path / "x.db"), encoder="resnet18")
     assert not list(tmp_path.iterdir())
+
+
+# ---------------------------------------------------------------------------- self-supervised
+def _ssl(ds, tmp_path, **kw):
+    settings = {"epochs": 2, "width": 8, "batch_size": 128, "cache_dir": tmp_path / "pre", **kw}
+    return dal.encoders.self_supervised(ds, **settings)
+
+
+def test_self_supervised_refuses_what_it_cannot_learn_from(tmp_path):
+    texts = dal.datasets.texts(["a b", "c d", "e f", "g h"], y=[0, 1, 0, 1])
+    with pytest.raises(TypeError, match=r"'dataset'.*sentence_transformer"):
+        dal.encoders.self_supervised(texts)
+    with pytest.raises(TypeError, match=r"'dataset'.*tabular rows are not supported"):
+        dal.encoders.self_supervised(_clusters(n=60))
+    ds = dal.datasets.digits()
+    with pytest.raises(ValueError, match=r"'method'.*\['simclr'\].*'byol'"):
+        dal.encoders.self_supervised(ds, method="byol")
+    with pytest.raises(ValueError, match="'epochs'"):
+        dal.encoders.self_supervised(ds, epochs=0)
+    with pytest.raises(ValueError, match="'temperature'"):
+        dal.encoders.self_supervised(ds, temperature=0)
+    with pytest.raises(TypeError, match="'cache_dir'"):
+        dal.encoders.self_supervised(ds, cache_dir=3)
+    enc = _ssl(ds, tmp_path)
+    with pytest.raises(EncoderError, match="not pretrained yet"):
+        enc.embed(ds, [0, 1])
+
+
+def test_self_supervised_pretrains_once_and_is_reused(tmp_path):
+    ds = dal.datasets.digits()
+    enc = _ssl(ds, tmp_path)
+    assert not enc.ready and enc.progress["state"] == "not started"
+    job = enc.pretrain("cpu")
+    assert enc.ready and job.progress["state"] == "ready" and job.progress["epoch"] == 2
+    meta = enc.meta
+    assert meta["epochs"] == 2 and len(meta["losses"]) == 2 and meta["seconds"] > 0
+    assert not (enc.folder / "checkpoint.pt").exists()  # only the final weights stay
+    emb = enc.embed(ds, np.arange(50))
+    assert emb.shape == (50, 32)  # 4 * width
+    np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, rtol=1e-5)
+    assert "ready" in repr(enc)
+
+    again = _ssl(ds, tmp_path)  # the same settings: the same id, the cached weights
+    assert again.id == enc.id and again.ready
+    t0 = time.perf_counter()
+    assert again.pretrain("cpu").progress.get("resumed_from") is None  # nothing trained
+    assert time.perf_counter() - t0 < 5
+    np.testing.assert_allclose(again.embed(ds, np.arange(50)), emb, atol=1e-6)
+    assert _ssl(ds, tmp_path, seed=1).id != enc.id  # other settings: another encoder
+    assert _ssl(ds, tmp_path, epochs=3).id != enc.id
+
+    # simulate pretrains a fresh encoder once, before its cells; every seed reuses it
+    fresh = _ssl(ds, tmp_path, width=4)
+    res = dal.simulate(
+        ds, ["margin"], initial=10, batch=10, budget=20, seeds=2, encoder=fresh,
+        baseline=None, device="cpu",
+    )  # fmt: skip
+    assert fresh.ready and {r["seed"] for r in res.records} == {0, 1}
+
+
+_PRETRAIN_CHILD = """
+import sys
+sys.path.insert(0, {repo!r})
+import dal_widgets as dal
+ds = dal.datasets.digits()
+enc = dal.encoders.self_supervised(ds, epochs=40, width=4, batch_size=256, cache_dir={cache!r})
+enc.pretrain("cpu")
+"""
+
+
+@pytest.mark.slow
+def test_pretraining_resumes_after_a_kill_with_the_same_result(tmp_path):
+    cache = tmp_path / "killed"
+    code = _PRETRAIN_CHILD.format(repo=str(REPO), cache=str(cache))
+    child = subprocess.Popen([sys.executable, "-c", code])
+    ckpts: list[Path] = []
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not ckpts:
+        ckpts = list(cache.glob("*/checkpoint.pt"))
+        time.sleep(0.05)
+    time.sleep(0.3)  # an epoch or two more
+    os.kill(child.pid, signal.SIGKILL)
+    child.wait(30)
+    assert ckpts, "the child wrote no checkpoint"
+    assert not list(cache.glob("*/encoder.pt")), "the child finished before the kill"
+
+    ds = dal.datasets.digits()
+    settings = {"epochs": 40, "width": 4, "batch_size": 256}
+    enc = dal.encoders.self_supervised(ds, cache_dir=cache, **settings)
+    job = enc.pretrain("cpu")
+    resumed = job.progress["resumed_from"]
+    assert 1 <= resumed < 40 and enc.meta["resumed_from"] == resumed
+    whole = dal.encoders.self_supervised(ds, cache_dir=tmp_path / "whole", **settings)
+    whole.pretrain("cpu")
+    assert whole.meta["resumed_from"] == 0
+    # The same batches, augmentations and optimizer state: the same weights as one run.
+    got = torch.load(enc.weights_path, weights_only=True)
+    want = torch.load(whole.weights_path, weights_only=True)
+    for name, tensor in want.items():
+        torch.testing.assert_close(got[name], tensor, rtol=1e-3, atol=1e-4, msg=name)
+
+
+def test_session_works_while_pretraining_then_switches(tmp_path):
+    ds = dal.datasets.digits()
+    enc = _ssl(ds, tmp_path, epochs=3)
+    seen: list[dict] = []
+    s = dal.Session(ds, store=str(tmp_path / "p.db"), encoder=enc, device="cpu", seed=0)
+    s.on("embedding", lambda progress: seen.append(progress))
+    assert not s.inputs.embedded and s.train_config.steps == 500  # the raw default meanwhile
+    truth = dict(zip(ds.ids.tolist(), ds.targets.tolist()))
+    ids = s.query(20)
+    s.label(ids, [ds.classes[truth[i]] for i in ids])
+    assert s.inputs.wait(120)  # pretrained, embedded, switched
+    assert s.wait(60)
+    assert s.inputs.embedded and type(s.model).__name__ == "EmbeddingHead"
+    assert s.train_config.steps == 100 and len(s.labels) == 20  # every label kept
+    assert s.model_version.n_labels == 20
+    assert any(p.get("state") == "pretraining" and "epochs" in p for p in seen)
+    switched = [r for r in s.store.rounds() if r.encoder is not None]
+    assert [r.encoder for r in switched] == [enc.id]
+    assert f"switched to encoder {enc.id}" in repr(switched[0])
+    assert s.history[0]["strategy"].startswith("random")  # the history before it stays
+    acc = s.evaluate()["accuracy"]
+    version = s.model_version
+    s.close()
+
+    back = _ssl(ds, tmp_path, epochs=3)  # a restart: cached weights, cached embeddings
+    s = dal.Session(ds, store=str(tmp_path / "p.db"), encoder=back, device="cpu", seed=0)
+    assert s.inputs.wait(60) and s.wait(60)
+    assert s.inputs.embedded and s.model_version.labels_key == version.labels_key
+    assert s.evaluate()["accuracy"] == pytest.approx(acc)
+    assert s.inputs.progress["state"] == "ready"
+    s.close()
+
+
+def test_session_status_names_the_pretraining(tmp_path):
+    from dal_widgets._status import session_status
+
+    ds = dal.datasets.digits()
+    enc = _ssl(ds, tmp_path, epochs=200)
+    s = dal.Session(ds, store=":memory:", encoder=enc, device="cpu")
+    try:
+        deadline = time.monotonic() + 60
+        while s.inputs.progress.get("epoch", 0) < 1 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        status = session_status(s)
+        assert status["worker"] == "idle"  # the session works meanwhile
+        assert re.search(r"simclr: pretraining simclr: epoch \d+/200", status["encoder_text"])
+    finally:
+        s.close()
+    assert s.inputs.progress["state"] == "cancelled"

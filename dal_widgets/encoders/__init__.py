@@ -9,6 +9,7 @@ from every label::
     enc = dal.encoders.from_module(my_network, name="mine")           # any torch module
     enc = dal.encoders.from_callable(my_api_call, name="api")         # any function
     enc = dal.encoders.precomputed("embeddings.npy")                  # made elsewhere
+    enc = dal.encoders.self_supervised(ds)        # learned from the pool itself (SimCLR)
 
 Nothing heavy is imported until an encoder is made.
 """
@@ -26,6 +27,7 @@ from dal_widgets.encoders._base import (
 from dal_widgets.encoders._cache import EmbeddingCache, EmbeddingJob, cache_root
 from dal_widgets.encoders._precomputed import precomputed
 from dal_widgets.encoders._pretrained import sentence_transformer, torchvision
+from dal_widgets.encoders._selfsup import PretrainJob, SelfSupervisedEncoder, self_supervised
 
 __all__ = [
     "EmbeddingCache",
@@ -33,10 +35,13 @@ __all__ = [
     "Encoder",
     "EncoderError",
     "EncoderOutputError",
+    "PretrainJob",
+    "SelfSupervisedEncoder",
     "cache_root",
     "from_callable",
     "from_module",
     "precomputed",
+    "self_supervised",
     "sentence_transformer",
     "torchvision",
     "weights_digest",

@@ -43,8 +43,8 @@ class RoundRecord:
     cold-start strategy stood in), ``queried``, ``infer_s``, ``select_s``,
     ``n_labels_at_query`` and ``model_version`` (the model it queried with). A fit finished in
     the round sets ``train_s``, ``n_labels`` and ``model_version`` (the new model); an
-    evaluation sets ``accuracy``, ``eval_model_version`` and ``eval_n_labels``. Fields nothing
-    set are None.
+    evaluation sets ``accuracy``, ``eval_model_version`` and ``eval_n_labels``; a switch to a
+    pretrained encoder sets ``encoder``. Fields nothing set are None.
     """
 
     round: int
@@ -59,6 +59,9 @@ class RoundRecord:
     accuracy: float | None = None
     eval_model_version: int | None = None
     eval_n_labels: int | None = None
+    #: The encoder the session switched to in this round (a self-supervised one, once
+    #: pretrained): its id.
+    encoder: str | None = None
 
     @property
     def labels_seen(self) -> int | None:
@@ -89,6 +92,8 @@ class RoundRecord:
             model = "" if self.model_version is None else f"model v{self.model_version} "
             on = "" if self.n_labels is None else f" on {self.n_labels} labels"
             parts.append(f"{model}trained{on} in {fmt_seconds(self.train_s)}")
+        if self.encoder is not None:
+            parts.append(f"switched to encoder {self.encoder}")
         if self.eval_model_version is not None or not is_missing(self.accuracy):
             of = [] if self.eval_model_version is None else [f"v{self.eval_model_version}"]
             if self.eval_n_labels is not None:

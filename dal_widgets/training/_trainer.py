@@ -221,6 +221,7 @@ class Trainer:
         #: samples ``label_spreading`` reached).
         self.pseudo_label_count = 0
         self._graph: SpreadGraph | None = None  # label_spreading's graph of the pool, kept
+        self._number = 0  # the newest version number given (numbers go on after a switch)
         self._cond = threading.Condition()
         self._pending = False
         self._busy = False
@@ -334,12 +335,24 @@ class Trainer:
         self.cancel()
         self.wait()
         model = model.to(self.device).eval()
-        number = 1 if self.version is None else self.version.version + 1
+        number = self._number + 1
         version = ModelVersion(
             number, n_labels, 0.0, 0, float("nan"), time.time(), weights_key(model), labels_key
         )
         self.current = Snapshot(model, [model], version)
+        self._number = number
         return version
+
+    def switch(self, apply: Callable[[], None], config: TrainConfig) -> None:
+        """Change what fits read: cancel the running fit, then, while none runs, call
+        ``apply()`` (which swaps the inputs) and take ``config``. The newest model is dropped
+        (it reads the old inputs); version numbers go on from it."""
+        self.cancel()
+        with self._fit_lock:
+            apply()
+            self.config = config
+            self.current = None
+            self._graph = None
 
     # ------------------------------------------------------------------ the thread
     def _loop(self) -> None:
@@ -395,7 +408,7 @@ class Trainer:
             data = self.data()
             self._token = data.token
             X, y, n_labels = data.X, data.y, data.n_labels
-            number = 1 if self.version is None else self.version.version + 1
+            number = self._number + 1
             self.error = None
             self.emit("train_started", version=number, n_labels=n_labels)
             fit_seed = int(np.random.SeedSequence([self.seed, n_labels]).generate_state(1)[0])
@@ -430,6 +443,7 @@ class Trainer:
                 data.labels_key,
             )
             self.current = Snapshot(model, members, version)
+            self._number = number
             self.progress = {"state": "idle", "version": number, "loss": result.loss}
             return version
 
