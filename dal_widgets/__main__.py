@@ -54,6 +54,18 @@ def _build_parser() -> argparse.ArgumentParser:
         default=None,
         help="optimizer steps per fit (default: the library default)",
     )
+    demo.add_argument(
+        "--encoder",
+        choices=("none", "simclr"),
+        default="none",
+        help="'simclr': a self-supervised encoder pretrained on the pool first (cached after "
+        "the first run) and a head over its embeddings; 'none': the default model on the inputs",
+    )
+    demo.add_argument(
+        "--label-spreading",
+        action="store_true",
+        help="the model also learns from the pool: labels spread over its k-NN graph",
+    )
     demo.add_argument("--device", default="auto", help="'auto', 'cpu', 'cuda' or 'mps'")
     demo.add_argument(
         "--out", default="dal_report.html", help="path of the HTML report ('' for none)"
@@ -90,14 +102,28 @@ def demo(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     ds = _load_dataset(args.dataset)
     budget = args.budget if args.budget is not None else args.initial + args.rounds * args.batch
-    config = (
-        TrainConfig() if args.steps is None else TrainConfig(steps=args.steps).validated("--steps")
-    )
+    encoder = None
+    if args.encoder == "simclr":
+        from dal_widgets._encoded import HEAD_CONFIG
+
+        encoder = dal.encoders.self_supervised(ds)
+        base = HEAD_CONFIG
+    else:
+        base = TrainConfig()
+    config = base if args.steps is None else base.with_(steps=args.steps).validated("--steps")
+    if args.label_spreading:
+        config = config.with_(label_spreading=True)
     print(f"dataset: {ds}")
     print(
         f"strategies: {', '.join(names)}; initial {args.initial}, batch {args.batch}, budget {budget}, "
         f"seeds {args.seeds}, device {args.device}"
     )
+
+    if encoder is not None and not encoder.ready:
+        print(f"pretraining {encoder!r} on the pool (once; cached in {encoder.folder})")
+        t1 = time.perf_counter()
+        encoder.pretrain(args.device)
+        print(f"  pretrained in {time.perf_counter() - t1:.0f} s")
 
     def progress(rec: dict) -> None:
         print(
@@ -116,6 +142,7 @@ def demo(args: argparse.Namespace) -> int:
         seeds=args.seeds,
         device=args.device,
         train_config=config,
+        encoder=encoder,
         progress=progress,
     )
     wall = time.perf_counter() - t0
@@ -133,6 +160,8 @@ def demo(args: argparse.Namespace) -> int:
             "batch": args.batch,
             "budget": budget,
             "seeds": args.seeds,
+            "encoder": args.encoder,
+            "label spreading": args.label_spreading,
             "wall time": f"{wall:.1f} s",
         }
         out = Path(args.out)
