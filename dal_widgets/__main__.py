@@ -36,7 +36,7 @@ def _build_parser() -> argparse.ArgumentParser:
         help="'digits' (scikit-learn's bundled 8x8 digits) or 'mnist:PATH' (a folder with MNIST test IDX files)",
     )
     demo.add_argument(
-        "--strategies", default="random,entropy", help="comma-separated strategy names"
+        "--strategies", default="random,auto", help="comma-separated strategy names"
     )
     demo.add_argument("--initial", type=int, default=20, help="balanced initial labels")
     demo.add_argument("--batch", type=int, default=10, help="labels per round")
@@ -57,13 +57,18 @@ def _build_parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--encoder",
         choices=("none", "simclr"),
-        default="none",
-        help="'simclr': a self-supervised encoder pretrained on the pool first (cached after "
-        "the first run) and a head over its embeddings; 'none': the default model on the inputs",
+        default="simclr",
+        help="'simclr': a self-supervised encoder pretrained on the pool first (cached in the "
+        "user cache after the first run) and a head over its embeddings; 'none': the default "
+        "model on the inputs",
+    )
+    demo.add_argument(
+        "--pretrain-epochs", type=int, default=100, help="the simclr encoder's epochs"
     )
     demo.add_argument(
         "--label-spreading",
-        action="store_true",
+        action=argparse.BooleanOptionalAction,
+        default=True,
         help="the model also learns from the pool: labels spread over its k-NN graph",
     )
     demo.add_argument("--device", default="auto", help="'auto', 'cpu', 'cuda' or 'mps'")
@@ -104,10 +109,8 @@ def demo(args: argparse.Namespace) -> int:
     budget = args.budget if args.budget is not None else args.initial + args.rounds * args.batch
     encoder = None
     if args.encoder == "simclr":
-        from dal_widgets._encoded import HEAD_CONFIG
-
-        encoder = dal.encoders.self_supervised(ds)
-        base = HEAD_CONFIG
+        encoder = dal.encoders.self_supervised(ds, epochs=args.pretrain_epochs)
+        base = TrainConfig.head()
     else:
         base = TrainConfig()
     config = base if args.steps is None else base.with_(steps=args.steps).validated("--steps")

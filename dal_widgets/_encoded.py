@@ -24,10 +24,8 @@ from dal_widgets.training import TrainConfig
 
 __all__ = ["HEAD_CONFIG", "ModelInputs", "check_encoder"]
 
-#: How a head over embeddings is fitted by default: few full-batch steps at a higher learning
-#: rate (a linear model converges fast), so that a fit on 1,000 labels takes milliseconds and
-#: the session can learn from every label.
-HEAD_CONFIG = TrainConfig(steps=100, batch_size=256, lr=1e-2, weight_decay=1e-4, augment="off")
+#: How a head over embeddings is fitted by default (see :meth:`TrainConfig.head`).
+HEAD_CONFIG = TrainConfig.head()
 
 #: Rows per cache chunk file (and per progress step).
 CHUNK_ROWS = 1024

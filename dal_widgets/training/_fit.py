@@ -187,6 +187,16 @@ class TrainConfig:
     def with_(self, **changes: Any) -> TrainConfig:
         return replace(self, **changes).validated()
 
+    @classmethod
+    def head(cls, **changes: Any) -> TrainConfig:
+        """The schedule of a head over an encoder's embeddings, what ``Session(encoder=...)``
+        uses by default: 100 steps of up to 256 labels at lr 1e-2, weight decay 1e-4, no
+        augmentation (a linear model converges fast, so a fit takes milliseconds and the
+        session can learn from every label). ``changes`` go on top:
+        ``TrainConfig.head(label_spreading=True)``."""
+        base = cls(steps=100, batch_size=256, lr=1e-2, weight_decay=1e-4, augment="off")
+        return base.with_(**changes)
+
 
 @dataclass
 class FitState:
