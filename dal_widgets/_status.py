@@ -32,7 +32,7 @@ def session_status(session: Any) -> dict[str, Any]:
     failed fit, "cancelled" after a stopped one, "embedding" while an encoder's embeddings are
     computed), ``worker_text`` (the same in words, with the running fit's epoch, step and
     speed, or the embedding's progress), ``encoder`` (its name, or None) and ``encoder_text``
-    (with its progress), ``model_version`` and ``model_labels`` (None before
+    (with its progress), ``encoder_progress`` (while it pretrains or embeds, else None), ``model_version`` and ``model_labels`` (None before
     the first model), ``staleness`` (labels added since that model), ``labeled``, ``skipped``,
     ``round``, ``strategy``, ``device`` and ``train_error`` (bool).
     """
@@ -56,6 +56,11 @@ def session_status(session: Any) -> dict[str, Any]:
         else worker_text(worker, progress),
         "encoder": encoder,
         "encoder_text": None if encoder is None else f"{encoder}: {inputs.progress_text()}",
+        "encoder_progress": (
+            inputs.progress_text()
+            if encoder is not None and inputs.progress.get("state") != "ready"
+            else None
+        ),
         "model_version": None if version is None else version.version,
         "model_labels": None if version is None else version.n_labels,
         "staleness": session.staleness,

@@ -498,3 +498,81 @@ def test_with_an_encoder_the_model_advances_after_each_label_in_the_browser(lab)
             seen.append(int(now[3]))
     assert len(seen) >= 5 and seen == list(range(seen[0], seen[0] + len(seen))), seen
     lab.save_screenshot(page, "encoder-app-1280x900")
+
+
+# ---------------------------------------------------------------- a self-supervised encoder
+def test_the_app_labels_while_the_encoder_pretrains_then_shows_the_switch(tmp_path):
+    ds = dal.datasets.digits()
+    enc = dal.encoders.self_supervised(
+        ds, epochs=40, width=8, batch_size=128, cache_dir=tmp_path / "pre"
+    )
+    s = dal.Session(ds, strategy="auto", store=str(tmp_path / "ssl.db"), device="cpu", encoder=enc)
+    a = dal.App(s, batch_size=8, map_method="pca")
+    wait = time.monotonic() + 30
+    while "pretraining simclr: epoch" not in a.status.value and time.monotonic() < wait:
+        time.sleep(0.02)
+    assert re.search(r"encoder simclr: pretraining simclr: epoch \d+/40", a.status.value)
+    assert "pretraining simclr: epoch" in (a.labeler.progress["encoder_note"] or "")
+    for _ in range(4):  # labels go in while it pretrains; the raw model learns from them
+        sid = a.labeler.current_id
+        a.labeler.label(int(ds.targets[ds.positions([sid])[0]]))
+    assert s.inputs.wait(120) and s.wait(60)
+    wait = time.monotonic() + 10
+    while "the model switched to it" not in a.status.value and time.monotonic() < wait:
+        time.sleep(0.05)
+    assert "encoder simclr: ready (pretrained on the pool in" in a.status.value
+    assert len(s.labels) == 4 and type(s.model).__name__ == "EmbeddingHead"
+    assert a.errors == [] and a.labeler.errors == []
+    a.close()
+    s.close()
+
+
+_SSL_CELLS = [
+    "import dal_widgets as dal\n"
+    "ds = dal.datasets.digits()\n"
+    "enc = dal.encoders.self_supervised(ds, epochs=400, width=8, cache_dir='ssl-cache')\n"
+    "s = dal.Session(ds, strategy='auto', store='ssl.db', device='cpu', encoder=enc)\n"
+    "app = dal.App(s, batch_size=10, map_method='pca')\n"
+    "app",
+]
+
+
+@pytest.mark.e2e
+def test_the_app_shows_pretraining_then_the_switch_in_the_browser(lab):
+    from _lab import wait_until
+
+    for leftover in [*lab.root_dir.glob("ssl.db*"), lab.root_dir / "ssl-cache"]:
+        if leftover.exists():
+            shutil.rmtree(leftover) if leftover.is_dir() else leftover.unlink()
+    page = lab.open_notebook(_SSL_CELLS, name="ssl.ipynb")
+    page.set_viewport_size({"width": 1280, "height": 900})
+    panel = page.locator(".dal-app .widget-html-content", has_text="worker:")
+    header = page.locator(".dal-app .dal-progress-text")
+    wait_until(
+        lambda: "pretraining simclr: epoch" in panel.inner_text(), timeout=60, what="pretraining"
+    )
+    wait_until(  # the labeler's header too, where the person labeling looks
+        lambda: "pretraining simclr: epoch" in header.inner_text(), timeout=10, what="header"
+    )
+    lab.save_screenshot(page, "ssl-app-pretraining-1280x900")
+    truths = lab.execute(
+        "print(*[ds.classes[ds.targets[ds.positions([i])[0]]] for i in app.labeler.batch_ids])"
+    ).split()
+    page.locator(".dal-app .dal-labeler .dal-hint").click()
+    for key in truths[:5]:  # labeling by keyboard goes on while it pretrains
+        page.keyboard.press(key)
+    wait_until(lambda: lab.execute("print(len(s.labels))").strip() == "5", timeout=30, what="5 labels")
+    wait_until(
+        lambda: "the model switched to it" in panel.inner_text(), timeout=180, what="the switch"
+    )
+    state = "print(len(s.labels), type(s.model).__name__ if s.model else None)"
+    wait_until(
+        lambda: lab.execute(state).strip() == "5 EmbeddingHead",
+        timeout=30,
+        what="the head",
+        details=lambda: lab.execute(
+            state + "; print(s.train_error, s.inputs.progress, s.store.rounds()[-1])"
+        ),
+    )
+    wait_until(lambda: "pretraining" not in header.inner_text(), timeout=10, what="header")
+    lab.save_screenshot(page, "ssl-app-switched-1280x900")

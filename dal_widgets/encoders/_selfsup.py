@@ -36,6 +36,7 @@ same data reuses it. A checkpoint is written after every epoch (atomically; load
 
 from __future__ import annotations
 
+import atexit
 import functools
 import hashlib
 import json
@@ -43,6 +44,7 @@ import math
 import os
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -272,6 +274,17 @@ def nt_xent(z1: Any, z2: Any, temperature: float) -> Any:
     return F.cross_entropy(sim, target)
 
 
+# Jobs with a live thread: stopped and joined at interpreter exit, before Python finalizes (a
+# daemon thread still inside a torch kernel then aborts the process with exit code 134).
+_LIVE: weakref.WeakSet[PretrainJob] = weakref.WeakSet()
+
+
+@atexit.register
+def _stop_all_at_exit() -> None:
+    for job in list(_LIVE):
+        job.cancel(timeout=30.0)
+
+
 class PretrainJob:
     """Pretrains one :class:`SelfSupervisedEncoder` in a daemon thread, an epoch at a time.
 
@@ -303,6 +316,7 @@ class PretrainJob:
         return self._done.is_set() and self.progress.get("state") != "ready"
 
     def start(self) -> None:
+        _LIVE.add(self)
         self._thread = start_daemon(self._run, name="dal-pretrain", on_error=self._failed)
 
     def wait(self, timeout: float | None = None) -> bool:
@@ -332,6 +346,7 @@ class PretrainJob:
                 self._train()
         finally:
             self._done.set()
+            _LIVE.discard(self)
 
     def _pool(self) -> Any:
         """The pool's images at the encoder's size, as uint8 (a quarter of float32)."""

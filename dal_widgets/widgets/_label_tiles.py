@@ -158,6 +158,8 @@ def progress_line(
         **{k: status[k] for k in ("labeled", "model_version", "staleness", "round")},
         **{k: status[k] for k in ("strategy", "worker", "worker_text", "train_error")},
         "training": status["worker"] == "training",
+        # An encoder that pretrains or embeds: its progress, in the header meanwhile.
+        "encoder_note": status.get("encoder_progress"),
         "budget": budget,
         "per_minute": round(per_minute, 1),
     }

@@ -259,6 +259,7 @@ function render({ model, el }) {
     else parts.push("no model yet");
     if (p.training) parts.push("training\u2026");
     if (p.train_error) parts.push("training failed");
+    if (p.encoder_note) parts.push(p.encoder_note);
     if (p.round) parts.push(`round ${p.round} (${p.strategy})`);
     progressText.textContent = parts.join(" \u00b7 ");
     const frac = p.budget ? Math.min(1, (p.labeled || 0) / p.budget) : 0;
