@@ -290,7 +290,9 @@ class ModelInputs:
         return text
 
     def close(self) -> None:
-        if self.pretraining is not None:
-            self.pretraining.cancel()
+        pre = self.pretraining
+        # Another session may share the job: it stops only when no one else listens.
+        if pre is not None and pre.remove_listener(self._pretrain_progress) == 0:
+            pre.cancel()
         if self.job is not None:
             self.job.cancel()

@@ -215,8 +215,8 @@ class Session:
                 self.arrays.clear()
 
         self._trainer.switch(swap, self._head_config)
-        if not self.store.read_only:
-            self.store.update_round(encoder=self.inputs.encoder.id)
+        if not self.store.read_only:  # a failed write must not fail the embedding job
+            self._events.guard(lambda: self.store.update_round(encoder=self.inputs.encoder.id))
 
     # ------------------------------------------------------------------ configuration
     @property
@@ -493,6 +493,8 @@ class Session:
             self._events.emit(event, **payload)
             return
         version = payload["version"]
+        if self._trainer.current is None:  # an encoder's switch dropped it: nothing to announce
+            return
         # The fit succeeded whatever follows: failing to record or evaluate it is not a failed fit.
         if writable := not self.store.read_only:
             self._events.guard(
@@ -505,8 +507,12 @@ class Session:
         self._events.emit(event, **payload)
         if self.evaluate_after_fit and self.dataset.has_holdout:
             self._events.guard(self.evaluate)
-        if (model := self.model) is not None and writable and self.model_version == version:
-            self._memory.save(model, model_config(self, model, version))
+        with self._query_lock:  # the model and its inputs' fingerprint, as one pair
+            model = self.model
+            fresh = writable and self.model_version == version
+            config = model_config(self, model, version) if model is not None and fresh else None
+        if model is not None and config is not None:
+            self._memory.save(model, config)
 
     def map(self, method: str = "umap", **options: Any) -> Any:
         """The session's map service for ``method`` ("umap" or "pca"): one per method, made on

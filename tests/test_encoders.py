@@ -648,7 +648,7 @@ import sys
 sys.path.insert(0, {repo!r})
 import dal_widgets as dal
 ds = dal.datasets.digits()
-enc = dal.encoders.self_supervised(ds, epochs=40, width=4, batch_size=256, cache_dir={cache!r})
+enc = dal.encoders.self_supervised(ds, epochs=150, width=4, batch_size=256, cache_dir={cache!r})
 enc.pretrain("cpu")
 """
 
@@ -659,22 +659,26 @@ def test_pretraining_resumes_after_a_kill_with_the_same_result(tmp_path):
     code = _PRETRAIN_CHILD.format(repo=str(REPO), cache=str(cache))
     child = subprocess.Popen([sys.executable, "-c", code])
     ckpts: list[Path] = []
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and not ckpts:
+    epoch, deadline = 0, time.monotonic() + 120
+    while time.monotonic() < deadline and epoch < 2:  # killed once 2 epochs are saved
         ckpts = list(cache.glob("*/checkpoint.pt"))
-        time.sleep(0.05)
-    time.sleep(0.3)  # an epoch or two more
+        if ckpts:
+            try:
+                epoch = int(torch.load(ckpts[0], weights_only=True)["epoch"])
+            except (OSError, RuntimeError, EOFError, KeyError):
+                pass  # replaced while being read: the next poll reads the new one
+        time.sleep(0.01)
     os.kill(child.pid, signal.SIGKILL)
     child.wait(30)
     assert ckpts, "the child wrote no checkpoint"
     assert not list(cache.glob("*/encoder.pt")), "the child finished before the kill"
 
     ds = dal.datasets.digits()
-    settings = {"epochs": 40, "width": 4, "batch_size": 256}
+    settings = {"epochs": 150, "width": 4, "batch_size": 256}
     enc = dal.encoders.self_supervised(ds, cache_dir=cache, **settings)
     job = enc.pretrain("cpu")
     resumed = job.progress["resumed_from"]
-    assert 1 <= resumed < 40 and enc.meta["resumed_from"] == resumed
+    assert 2 <= resumed < 150 and enc.meta["resumed_from"] == resumed
     whole = dal.encoders.self_supervised(ds, cache_dir=tmp_path / "whole", **settings)
     whole.pretrain("cpu")
     assert whole.meta["resumed_from"] == 0
@@ -687,7 +691,7 @@ def test_pretraining_resumes_after_a_kill_with_the_same_result(tmp_path):
 
 def test_session_works_while_pretraining_then_switches(tmp_path):
     ds = dal.datasets.digits()
-    enc = _ssl(ds, tmp_path, epochs=3)
+    enc = _ssl(ds, tmp_path, epochs=40)
     seen: list[dict] = []
     s = dal.Session(ds, store=str(tmp_path / "p.db"), encoder=enc, device="cpu", seed=0)
     s.on("embedding", lambda progress: seen.append(progress))
@@ -695,6 +699,7 @@ def test_session_works_while_pretraining_then_switches(tmp_path):
     truth = dict(zip(ds.ids.tolist(), ds.targets.tolist()))
     ids = s.query(20)
     s.label(ids, [ds.classes[truth[i]] for i in ids])
+    assert not s.inputs.embedded  # labeled while it pretrains
     assert s.inputs.wait(120)  # pretrained, embedded, switched
     assert s.wait(60)
     assert s.inputs.embedded and type(s.model).__name__ == "EmbeddingHead"
@@ -709,7 +714,7 @@ def test_session_works_while_pretraining_then_switches(tmp_path):
     version = s.model_version
     s.close()
 
-    back = _ssl(ds, tmp_path, epochs=3)  # a restart: cached weights, cached embeddings
+    back = _ssl(ds, tmp_path, epochs=40)  # a restart: cached weights, cached embeddings
     s = dal.Session(ds, store=str(tmp_path / "p.db"), encoder=back, device="cpu", seed=0)
     assert s.inputs.wait(60) and s.wait(60)
     assert s.inputs.embedded and s.model_version.labels_key == version.labels_key
@@ -728,9 +733,36 @@ def test_session_status_names_the_pretraining(tmp_path):
         deadline = time.monotonic() + 60
         while s.inputs.progress.get("epoch", 0) < 1 and time.monotonic() < deadline:
             time.sleep(0.05)
+        assert s.inputs.progress.get("epoch", 0) >= 1
         status = session_status(s)
         assert status["worker"] == "idle"  # the session works meanwhile
-        assert re.search(r"simclr: pretraining simclr: epoch \d+/200", status["encoder_text"])
+        assert re.search(r"simclr: pretraining simclr: epoch [1-9]\d*/200", status["encoder_text"])
+        assert status["encoder_progress"].startswith("pretraining simclr: epoch")
     finally:
         s.close()
     assert s.inputs.progress["state"] == "cancelled"
+
+
+def test_sessions_share_a_running_pretraining_and_a_failure_always_raises(tmp_path, monkeypatch):
+    from dal_widgets.encoders import _selfsup
+
+    ds = dal.datasets.digits()
+    enc = _ssl(ds, tmp_path, epochs=60)
+    job = enc.pretrain("cpu", wait=False)  # started by the user, before any session
+    a = dal.Session(ds, store=":memory:", encoder=enc, device="cpu")
+    b = dal.Session(ds, store=":memory:", encoder=enc, device="cpu")
+    assert a.inputs.pretraining is job and b.inputs.pretraining is job
+    a.close()  # b still listens: the job goes on
+    assert b.inputs.wait(120) and b.inputs.embedded and job.progress["state"] == "ready"
+    late = dal.Session(ds, store=":memory:", encoder=enc, device="cpu")  # cached by now
+    assert late.inputs.wait(60) and late.inputs.embedded
+    b.close()
+    late.close()
+
+    def broken(self):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(_selfsup.PretrainJob, "_train", broken)
+    for _ in range(20):  # the error is recorded before waiters are released, every time
+        with pytest.raises(EncoderError, match="disk full"):
+            _ssl(ds, tmp_path, seed=7).pretrain("cpu")

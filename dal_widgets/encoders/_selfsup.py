@@ -44,6 +44,7 @@ import math
 import os
 import threading
 import time
+import traceback
 import weakref
 from collections.abc import Callable
 from pathlib import Path
@@ -177,8 +178,12 @@ class SelfSupervisedEncoder(Encoder):
                 from dal_widgets.training import resolve_device
 
                 dev = resolve_device(device, "SelfSupervisedEncoder.pretrain")
-                job = self._job = PretrainJob(self, dev, on_progress=on_progress)
+                job = self._job = PretrainJob(self, dev)
+                if on_progress is not None:
+                    job.add_listener(on_progress)
                 job.start()
+            elif on_progress is not None:  # a job runs already: one more listener
+                job.add_listener(on_progress)
         if wait:
             job.wait()
             if job.error is not None:
@@ -290,20 +295,15 @@ class PretrainJob:
 
     ``progress``: ``state`` ("pretraining", "ready", "error", "cancelled"), ``epoch``,
     ``epochs``, ``loss``, ``seconds``, ``eta_s``, ``resumed_from`` (the epoch a checkpoint
-    gave back, 0 when none). ``on_progress(progress)`` is called after each epoch and at the
-    end (on the job's thread).
+    gave back, 0 when none). Listeners (:meth:`add_listener`; several sessions may share one
+    job) are called after each epoch and at the end, on the job's thread.
     """
 
-    def __init__(
-        self,
-        encoder: SelfSupervisedEncoder,
-        device: Any,
-        *,
-        on_progress: Callable[[dict[str, Any]], Any] | None = None,
-    ) -> None:
+    def __init__(self, encoder: SelfSupervisedEncoder, device: Any) -> None:
         self.encoder = encoder
         self.device = device
-        self.on_progress = on_progress
+        self._listeners: list[Callable[[dict[str, Any]], Any]] = []
+        self._listen_lock = threading.Lock()
         self.error: str | None = None
         epochs = encoder.settings["epochs"]
         self.progress: dict[str, Any] = {"state": "pretraining", "epoch": 0, "epochs": epochs}
@@ -328,15 +328,36 @@ class PretrainJob:
         self._stop.set()
         joined(self._thread, timeout)
 
+    def add_listener(self, callback: Callable[[dict[str, Any]], Any]) -> None:
+        """Call ``callback(progress)`` after each epoch and at the end; a job that has ended
+        already calls it once, at once, with its final progress."""
+        with self._listen_lock:
+            ended = self._done.is_set()
+            if not ended:
+                self._listeners.append(callback)
+        if ended:
+            callback(dict(self.progress))
+
+    def remove_listener(self, callback: Callable[[dict[str, Any]], Any]) -> int:
+        """Stop calling ``callback``; returns how many listeners are left."""
+        with self._listen_lock:
+            if callback in self._listeners:
+                self._listeners.remove(callback)
+            return len(self._listeners)
+
     def _publish(self, **update: Any) -> None:
         self.progress = {**self.progress, **update}
-        if self.on_progress is not None:
-            self.on_progress(dict(self.progress))
+        with self._listen_lock:
+            listeners = list(self._listeners)
+        for callback in listeners:
+            try:
+                callback(dict(self.progress))
+            except Exception:  # noqa: BLE001 - one listener's bug must not stop pretraining
+                pass
 
     def _failed(self, exc: Exception, text: str) -> None:
         self.error = text
         self._publish(state="error", error=f"{type(exc).__name__}: {exc}")
-        self._done.set()
 
     def _run(self) -> None:
         try:
@@ -344,8 +365,11 @@ class PretrainJob:
                 self._publish(state="ready", epoch=self.progress["epochs"], eta_s=0.0)
             else:
                 self._train()
+        except Exception as exc:  # noqa: BLE001 - kept in error and progress before waiters go
+            self._failed(exc, traceback.format_exc())
         finally:
-            self._done.set()
+            with self._listen_lock:  # listeners added from now on are called at once
+                self._done.set()
             _LIVE.discard(self)
 
     def _pool(self) -> Any:
