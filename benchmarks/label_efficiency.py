@@ -694,8 +694,11 @@ def build_report(args, records: list[dict], seconds: float) -> Report:
         "up to 200 pseudo-labels per class, labels repeated to weigh as much as the pseudo-labels. "
         "'+spread': .with_(label_spreading=True): the labels spread over the pool's 7-NN graph "
         "(alpha 0.99), and the model trains on them (repeated) and the spread labels of the pool, "
-        "with min_epochs=1 (the pool joins the labels; 100 passes over it would take hours). "
-        "'auto': typiclust on the inputs while fewer than 3 labels per class, then margin.",
+        "with min_epochs=1 (the pool joins the labels; 100 passes over it would take hours); "
+        "its predictions blend the model's probabilities half and half with a vote of the 10 "
+        "nearest labeled or spread-labeled samples (spread_vote=0.5). "
+        "'auto': typiclust (best of 3 k-means runs) on the inputs while fewer than 3 labels per "
+        "class, then margin.",
         "Labels to reach: per seed, the first labeled-set size whose held-out accuracy reaches "
         "the threshold; median [quartiles] over seeds. AUBC: mean accuracy over the budget "
         "(trapezoids), averaged over seeds. Seconds per round: mean over rounds and seeds; "
@@ -788,10 +791,15 @@ def build_report(args, records: list[dict], seconds: float) -> Report:
     return report
 
 
+#: Issue 16 asks digits to beat the baseline at every budget up to this many labels.
+DIGITS_BASELINE_UP_TO = 100
+
+
 def issue16_targets(args, names: list[str], res, r90: dict, curves: dict) -> list[dict]:
     """Issue 16's goals that compare rows: the cold start reaches 90% by 40 labels (MNIST);
     ``auto`` is within 0.005 AUBC of the best fixed strategy; ``auto`` is above random and
-    above the scikit-learn baseline at every budget (digits: the baseline alone)."""
+    above the scikit-learn baseline at every budget (digits: from 10 to 100 labels, as the
+    issue asks there)."""
     import numpy as np
 
     out = []
@@ -829,6 +837,8 @@ def issue16_targets(args, names: list[str], res, r90: dict, curves: dict) -> lis
             common = np.intersect1d(ca["labels"], co["labels"])
             if other != BASELINE:
                 common = common[common > protocol(args)["initial"]]
+            elif args.dataset == "digits":  # the issue's digits goal: 10 to 100 labels
+                common = common[common <= DIGITS_BASELINE_UP_TO]
             if common.size == 0:
                 continue
             mine = ca["mean"][np.searchsorted(ca["labels"], common)]

@@ -32,6 +32,7 @@ from dal_widgets.training import (
     ModelFactory,
     ModelVersion,
     PoolArrays,
+    SpreadVote,
     TrainConfig,
     Trainer,
     TrainingSet,
@@ -255,8 +256,12 @@ class Session:
         return self.store.classes
 
     def _new_model(self) -> nn.Module:
-        head = self.train_config.loss_head or "loss_pred" in _strategies.get(self.strategy).needs
-        return self.inputs.new_model(self._models, len(self.classes), loss_head=head)
+        cfg = self.train_config
+        head = cfg.loss_head or "loss_pred" in _strategies.get(self.strategy).needs
+        model = self.inputs.new_model(self._models, len(self.classes), loss_head=head)
+        if cfg.label_spreading and cfg.spread_vote > 0:
+            model = SpreadVote(model, weight=cfg.spread_vote, k=cfg.spread_vote_k)
+        return model
 
     # ------------------------------------------------------------------ events
     def on(self, event: str, callback: Callable[..., Any]) -> Callable[[], None]:

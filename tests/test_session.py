@@ -1000,6 +1000,33 @@ def test_label_spreading_learns_from_the_pool_and_builds_its_graph_once(ds, monk
     s.close()
 
 
+def test_a_spreading_model_votes_with_its_pool_and_brings_the_vote_back_after_a_restart(
+    ds, tmp_path
+):
+    from dal_widgets.training import SpreadVote
+
+    path = str(tmp_path / "vote.db")
+    cfg = TrainConfig(steps=60, batch_size=16, label_spreading=True)
+    s = dal.Session(ds, store=path, device="cpu", train_config=cfg, retrain="manual")
+    ids = np.concatenate([ds.ids[ds.targets == c][:2] for c in range(3)]).tolist()
+    s.label(ids, oracle(ds, ids))
+    s.train(block=True)
+    model = s.model
+    # The vote's bank: the 6 labels and every pool sample the spreading reached.
+    assert isinstance(model, SpreadVote) and model.bank.shape[0] == 6 + s.pseudo_label_count
+    probs = s.predict_proba(ds.ids[:20].tolist())
+    s.close()
+    again = dal.Session(ds, store=path, device="cpu", train_config=cfg, retrain="manual")
+    assert again.model.bank.shape == model.bank.shape
+    np.testing.assert_allclose(again.predict_proba(ds.ids[:20].tolist()), probs, atol=1e-6)
+    again.close()
+    off = dal.Session(ds, store=path, device="cpu", retrain="manual",
+                      train_config=cfg.with_(spread_vote=0.0))  # fmt: skip
+    assert not isinstance(off.model, SpreadVote)  # the head's weights, without the vote
+    assert off.model_version is not None
+    off.close()
+
+
 def test_auto_strategy_names_its_regime_in_the_round_history(ds):
     s = dal.Session(
         ds,

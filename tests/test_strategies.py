@@ -14,6 +14,7 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -1105,3 +1106,19 @@ def test_optional_arrays_refuse_only_what_the_data_cannot_give(monkeypatch):
         is None
     )
     assert "multi-label" in strategies.unusable_reason("auto", multi_label=True, ensemble_size=1)
+
+
+def test_kmeans_with_several_runs_keeps_the_one_with_the_smallest_inertia():
+    from dal_widgets.strategies._kmeans import kmeans
+
+    rng = np.random.default_rng(0)
+    x = torch.as_tensor(rng.normal(size=(300, 4)).astype(np.float32))
+    draws = np.random.default_rng(5)
+    singles = [float(kmeans(x, 12, draws)[2].sum()) for _ in range(4)]
+    best = float(kmeans(x, 12, np.random.default_rng(5), n_init=4)[2].sum())
+    assert len(set(singles)) > 1  # the runs differ: which one is kept matters
+    assert best == pytest.approx(min(singles))
+    with pytest.raises(ValueError, match="'n_init'"):
+        strategies.select(
+            "typiclust", 2, features=x.numpy(), labeled_mask=np.zeros(300, bool), n_init=0
+        )

@@ -941,3 +941,70 @@ def test_a_graph_build_stops_when_its_fit_is_cancelled():
     stop.set()
     with pytest.raises(SpreadCancelled):
         SpreadGraph(np.zeros((50, 3), np.float32), 7, 100, torch.device("cpu"), stop=stop)
+
+
+def test_spread_vote_config_is_checked():
+    with pytest.raises(ValueError, match="'spread_vote'"):
+        TrainConfig(spread_vote=1.5).validated()
+    with pytest.raises(ValueError, match="'spread_vote_k'"):
+        TrainConfig(spread_vote_k=0).validated()
+
+
+def _vote_case():
+    """A linear model that gets one cluster wrong, and a bank that knows both clusters."""
+    from dal_widgets.training import SpreadVote
+
+    torch.manual_seed(0)
+    inner = nn.Sequential(nn.Dropout(0.3), nn.Linear(2, 2))
+    with torch.no_grad():  # the model says class 0 everywhere
+        inner[1].weight.zero_()
+        inner[1].bias.copy_(torch.tensor([2.0, 0.0]))
+    model = SpreadVote(inner, weight=0.75, k=3)
+    a = torch.tensor([[0.0, 0.0], [0.1, 0.0], [0.0, 0.1]])
+    b = a + 5.0
+    return model, inner, torch.cat([a, b]), torch.tensor([0, 0, 0, 1, 1, 1])
+
+
+def test_spread_vote_blends_the_models_probabilities_with_a_neighbour_vote():
+    model, inner, bank_x, bank_y = _vote_case()
+    x = torch.tensor([[0.05, 0.05], [5.05, 5.0]])
+    model.eval()
+    # No bank (a fresh model, and while it trains): the wrapped model's own output.
+    torch.testing.assert_close(model(x), inner(x))
+    model.set_bank(bank_x, bank_y)
+    probs = torch.softmax(model(x), 1)
+    own = torch.softmax(inner(x), 1)
+    votes = torch.tensor([[1.0, 0.0], [0.0, 1.0]])  # all 3 neighbours share the cluster's class
+    torch.testing.assert_close(probs, 0.25 * own + 0.75 * votes)
+    assert probs[1].argmax() == 1 and own[1].argmax() == 0  # the vote corrects the head
+    assert classifier_layer(model) is inner[1]  # embeddings are the wrapped model's
+    # MC dropout: each pass blends the same vote into that pass's sampled prediction.
+    out = predict(model, x.numpy(), {"probs", "mc_probs", "embeddings"}, mc_samples=4)
+    mc = torch.as_tensor(out["mc_probs"])
+    assert mc.shape == (2, 4, 2) and out["embeddings"].shape == (2, 2)
+    assert torch.all(mc[1, :, 1] >= 0.75 - 1e-6)  # the vote's share is there in every pass
+    np.testing.assert_allclose(out["probs"], probs.detach().numpy(), rtol=1e-5, atol=1e-6)
+    model.clear_bank()
+    torch.testing.assert_close(model(x), inner(x))
+
+
+def test_spread_vote_saves_its_bank_and_loads_across_voting_and_plain_models(tmp_path):
+    from dal_widgets.training import SpreadVote
+
+    model, inner, bank_x, bank_y = _vote_case()
+    model.set_bank(bank_x, bank_y)
+    x = torch.tensor([[0.05, 0.05], [5.05, 5.0]])
+    path = save_checkpoint(tmp_path / "vote.pt", model, {"classes": ["a", "b"]})
+    fresh = SpreadVote(nn.Sequential(nn.Dropout(0.3), nn.Linear(2, 2)), weight=0.75, k=3)
+    load_checkpoint(path, fresh)  # the bank is sized by the checkpoint
+    assert fresh.bank.shape == (6, 2)
+    torch.testing.assert_close(fresh.eval()(x), model.eval()(x))
+    # Spreading turned off since: the weights load into the plain model, without the bank.
+    plain = nn.Sequential(nn.Dropout(0.3), nn.Linear(2, 2))
+    load_checkpoint(path, plain)
+    torch.testing.assert_close(plain.eval()(x), inner.eval()(x))
+    # Turned on since: a plain checkpoint loads into the wrapped model, which votes after a fit.
+    again = SpreadVote(nn.Sequential(nn.Dropout(0.3), nn.Linear(2, 2)), weight=0.75, k=3)
+    load_checkpoint(save_checkpoint(tmp_path / "plain.pt", plain), again)
+    assert again.bank.shape[0] == 0
+    torch.testing.assert_close(again.eval()(x), inner(x))

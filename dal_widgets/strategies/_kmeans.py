@@ -107,6 +107,7 @@ def kmeans(
     *,
     rows: Any = None,
     max_iter: int = 20,
+    n_init: int = 1,
 ) -> tuple[Any, Any, Any]:
     """Cluster the rows of ``x`` (or ``x[rows]``) into ``k`` clusters.
 
@@ -118,8 +119,21 @@ def kmeans(
         Squared distance of each row to its centre.
 
     Lloyd iterations stop when no label changes or after ``max_iter``. A cluster that empties
-    is re-seeded with the point farthest from its centre, as scikit-learn does.
+    is re-seeded with the point farthest from its centre, as scikit-learn does. ``n_init``
+    runs (each its own seeding) keep the one with the smallest sum of squared distances.
     """
+    best = None
+    for _ in range(n_init):
+        run = _kmeans_once(x, k, rng, rows, max_iter)
+        if best is None or float(run[2].sum()) < float(best[2].sum()):
+            best = run
+    assert best is not None  # n_init >= 1
+    return best
+
+
+def _kmeans_once(
+    x: Any, k: int, rng: np.random.Generator, rows: Any, max_iter: int
+) -> tuple[Any, Any, Any]:
     import torch
 
     n = x.shape[0] if rows is None else rows.shape[0]

@@ -34,6 +34,7 @@ from dal_widgets.training._models import (
     default_model,
     has_dropout,
 )
+from dal_widgets.training._spreading import SpreadVote
 from dal_widgets.training._trainer import ModelVersion, Trainer, TrainingSet, weights_key
 
 __all__ = [
@@ -53,6 +54,7 @@ __all__ = [
     "ModelVersion",
     "PoolArrays",
     "SmallCNN",
+    "SpreadVote",
     "Standardize",
     "TrainConfig",
     "Trainer",

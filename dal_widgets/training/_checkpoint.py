@@ -334,7 +334,10 @@ def _fit_state(model: nn.Module, state: dict[str, Any], source: str) -> list[Sta
     expected = model.state_dict()
     unknown: list[Standardize] = []
     allowed: set[str] = set()
+    resized: set[str] = set()  # data-sized buffers (a SpreadVote's bank): any saved shape
     for name, module in model.named_modules():
+        for buffer in getattr(module, "resizable_buffers", ()):
+            resized.add(f"{name}.{buffer}" if name else buffer)
         if isinstance(module, Standardize):
             keys = {f"{name}.mean", f"{name}.std"}
             if not keys & state.keys():
@@ -345,7 +348,7 @@ def _fit_state(model: nn.Module, state: dict[str, Any], source: str) -> list[Sta
     shapes = [
         f"{k} is {tuple(state[k].shape)} in the checkpoint and {tuple(expected[k].shape)} in the model"
         for k in expected
-        if k in state and state[k].shape != expected[k].shape
+        if k in state and k not in resized and state[k].shape != expected[k].shape
     ]
     problems = []
     if shapes:
@@ -362,6 +365,20 @@ def _fit_state(model: nn.Module, state: dict[str, Any], source: str) -> list[Sta
             "saved from another architecture or class list?"
         )
     return unknown
+
+
+def _vote_target(model: nn.Module, state: dict[str, Any]) -> tuple[nn.Module, dict[str, Any]]:
+    """Where the weights go when one side votes (``TrainConfig.spread_vote``) and the other
+    does not: a model saved without a vote loads into a voting model's wrapped model (which
+    votes again after its next fit); a voting model's weights load without their bank."""
+    from dal_widgets.training._spreading import SpreadVote
+
+    votes = "bank" in state and any(k.startswith("model.") for k in state)
+    if isinstance(model, SpreadVote) and not votes:
+        return model.model, state
+    if votes and not isinstance(model, SpreadVote):
+        return model, {k[len("model.") :]: v for k, v in state.items() if k.startswith("model.")}
+    return model, state
 
 
 def load_checkpoint(
@@ -430,6 +447,7 @@ def load_checkpoint(
     state, config = _read_payload(target, where)
     if not allow_other_dataset:
         _check_dataset(config, str(target), classes, fingerprint, dataset_name)
+    model, state = _vote_target(model, state)
     unknown = _fit_state(model, state, str(target))
     model.load_state_dict(state, strict=not unknown)
     for layer in unknown:

@@ -12,6 +12,13 @@ at most ``max_nodes**2 * D`` multiply-adds once. What is kept is ``O(max_nodes *
 neighbours), plus, for a subset, its inputs on the CPU (``max_nodes * D`` floats) to connect
 labeled samples outside it. The build checks a stop event between chunks, so cancelling a
 fit does not wait for it.
+
+Predictions (:class:`SpreadVote`, ``TrainConfig.spread_vote``): the fitted model's probabilities
+are blended with a vote of the ``k`` nearest samples among the fit's labeled and spread-labeled
+pool samples, on the same inputs as the graph. A head over an embedding is a linear boundary;
+the vote follows the pool's own neighbourhoods, which is where the spread labels came from. On
+digits from no labels with ``auto``, it lifts held-out accuracy at 100 labels from 0.982 to 0.99
+(``benchmarks/label_efficiency.py``).
 """
 
 from __future__ import annotations
@@ -20,8 +27,11 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
-__all__ = ["SpreadCancelled", "SpreadGraph", "knn", "spread"]
+from dal_widgets.training._models import classifier_layer
+
+__all__ = ["SpreadCancelled", "SpreadGraph", "SpreadVote", "knn", "spread"]
 
 # Rows of the distance matrix computed at once: bounds memory to _CHUNK * nodes floats.
 _CHUNK = 1024
@@ -186,3 +196,118 @@ class SpreadGraph:
         node_pos = np.concatenate([self.nodes, outside])
         keep = np.flatnonzero(reached)
         return node_pos[keep], cls[keep]
+
+
+class SpreadVote(nn.Module):
+    """``model`` whose predictions blend in a k-NN vote (``TrainConfig.spread_vote``).
+
+    ``forward`` returns ``log((1 - weight) * softmax(model(x)) + weight * vote(x))``, where
+    ``vote(x)`` is the share of each class among the ``k`` nearest rows of the *bank* (Euclidean,
+    on the flattened inputs): the fit's labeled samples and the pool samples the spreading
+    reached, with their spread classes. Softmax of the output is the blend. With an empty bank
+    (a fresh model, and while it trains) the output is ``model(x)`` itself, so the fit trains the
+    wrapped model alone; the trainer fills the bank after the fit (:meth:`set_bank`).
+
+    The bank is saved with the weights (``bank``, ``bank_labels``: ``M * D`` floats) and resized
+    on load. The embeddings, the loss head and MC dropout are the wrapped model's: the vote has
+    no dropout, so MC passes blend the same vote into each sampled prediction.
+    """
+
+    #: Buffers whose shape comes from the data, not the architecture (a checkpoint resizes them).
+    resizable_buffers = ("bank", "bank_labels")
+    bank: torch.Tensor
+    bank_labels: torch.Tensor
+
+    def __init__(self, model: nn.Module, *, weight: float, k: int, chunk: int = 512) -> None:
+        super().__init__()
+        self.model = model
+        self.weight = float(weight)
+        self.k = int(k)
+        self.chunk = int(chunk)
+        self.register_buffer("bank", torch.zeros(0, 0))
+        self.register_buffer("bank_labels", torch.zeros(0, dtype=torch.long))
+
+    @property
+    def classifier(self) -> nn.Module:
+        """The wrapped model's classifier layer (its input is the penultimate embedding)."""
+        return classifier_layer(self.model)
+
+    @property
+    def loss_head(self) -> nn.Module | None:
+        return getattr(self.model, "loss_head", None)
+
+    def set_bank(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        """Vote with the samples ``x`` (any shape, flattened) of classes ``y`` from now on."""
+        dev = self.bank.device
+        flat = x.detach().reshape(x.shape[0], -1) if x.shape[0] else x.detach().reshape(0, 0)
+        self.bank = flat.to(dev, torch.float32).contiguous()
+        self.bank_labels = y.detach().to(dev, torch.long).reshape(-1).contiguous()
+
+    def clear_bank(self) -> None:
+        """Back to the wrapped model's predictions alone (before a warm-started fit)."""
+        self.set_bank(torch.zeros(0, 0), torch.zeros(0, dtype=torch.long))
+
+    def _load_from_state_dict(self, state_dict: Any, prefix: str, *args: Any, **kwargs: Any) -> None:
+        for name in self.resizable_buffers:
+            saved = state_dict.get(prefix + name)
+            if saved is not None:  # the bank's size is the saved one's
+                setattr(self, name, torch.empty_like(saved, device=getattr(self, name).device))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    @property
+    def voting(self) -> bool:
+        return self.weight > 0 and self.bank.shape[0] > 0
+
+    def vote(self, x: torch.Tensor, n_classes: int) -> torch.Tensor:
+        """(N, n_classes): the share of each class among each row's ``k`` nearest bank rows."""
+        q = x.reshape(x.shape[0], -1).float()
+        bank = self.bank
+        k = min(self.k, bank.shape[0])
+        sq_b = (bank * bank).sum(1)
+        out = torch.zeros(q.shape[0], n_classes, device=q.device)
+        ones = torch.full((1, k), 1.0 / k, device=q.device)
+        for start in range(0, q.shape[0], self.chunk):
+            block = q[start : start + self.chunk]
+            d2 = (block * block).sum(1, keepdim=True) - 2.0 * block @ bank.T + sq_b
+            idx = torch.topk(d2, k, dim=1, largest=False).indices
+            out[start : start + block.shape[0]].scatter_add_(
+                1, self.bank_labels[idx], ones.expand(block.shape[0], k)
+            )
+        return out
+
+    def mix(self, logits: torch.Tensor, votes: torch.Tensor) -> torch.Tensor:
+        """Log of the blend of ``softmax(logits)`` and ``votes``."""
+        probs = torch.softmax(logits.float(), dim=1)
+        blend = probs.mul(1.0 - self.weight).add_(votes, alpha=self.weight)
+        return blend.clamp_min_(1e-12).log_()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits = self.model(x)
+        if not self.voting:
+            return logits
+        return self.mix(logits, self.vote(x, logits.shape[1]))
+
+    def mc_split(self) -> tuple[Any, Any]:
+        """For MC dropout: the vote runs once per chunk with the wrapped model's dropout-free
+        prefix; each pass mixes it into the dropout part's output."""
+        inner = getattr(self.model, "mc_split", None)
+        prefix, rest = inner() if callable(inner) else (nn.Identity(), self.model)
+        if not self.voting:
+            return prefix, rest
+
+        def first(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            return prefix(x), x
+
+        seen: dict[str, Any] = {}  # this call's chunk: the vote is computed once per chunk
+
+        def second(pair: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+            hidden, x = pair
+            logits = rest(hidden)
+            if seen.get("pair") is not pair:  # kept alive while cached: identity is safe
+                seen["pair"], seen["votes"] = pair, self.vote(x, logits.shape[1])
+            return self.mix(logits, seen["votes"])
+
+        return first, second
+
+    def extra_repr(self) -> str:
+        return f"weight={self.weight}, k={self.k}, bank={tuple(self.bank.shape)}"

@@ -34,7 +34,7 @@ from dal_widgets.training._fit import Callback, EarlyStopping, FitResult, FitSta
 from dal_widgets.training._inference import predict
 from dal_widgets.training._models import classifier_layer
 from dal_widgets.training._omp import thread_threads
-from dal_widgets.training._spreading import SpreadCancelled, SpreadGraph
+from dal_widgets.training._spreading import SpreadCancelled, SpreadGraph, SpreadVote
 
 __all__ = ["ModelVersion", "Snapshot", "Trainer", "TrainingSet", "weights_key"]
 
@@ -414,8 +414,9 @@ class Trainer:
             fit_seed = int(np.random.SeedSequence([self.seed, n_labels]).generate_state(1)[0])
             model = self._initial_model(fit_seed, data.n_classes)
             X, y, callbacks = self._validation_split(X, y, fit_seed)
+            bank = (X, y)  # what a SpreadVote model votes with: the labels, plus the spread ones
             if self.config.label_spreading:
-                X, y = self._with_spread_labels(X, y, data)
+                X, y, bank = self._with_spread_labels(X, y, data)
             result = self._fit_with_oom_retry(model, X, y, callbacks, fit_seed)
             if self.config.pseudo_labels > 0 and not result.cancelled:
                 model, result = self._refit_with_pseudo_labels(
@@ -432,6 +433,9 @@ class Trainer:
             if result.cancelled or self._closed:
                 self._set_progress({"state": "cancelled"})
                 return None
+            for member in members:
+                if isinstance(member, SpreadVote):
+                    member.set_bank(*bank)
             version = ModelVersion(
                 number,
                 n_labels,
@@ -457,7 +461,10 @@ class Trainer:
         newest = self.model
         if self.config.warm_start and newest is not None:
             if getattr(classifier_layer(newest), "out_features", None) == n_classes:
-                return copy.deepcopy(newest).to(self.device)
+                model = copy.deepcopy(newest).to(self.device)
+                if isinstance(model, SpreadVote):
+                    model.clear_bank()  # it trains alone; it votes again after the fit
+                return model
         return self._seeded_model(fit_seed)
 
     def _validation_split(
@@ -477,12 +484,13 @@ class Trainer:
 
     def _with_spread_labels(
         self, X: torch.Tensor, y: torch.Tensor, data: TrainingSet
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    ) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
         """``TrainConfig.label_spreading``: the labels spread over the pool's k-NN graph (built
-        once per pool); the labels, repeated to weigh as much, plus every pool sample reached."""
+        once per pool); the labels, repeated to weigh as much, plus every pool sample reached,
+        and (the ``spread_vote`` bank) the labels once plus the samples reached."""
         cfg = self.config
         if data.pool is None or data.positions is None:
-            return X, y
+            return X, y, (X, y)
         pool = data.pool()
         graph = self._graph
         if graph is None or not graph.matches(
@@ -494,15 +502,16 @@ class Trainer:
                     stop=self._fit_cancel,
                 )  # fmt: skip
             except SpreadCancelled:  # the fit is cancelled: it will see so at once
-                return X, y
+                return X, y, (X, y)
         pos, cls = graph.labels(data.positions, y.cpu().numpy(), data.n_classes)
         self.pseudo_label_count = int(pos.size)
         if pos.size == 0:
-            return X, y
+            return X, y, (X, y)
         Xs = torch.as_tensor(np.ascontiguousarray(pool[pos])).to(self.device, X.dtype)
         ys = torch.as_tensor(cls).to(self.device)
         reps = max(1, round(len(ys) / len(y)))
-        return torch.cat([X] * reps + [Xs]), torch.cat([y] * reps + [ys])
+        bank = (torch.cat([X, Xs]), torch.cat([y, ys]))
+        return torch.cat([X] * reps + [Xs]), torch.cat([y] * reps + [ys]), bank
 
     def _refit_with_pseudo_labels(
         self,
