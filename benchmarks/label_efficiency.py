@@ -219,33 +219,24 @@ def run_grid(args, proto: dict, names: list[str], grid_path: Path) -> None:
 
 
 #: The scikit-learn baseline's row (issue 16): what a user might pick instead of the loop.
-BASELINE = "sklearn-spreading"
+BASELINE = "sklearn-spreading"  # dal_widgets.baselines.BASELINE (imported late, as the rest)
 
 
 def sklearn_baseline(args, proto: dict, grid_path: Path) -> None:
-    """The baseline of issue 16, per seed and budget: the samples nearest to k-means centroids
-    are labeled (k = the budget), ``LabelSpreading(kernel="knn")`` spreads their labels over
-    the pool, and a 5-NN classifier fitted on the spread labels is scored on the held-out
-    split. MNIST goes through PCA to 50 dimensions first (fitted on the pool). Each seed is a
-    cell in the grid file like the strategies' (so ``--resume`` keeps it)."""
+    """The baseline of issue 16 (``dal_widgets.baselines.label_spreading_baseline``), per
+    seed and budget: the samples nearest to k-means centroids are labeled (k = the budget),
+    ``LabelSpreading(kernel="knn")`` spreads their labels over the pool, and a 5-NN classifier
+    fitted on the spread labels is scored on the held-out split. MNIST goes through PCA to 50
+    dimensions first (fitted on the pool). Each seed is a cell in the grid file like the
+    strategies' (so ``--resume`` keeps it)."""
     import numpy as np
-    from sklearn.cluster import KMeans
-    from sklearn.decomposition import PCA
-    from sklearn.metrics import pairwise_distances_argmin
-    from sklearn.neighbors import KNeighborsClassifier
-    from sklearn.semi_supervised import LabelSpreading
 
     from dal_widgets._grid import GridFile, cell_key
+    from dal_widgets.baselines import PCA_ABOVE, label_spreading_baseline
     from dal_widgets.simulation import _data_key
 
     ds = load_dataset(args.dataset, args.root)
-    X = np.asarray(ds.X, dtype=np.float32).reshape(len(ds), -1)
-    Xe = np.asarray(ds.X_eval, dtype=np.float32).reshape(ds.n_eval, -1)
-    y, ye = np.asarray(ds.targets), np.asarray(ds.y_eval)
-    pca = X.shape[1] > 100
-    if pca:
-        reduce = PCA(50, random_state=0).fit(X)
-        X, Xe = reduce.transform(X), reduce.transform(Xe)
+    pca = int(np.prod(ds.input_shape)) > PCA_ABOVE
     file = GridFile(grid_path, "label_efficiency")
     done = file.open()
     try:
@@ -262,35 +253,10 @@ def sklearn_baseline(args, proto: dict, grid_path: Path) -> None:
             key = cell_key(config)
             if key in done:
                 continue
-            records = []
             t_cell = time.perf_counter()
             first = proto["initial"] or proto["batch"]  # cold start: the first batch
-            for rnd, n in enumerate(range(first, args.budget + 1, proto["batch"])):
-                t0 = time.perf_counter()
-                km = KMeans(n_clusters=n, n_init=1, random_state=seed).fit(X)
-                picks = np.unique(pairwise_distances_argmin(km.cluster_centers_, X))
-                t1 = time.perf_counter()
-                seen = np.full(len(X), -1)
-                seen[picks] = y[picks]
-                spread = LabelSpreading(kernel="knn", n_neighbors=7).fit(X, seen)
-                knn = KNeighborsClassifier(5).fit(X, spread.transduction_)
-                acc = float((knn.predict(Xe) == ye).mean())
-                t2 = time.perf_counter()
-                records.append(
-                    {
-                        "strategy": BASELINE,
-                        "seed": seed,
-                        "round": rnd,
-                        "labels": int(n),  # len(picks): n, unless two centroids share a sample
-                        "accuracy": acc,
-                        "train_s": t2 - t1,
-                        "infer_s": 0.0,
-                        "select_s": t1 - t0,
-                        "seconds": t2 - t0,
-                        "kappa": None,
-                        "distinct_picks": len(picks),
-                    }
-                )
+            sizes = range(first, args.budget + 1, proto["batch"])
+            records = label_spreading_baseline(ds, sizes, [seed])
             file.append(
                 {
                     "key": key,
@@ -301,7 +267,8 @@ def sklearn_baseline(args, proto: dict, grid_path: Path) -> None:
                     "seconds": time.perf_counter() - t_cell,
                 }
             )
-            print(f"{BASELINE:>16} seed {seed}: {records[-1]['accuracy']:.3f} at {n}", flush=True)
+            last = records[-1]
+            print(f"{BASELINE:>16} seed {seed}: {last['accuracy']:.3f} at {last['labels']}", flush=True)
     finally:
         file.close()
 

@@ -43,7 +43,8 @@ def test_demo_prints_a_table_and_writes_a_report(tmp_path):
     report = tmp_path / "r.html"
     out = run(
         "demo", "--rounds", "2", "--steps", "60", "--strategies", "random,entropy",
-        "--encoder", "none", "--no-label-spreading", "--out", str(report), cwd=tmp_path,
+        "--initial", "20", "--encoder", "none", "--no-label-spreading", "--no-baseline",
+        "--out", str(report), cwd=tmp_path,
     )  # fmt: skip
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
@@ -55,6 +56,7 @@ def test_demo_prints_a_table_and_writes_a_report(tmp_path):
     assert all(0.0 < float(v) <= 1.0 for r in rows for v in r[1:])
     html = report.read_text()
     assert "plotly" in html and "Learning curves" in html and "AUBC" in html
+    assert "sklearn-spreading" not in out.stdout  # --no-baseline
 
 
 @pytest.mark.slow
@@ -68,11 +70,11 @@ def test_demo_default_pretrains_on_the_pool_once(tmp_path):
     assert "pretraining SelfSupervisedEncoder('simclr', epochs=3" in out.stdout
     assert list((tmp_path / "cache" / "dal_widgets" / "pretrained").glob("*/encoder.pt"))
     lines = out.stdout.splitlines()
-    header = next(
-        i for i, line in enumerate(lines) if line.split()[:3] == ["labels", "random", "auto"]
-    )
-    rows = [line.split() for line in lines[header + 1 : header + 4]]
-    assert [r[0] for r in rows] == ["20", "30", "40"]
+    # From no labels (the strategy picks the first batch), beside the scikit-learn baseline.
+    header = next(i for i, line in enumerate(lines) if line.split()[:1] == ["labels"])
+    assert lines[header].split() == ["labels", "random", "auto", "sklearn-spreading"]
+    rows = [line.split() for line in lines[header + 1 : header + 3]]
+    assert [r[0] for r in rows] == ["10", "20"]
     assert all(0.0 < float(v) <= 1.0 for r in rows for v in r[1:])
     again = run(*args, cwd=tmp_path, env=env)
     assert again.returncode == 0 and "pretraining" not in again.stdout
