@@ -109,8 +109,10 @@ class TrainConfig:
         model's inputs, like the graph); 0 turns the vote off. A linear head over an embedding
         cannot follow the pool's neighbourhoods that the spread labels come from, and the vote
         does: on digits from no labels with ``auto``, 0.99 at 100 labels against 0.982
-        without the vote. The model keeps those samples'
-        inputs (up to ``spread_max_pool * D`` floats) and saves them with its weights.
+        without the vote. The model keeps those samples' inputs (the *bank*: up to
+        ``spread_max_pool * D`` floats) and saves them with its weights. Each prediction pass
+        costs ``inputs * bank * D`` multiply-adds for the vote (chunked, on the session's
+        device).
     spread_vote_k : int
         How many nearest samples vote.
     """
