@@ -62,9 +62,13 @@ class Session:
         of the model's ``classifier`` attribute, or of its last ``nn.Linear``.
     store : str or path
         The SQLite label store (created if missing, resumed if present). ``":memory:"`` keeps
-        labels in memory only. The newest model is kept beside it (``<store>.dal/model.pt``)
-        and comes back when the store is opened again; if the labels changed since, a refit
-        starts by itself (unless ``retrain="manual"``).
+        labels in memory only. A ``postgresql://user@host:port/db`` URL keeps the labels on a
+        PostgreSQL server instead, as the project named by ``project`` (a bare
+        ``"postgresql://"`` reads ``DAL_POSTGRES_URL``); see :class:`PostgresStore`. The newest
+        model is kept beside the store (``<store>.dal/model.pt``; for a server, in this
+        machine's cache folder, ``PostgresStore.side_dir``) and comes back when the store is
+        opened again; if the labels changed since, a refit starts by itself (unless
+        ``retrain="manual"``).
     seed : int
         Seeds queries (per round) and fits (per labeled-set size): the same seed, labels and
         device give the same picks and, on the CPU, the same model.
@@ -82,6 +86,9 @@ class Session:
         in ``<store>.dal/embeddings/``), and the model is a head over the embeddings.
     annotator : str, optional
         Recorded with every label (default: the OS user name).
+    project : str, optional
+        The project on a PostgreSQL server (required with a ``postgresql://`` store; one
+        database holds many projects).
     read_only : bool
         Open an existing store only to look (labels, history, export), never to write: for a
         store another process is labeling in. Labeling, querying and training then raise.
@@ -102,6 +109,7 @@ class Session:
         annotator: str | None = None,
         read_only: bool = False,
         encoder: Any = None,
+        project: str | None = None,
     ) -> None:
         where = "Session"
         if not isinstance(dataset, Dataset):
@@ -139,6 +147,7 @@ class Session:
             multi_label=dataset.multi_label,
             annotator=annotator,
             read_only=read_only,
+            project=project,
             where=where,
         )
         self.multi_label = dataset.multi_label

@@ -31,14 +31,13 @@ shown in errors or reprs. ``url=None`` reads ``DAL_POSTGRES_URL``.
 from __future__ import annotations
 
 import json
-import os
-import re
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, TypeVar
 
 from dal_widgets._checks import check_int, check_real, param_error
+from dal_widgets._pgurl import Secret, redact
 
 __all__ = ["RULES", "SCHEMA_VERSION", "LeaseLostError", "TeamQueue", "redact"]
 
@@ -114,23 +113,6 @@ class LeaseLostError(RuntimeError):
     """A label came after the annotator's lease expired and the item's slots were taken."""
 
 
-def redact(text: str) -> str:
-    """``text`` with the password of any connection URL or ``password=`` setting in it hidden."""
-    text = re.sub(r"([a-z][\w+.-]*://[^:/@\s]*:)[^@\s]*@", r"\1***@", text, flags=re.I)
-    return re.sub(r"(password\s*=\s*)('[^']*'|\S+)", r"\1***", text, flags=re.IGNORECASE)
-
-
-def _secrets(url: str) -> set[str]:
-    """The password of ``url`` as written and decoded (empty when it has none)."""
-    from urllib.parse import unquote, urlsplit
-
-    try:
-        raw = urlsplit(url).netloc.rpartition("@")[0].partition(":")[2]
-    except ValueError:
-        return set()
-    return {v for v in (raw, unquote(raw)) if v}
-
-
 def _key(item: Any) -> str:
     """An item id as the database keeps it: JSON, so 7 and "7" stay different."""
     if isinstance(item, bool) or not isinstance(item, (int, str)):
@@ -172,20 +154,7 @@ class TeamQueue:
         reconnect_seconds: float = 30.0,
     ) -> None:
         where = "TeamQueue"
-        if url is None:
-            url = os.environ.get("DAL_POSTGRES_URL")
-            if not url:
-                raise ValueError(
-                    f"{where} needs a PostgreSQL URL: pass url= or set DAL_POSTGRES_URL."
-                )
-        if not isinstance(url, str) or not url.startswith(("postgresql://", "postgres://")):
-            # Never the value itself: whatever it is, it may hold a password.
-            scheme = url.partition("://")[0] if isinstance(url, str) and "://" in url else None
-            shown = f"a {scheme}:// URL" if scheme else f"a {type(url).__name__}"
-            raise ValueError(
-                f"The 'url' parameter of {where} must be a 'postgresql://...' URL. "
-                f"Got {shown} instead."
-            )
+        self._url = Secret(url, "url", where)
         for name, value in (("project", project), ("annotator", annotator)):
             if not isinstance(value, str) or not value.strip():
                 raise param_error(name, where, "a non-empty string", value)
@@ -193,42 +162,23 @@ class TeamQueue:
         self.overlap = check_int(overlap, "overlap", where, lo=1, hi=100)
         self.lease_seconds = check_real(lease_seconds, "lease_seconds", where, lo=0.1)
         self.reconnect_seconds = check_real(reconnect_seconds, "reconnect_seconds", where, lo=0)
-        self._url = url
-        self._secrets = _secrets(url)
         self._conn: Any = None
         self._call(self._setup, retry=False)  # a wrong URL or password fails at once
 
     # ------------------------------------------------------------------ connection
     def __repr__(self) -> str:
         return (
-            f"TeamQueue({self._hide(self._url)!r}, project={self.project!r}, "
+            f"TeamQueue({str(self._url)!r}, project={self.project!r}, "
             f"annotator={self.annotator!r}, overlap={self.overlap})"
         )
 
     def _connect(self) -> Any:
-        import psycopg
-
         if self._conn is None or self._conn.closed:
-            try:
-                self._conn = psycopg.connect(self._url, connect_timeout=5)
-            except psycopg.OperationalError as exc:
-                raise ConnectionError(
-                    f"TeamQueue could not connect to {self._hide(self._url)}: "
-                    f"{self._hide(str(exc))}"
-                ) from None
-            except psycopg.Error:  # a URL libpq cannot parse: its text may quote the password
-                raise ValueError(
-                    "The 'url' parameter of TeamQueue must be a valid PostgreSQL URL. "
-                    f"Got {self._hide(self._url)} instead, which libpq cannot parse."
-                ) from None
+            self._conn = self._url.connect()
         return self._conn
 
     def _hide(self, text: str) -> str:
-        """``text`` with this URL's password hidden, however it was spelled."""
-        text = redact(text)
-        for secret in self._secrets:
-            text = text.replace(secret, "***")
-        return text
+        return self._url.hide(text)
 
     def _call(self, op: Callable[[Any], T], *, retry: bool = True) -> T:
         """Run ``op(connection)`` in one transaction, retrying on a lost connection."""
@@ -249,7 +199,7 @@ class TeamQueue:
                     if not retry:
                         raise ConnectionError(self._hide(str(exc))) from None
                     raise ConnectionError(
-                        f"TeamQueue lost the server at {self._hide(self._url)} and could not get "
+                        f"TeamQueue lost the server at {self._url} and could not get "
                         f"it back in {self.reconnect_seconds:g} s: {self._hide(str(exc))}"
                     ) from None
                 time.sleep(pause)

@@ -139,3 +139,28 @@ def nb7(
     request.node.stash[_SESSION_KEY] = session
     yield session
     session.close()
+
+
+# ---------------------------------------------------------------- PostgreSQL (see _pg.py)
+@pytest.fixture(scope="module")
+def pg_cluster():
+    """A throwaway PostgreSQL cluster per test module; skipped without a server, failed when
+    ``DAL_REQUIRE_POSTGRES=1`` (CI), as the browser tests are."""
+    import _pg
+
+    problem = _pg.problem()
+    if problem is not None:
+        if os.environ.get("DAL_REQUIRE_POSTGRES") == "1":
+            pytest.fail(f"DAL_REQUIRE_POSTGRES=1 but PostgreSQL cannot run: {problem}")
+        pytest.skip(f"PostgreSQL tests need a server: {problem}")
+    c = _pg.Cluster()
+    c.start()
+    yield c
+    c.destroy()
+
+
+@pytest.fixture
+def pg_url(pg_cluster, request):
+    """The URL of a new database of its own for this test."""
+    name = "t_" + "".join(ch if ch.isalnum() else "_" for ch in request.node.name)[:50].lower()
+    return pg_cluster.create_db(name)

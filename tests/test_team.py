@@ -15,7 +15,6 @@ import time
 from collections import Counter
 from pathlib import Path
 
-import _pg
 import pytest
 
 import dal_widgets as dal
@@ -24,22 +23,13 @@ HERE = Path(__file__).resolve().parent
 
 
 @pytest.fixture(scope="module")
-def cluster():
-    problem = _pg.problem()
-    if problem is not None:
-        if os.environ.get("DAL_REQUIRE_POSTGRES") == "1":
-            pytest.fail(f"DAL_REQUIRE_POSTGRES=1 but PostgreSQL cannot run: {problem}")
-        pytest.skip(f"PostgreSQL tests need a server: {problem}")
-    c = _pg.Cluster()
-    c.start()
-    yield c
-    c.destroy()
+def cluster(pg_cluster):
+    return pg_cluster
 
 
 @pytest.fixture
-def url(cluster, request):
-    name = "t_" + "".join(ch if ch.isalnum() else "_" for ch in request.node.name)[:50].lower()
-    return cluster.create_db(name)
+def url(pg_url):
+    return pg_url
 
 
 def expire_leases(url):

@@ -41,6 +41,7 @@ the next export or backup to the same target.
 
 from __future__ import annotations
 
+from dal_widgets.store._copy import copy_store
 from dal_widgets.store._errors import (
     StoreClosedError,
     StoreError,
@@ -56,10 +57,21 @@ __all__ = [
     "SCHEMA_VERSION",
     "SOURCES",
     "LabelStore",
+    "PostgresStore",
     "RoundRecord",
     "StoreClosedError",
     "StoreError",
     "StoreLockedError",
     "StoreMismatchError",
+    "copy_store",
     "open_store",
 ]
+
+
+def __getattr__(name: str) -> object:
+    # PostgresStore on first use: importing the store package stays light.
+    if name == "PostgresStore":
+        from dal_widgets.store._postgres import PostgresStore
+
+        return PostgresStore
+    raise AttributeError(f"module 'dal_widgets.store' has no attribute {name!r}")

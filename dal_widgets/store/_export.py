@@ -23,11 +23,13 @@ __all__: list[str] = []  # LabelStore's methods
 _COLUMNS = ("sample_id", "label", "round", "source", "annotator", "timestamp")
 
 
-class _Exports(_StoreFile):
-    """Export, backup and DataFrame views of a store (the base of :class:`LabelStore`)."""
+class _Exports:
+    """Export and DataFrame views of a store, on any backend."""
+
+    _api: str
 
     def records(self) -> list[dict[str, Any]]:
-        raise NotImplementedError  # LabelStore's
+        raise NotImplementedError  # the store's
 
     # ------------------------------------------------------------------ export
     def export(self, path: str | os.PathLike[str], format: str | None = None) -> Path:
@@ -37,7 +39,7 @@ class _Exports(_StoreFile):
         never leaves a half-written file under the final name; temporary files that killed
         exports of the same target left behind are removed.
         """
-        where = "LabelStore.export"
+        where = f"{self._api}.export"
         target = Path(check_path_param(path, "path", where))
         fmt = format or {
             ".csv": "csv",
@@ -73,6 +75,22 @@ class _Exports(_StoreFile):
                 f"{where} could not write {str(target)!r}: {exc.strerror or exc}."
             ) from None
         return target
+
+    def to_dataframe(self) -> Any:
+        """The current labels as a pandas DataFrame (needs pandas)."""
+        try:
+            import pandas as pd
+        except ImportError:
+            raise ImportError(
+                f"{self._api}.to_dataframe needs pandas: pip install pandas"
+            ) from None
+        frame = pd.DataFrame(self.records(), columns=list(_COLUMNS))
+        frame["timestamp"] = pd.to_datetime(frame["timestamp"])
+        return frame
+
+
+class _FileBackup(_StoreFile):
+    """Whole-store copies of an SQLite store (the base of :class:`LabelStore`)."""
 
     def backup(self, path: str | os.PathLike[str]) -> Path:
         """Copy the store to ``path``, safely while it is in use (also while other threads label).
@@ -113,13 +131,3 @@ class _Exports(_StoreFile):
             detail = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
             raise StoreError(f"{where} could not write {str(target)!r}: {detail}.") from None
         return target
-
-    def to_dataframe(self) -> Any:
-        """The current labels as a pandas DataFrame (needs pandas)."""
-        try:
-            import pandas as pd
-        except ImportError:
-            raise ImportError("LabelStore.to_dataframe needs pandas: pip install pandas") from None
-        frame = pd.DataFrame(self.records(), columns=list(_COLUMNS))
-        frame["timestamp"] = pd.to_datetime(frame["timestamp"])
-        return frame

@@ -11,7 +11,6 @@ import shutil
 import sqlite3
 import tempfile
 import threading
-import traceback
 import weakref
 from collections.abc import Callable
 from pathlib import Path
@@ -20,7 +19,6 @@ from typing import Any
 from dal_widgets._checks import param_error
 from dal_widgets._files import check_path_param
 from dal_widgets.store._errors import (
-    StoreClosedError,
     StoreError,
     StoreLockedError,
 )
@@ -322,55 +320,12 @@ class _StoreFile(_Schema):
         return _Transaction(self)
 
     # ------------------------------------------------------------------ closing
-    @property
-    def closed(self) -> bool:
-        """Whether this store can no longer be used."""
-        return self._closed_reason is not None
-
-    def add_close_callback(self, callback: Callable[[str], Any]) -> Callable[[], None]:
-        """Call ``callback(reason)`` once when this store closes: :meth:`close`, or a takeover
-        by a newer LabelStore on the same file (then in the thread that opened the new one).
-
-        Callbacks run after the store is closed, outside its lock, so a callback may stop a
-        thread that was using the store. One that raises is recorded (a traceback) in
-        ``close_callback_errors`` and the others still run. Added to a closed store, the
-        callback is called at once.
-
-        Returns
-        -------
-        callable
-            Call it (no arguments) to unsubscribe.
-        """
-        if not callable(callback):
-            raise param_error(
-                "callback",
-                "LabelStore.add_close_callback",
-                "a callable taking the reason (a str)",
-                callback,
-                TypeError,
-            )
-        token = object()
-        with self._lock:
-            reason = self._closed_reason
-            if reason is None:
-                self._close_callbacks[token] = callback
-
-        def unsubscribe() -> None:
-            with self._lock:
-                self._close_callbacks.pop(token, None)
-
-        if reason is not None:
-            self._run_close_callbacks([callback], reason)
-        return unsubscribe
-
     def _shut(self, reason: str, *, taken_over: bool = False) -> list[Callable[[str], Any]]:
         """Close the connection and let go of the file; returns the callbacks to run."""
         with self._lock:
-            if self._closed_reason is not None:
+            callbacks = self._mark_closed(reason)
+            if callbacks is None:
                 return []
-            self._closed_reason = reason
-            callbacks = list(self._close_callbacks.values())
-            self._close_callbacks.clear()
             conn = getattr(self, "_conn", None)  # None: taken over while still opening
             try:
                 if conn is not None:
@@ -394,26 +349,6 @@ class _StoreFile(_Schema):
         except sqlite3.Error:
             pass
 
-    def _run_close_callbacks(self, callbacks: list[Callable[[str], Any]], reason: str) -> None:
-        for callback in callbacks:
-            try:
-                callback(reason)
-            except Exception:  # noqa: BLE001 (recorded; a view's bug must not block closing)
-                self.close_callback_errors.append(traceback.format_exc())
-
-    def _close(self, reason: str, *, taken_over: bool = False) -> None:
-        self._run_close_callbacks(self._shut(reason, taken_over=taken_over), reason)
-
-    def close(self) -> None:
-        """Close the file and release the write lock. Idempotent."""
-        self._close("close() was called")
-
-    def __enter__(self) -> Any:  # the LabelStore itself
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
     def __del__(self) -> None:
         try:
             if self._closed_reason is None:
@@ -431,26 +366,12 @@ class _StoreFile(_Schema):
         except Exception:  # noqa: BLE001 (interpreter shutdown: nothing sensible to do)
             pass
 
-    def _check_open(self, writing: bool = False, where: str = "") -> None:
-        prefix = f"{where}: " if where else ""
-        if self._closed_reason is not None:
-            raise StoreClosedError(
-                f"{prefix}The label store {self.path!r} is closed: {self._closed_reason}. "
-                "Use the newer store or session, or open a new one."
-            )
-        if writing and self.read_only:
-            raise StoreError(
-                f"{prefix}The label store {self.path!r} was opened with read_only=True; it "
-                "can be read and exported, not written (no labels, queries or training rounds)."
-            )
-
-    def check_writable(self, where: str = "") -> None:
-        """Raise at once, before any work, when this store cannot take writes: closed
-        (:class:`StoreClosedError`) or opened read-only (:class:`StoreError`)."""
-        self._check_open(writing=True, where=where)
-
     def __repr__(self) -> str:
-        state = "closed" if self.closed else ("read-only" if self.read_only else "open")
+        state = (
+            "closed"
+            if self._closed_reason is not None
+            else ("read-only" if self.read_only else "open")
+        )
         return (
             f"LabelStore({self.path!r}, {state}, labels={len(self._labels)}, round={self._round})"
         )

@@ -106,7 +106,37 @@ class _Schema:
     _labels: dict[Any, Any]
     _marks: dict[str, set[Any]]
 
+    #: The errors of the backend's driver that mean the store cannot be used.
+    _db_errors: tuple[type[BaseException], ...] = (sqlite3.DatabaseError,)
+    #: The tables, as the backend writes them.
+    _schema_sql = _SCHEMA
+
+    @staticmethod
+    def _db_id(sample_id: Any) -> Any:
+        """A sample id as the backend stores it (SQLite: as it is)."""
+        return sample_id
+
+    @staticmethod
+    def _py_id(stored: Any) -> Any:
+        """A stored sample id back as the dataset's id."""
+        return stored
+
     def _connect_in_place(self) -> sqlite3.Connection:
+        raise NotImplementedError
+
+    def _after_copy(self, conn: Any) -> None:
+        """After rows were copied in with their ids (``_copy.py``): nothing on SQLite, whose
+        AUTOINCREMENT follows the ids written."""
+
+    # The common parts of every store (``_log._EventLog``) and of its backend.
+    def _check_open(self, writing: bool = False, where: str = "") -> None:
+        raise NotImplementedError
+
+    def _shut(self, reason: str, *, taken_over: bool = False) -> list[Any]:
+        """Close the connection and let go of the lock; returns the close callbacks to run."""
+        raise NotImplementedError
+
+    def _mark_closed(self, reason: str) -> list[Any] | None:
         raise NotImplementedError
 
     def _usable_error(self, exc: BaseException) -> StoreError:
@@ -217,7 +247,7 @@ class _Schema:
         try:
             if not self.read_only:
                 with self._transaction():
-                    for stmt in _SCHEMA.split(";"):
+                    for stmt in self._schema_sql.split(";"):
                         if stmt.strip():
                             conn.execute(stmt)
                     existing = dict(conn.execute("SELECT key, value FROM meta").fetchall())
@@ -233,7 +263,7 @@ class _Schema:
                         }
                         conn.executemany("INSERT INTO meta(key, value) VALUES (?, ?)", rows.items())
             meta = self._read_meta(conn)
-        except sqlite3.DatabaseError as exc:
+        except self._db_errors as exc:
             raise self._usable_error(exc) from None
         found, self._round = self._check_meta(meta, expected)
         self.multi_label = found.multi_label
@@ -244,10 +274,11 @@ class _Schema:
     def _load_state(self) -> None:
         try:
             rows = self._conn.execute("SELECT sample_id, field, value FROM state").fetchall()
-        except sqlite3.DatabaseError as exc:
+        except self._db_errors as exc:
             raise self._usable_error(exc) from None
         classes = set(self._classes)
-        for sample_id, field, value in rows:
+        for stored, field, value in rows:
+            sample_id = self._py_id(stored)
             if isinstance(sample_id, bool) or not isinstance(sample_id, (int, str)):
                 raise self._damaged(
                     f"a state row has the sample id {short_repr(sample_id)}, not an int or str"

@@ -2,22 +2,23 @@
 
 from __future__ import annotations
 
-import json
 import os
-import sqlite3
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from dal_widgets._checks import param_error, short_repr
-from dal_widgets.store._export import _Exports
-from dal_widgets.store._rounds import ROUND_FIELDS, RoundRecord
-from dal_widgets.store._schema import SOURCES, _Identity, _iso, _now
+from dal_widgets._checks import param_error
+from dal_widgets.store._export import _Exports, _FileBackup
+from dal_widgets.store._log import _EventLog
+from dal_widgets.store._schema import _Identity
+
+if TYPE_CHECKING:
+    from dal_widgets.store._postgres import PostgresStore
 
 __all__ = ["LabelStore", "open_store"]
 
 
-class LabelStore(_Exports):
+class LabelStore(_EventLog, _Exports, _FileBackup):
     """A durable, undoable record of labels for one dataset.
 
     Parameters
@@ -100,490 +101,6 @@ class LabelStore(_Exports):
         here: whoever writes into it creates it."""
         return None if self._memory else Path(self.path + ".dal")
 
-    @property
-    def fingerprint(self) -> str:
-        """The fingerprint of the dataset the store was made for."""
-        return self._fingerprint
-
-    @property
-    def dataset_name(self) -> str:
-        """The name of the dataset the store was made for (as stored when it was made)."""
-        return self._dataset_name
-
-    @property
-    def classes(self) -> list[str]:
-        """The class list (it only grows, through :meth:`add_class`)."""
-        return list(self._classes)
-
-    @property
-    def round(self) -> int:
-        """The current round: 0 before the first query, then one more per query."""
-        return self._round
-
-    def _encode(self, label: Any) -> str:
-        if not self.multi_label:
-            return label
-        order = {c: i for i, c in enumerate(self._classes)}
-        return json.dumps(sorted(set(label), key=order.__getitem__), ensure_ascii=False)
-
-    def _decode(self, value: str | None) -> Any:
-        if value is None or not self.multi_label:
-            return value
-        return tuple(json.loads(value))
-
-    @property
-    def labels(self) -> dict[Any, Any]:
-        """Current labels: sample id -> class name (a tuple of names when multi-label; a copy)."""
-        with self._lock:
-            return dict(self._labels)
-
-    def marked(self, field: str) -> set[Any]:
-        """Ids currently marked ``"skip"`` or ``"flag"``."""
-        if field not in self._marks:
-            raise param_error("field", "LabelStore.marked", "'skip' or 'flag'", field)
-        with self._lock:
-            return set(self._marks[field])
-
-    def __len__(self) -> int:
-        return len(self._labels)
-
-    def history(self, sample_id: Any = None) -> list[dict[str, Any]]:
-        """Every event (oldest first), or those of one sample: what changed, when, by whom."""
-        sql = (
-            "SELECT e.sample_id, e.field, e.old, e.new, a.action_id, a.kind, a.source, a.annotator, "
-            "a.round, a.ts, a.undoes, a.undone_by FROM events e JOIN actions a USING(action_id)"
-        )
-        args: tuple[Any, ...] = ()
-        if sample_id is not None:
-            sql += " WHERE e.sample_id = ?"
-            args = (sample_id,)
-        sql += " ORDER BY a.action_id, e.rowid"
-        with self._lock:
-            self._check_open()
-            rows = self._conn.execute(sql, args).fetchall()
-        keys = (
-            "sample_id",
-            "field",
-            "old",
-            "new",
-            "action_id",
-            "kind",
-            "source",
-            "annotator",
-            "round",
-            "ts",
-            "undoes",
-            "undone_by",
-        )
-        out = [dict(zip(keys, r)) for r in rows]
-        for rec in out:
-            rec["timestamp"] = _iso(rec.pop("ts"))
-        return out
-
-    def records(self) -> list[dict[str, Any]]:
-        """One row per labeled sample: id, label, round, source, annotator, ISO timestamp."""
-        with self._lock:
-            self._check_open()
-            rows = self._conn.execute(
-                "SELECT s.sample_id, s.value, a.round, a.source, a.annotator, a.ts FROM state s "
-                "JOIN actions a ON a.action_id = s.action_id WHERE s.field = 'label' ORDER BY a.action_id, "
-                "(SELECT MIN(e.rowid) FROM events e WHERE e.action_id = s.action_id AND e.sample_id = s.sample_id)"
-            ).fetchall()
-        return [
-            {
-                "sample_id": r[0],
-                "label": list(self._decode(r[1])) if self.multi_label else r[1],
-                "round": r[2],
-                "source": r[3],
-                "annotator": r[4],
-                "timestamp": _iso(r[5]),
-            }
-            for r in rows
-        ]
-
-    # ------------------------------------------------------------------ writing
-    def _validate_ids(self, ids: Sequence[Any], where: str) -> list[Any]:
-        out = []
-        for i in ids:
-            if isinstance(i, bool) or not isinstance(i, (int, str)):
-                raise param_error("ids", where, "plain int or str sample ids", i, TypeError)
-            out.append(i)
-        if len(set(out)) != len(out):
-            dup = sorted({str(i) for i in out if out.count(i) > 1})[:5]
-            raise ValueError(
-                f"The 'ids' parameter of {where} must not repeat an id. Got duplicates: {dup}."
-            )
-        return out
-
-    def _apply(
-        self,
-        kind: str,
-        changes: Iterable[tuple[Any, str, str | None]],
-        *,
-        source: str,
-        annotator: str | None,
-    ) -> int:
-        """Write one action: (sample_id, field, new value or None to clear). One transaction."""
-        self._check_open(writing=True)
-        if source not in SOURCES:
-            raise param_error("source", "LabelStore", f"one of {SOURCES}", source)
-        changes = list(changes)
-        with self._lock:
-            with self._transaction() as conn:
-                cur = conn.execute(
-                    "INSERT INTO actions(kind, source, annotator, round, ts) VALUES (?, ?, ?, ?, ?)",
-                    (kind, source, annotator or self.annotator, self._round, _now()),
-                )
-                action_id = int(cur.lastrowid or 0)
-                self._write_changes(conn, action_id, changes)
-            self._apply_to_cache(changes)
-        return action_id
-
-    def _write_changes(
-        self, conn: sqlite3.Connection, action_id: int, changes: list[tuple[Any, str, str | None]]
-    ) -> None:
-        events = []
-        for sample_id, field, new in changes:
-            row = conn.execute(
-                "SELECT value, action_id FROM state WHERE sample_id = ? AND field = ?",
-                (sample_id, field),
-            ).fetchone()
-            old, old_action = (row[0], row[1]) if row else (None, None)
-            events.append((action_id, sample_id, field, old, old_action, new))
-            if new is None:
-                conn.execute(
-                    "DELETE FROM state WHERE sample_id = ? AND field = ?", (sample_id, field)
-                )
-            else:
-                conn.execute(
-                    "INSERT INTO state(sample_id, field, value, action_id) VALUES (?, ?, ?, ?) "
-                    "ON CONFLICT(sample_id, field) DO UPDATE SET value = excluded.value, action_id = excluded.action_id",
-                    (sample_id, field, new, action_id),
-                )
-        conn.executemany(
-            "INSERT INTO events(action_id, sample_id, field, old, old_action, new) VALUES (?, ?, ?, ?, ?, ?)",
-            events,
-        )
-
-    def _apply_to_cache(self, changes: Iterable[tuple[Any, str, str | None]]) -> None:
-        for sample_id, field, new in changes:
-            if field == "label":
-                if new is None:
-                    self._labels.pop(sample_id, None)
-                else:
-                    self._labels[sample_id] = self._decode(new)
-            elif new is None:
-                self._marks[field].discard(sample_id)
-            else:
-                self._marks[field].add(sample_id)
-
-    def label(
-        self,
-        ids: Sequence[Any],
-        labels: Sequence[str],
-        *,
-        source: str = "human",
-        annotator: str | None = None,
-    ) -> int:
-        """Record labels (class names) for ids as one action; committed when this returns.
-
-        Labeling a sample marked "skip" clears the skip mark in the same action.
-
-        Returns
-        -------
-        int
-            The action id (what :meth:`undo` reverts).
-        """
-        where = "LabelStore.label"
-        ids = self._validate_ids(ids, where)
-        labels = list(labels)
-        if len(labels) != len(ids):
-            raise ValueError(
-                f"The 'labels' parameter of {where} must have one label per id ({len(ids)}). Got {len(labels)}."
-            )
-        if self.multi_label:
-            bad = [
-                lab
-                for lab in labels
-                if isinstance(lab, str)
-                or not isinstance(lab, (list, tuple, set, frozenset))
-                or any(c not in self._classes for c in lab)
-            ]
-            expected = f"collections of class names from {self._classes} (multi-label store)"
-        else:
-            bad = [lab for lab in labels if not isinstance(lab, str) or lab not in self._classes]
-            expected = f"class names from {self._classes}"
-        if bad:
-            raise ValueError(
-                f"The 'labels' parameter of {where} must hold {expected}. Got {short_repr(bad[:5])} instead."
-            )
-        labels = [self._encode(lab) for lab in labels]
-        if not ids:
-            raise param_error("ids", where, "at least one sample id", ids)
-        changes: list[tuple[Any, str, str | None]] = [
-            (i, "label", lab) for i, lab in zip(ids, labels)
-        ]
-        skipped = self._marks["skip"]
-        changes += [(i, "skip", None) for i in ids if i in skipped]
-        return self._apply("label", changes, source=source, annotator=annotator)
-
-    def unlabel(self, ids: Sequence[Any], *, annotator: str | None = None) -> int:
-        """Remove the labels of ids (one undoable action; history keeps them)."""
-        where = "LabelStore.unlabel"
-        ids = [i for i in self._validate_ids(ids, where) if i in self._labels]
-        if not ids:
-            raise ValueError(f"{where} was given no labeled sample ids.")
-        return self._apply(
-            "unlabel", [(i, "label", None) for i in ids], source="human", annotator=annotator
-        )
-
-    def mark(
-        self, ids: Sequence[Any], field: str, value: bool = True, *, annotator: str | None = None
-    ) -> int:
-        """Set or clear the ``"skip"`` or ``"flag"`` mark of ids (one undoable action)."""
-        where = "LabelStore.mark"
-        if field not in ("skip", "flag"):
-            raise param_error("field", where, "'skip' or 'flag'", field)
-        ids = self._validate_ids(ids, where)
-        if not ids:
-            raise param_error("ids", where, "at least one sample id", ids)
-        return self._apply(
-            "mark",
-            [(i, field, "1" if value else None) for i in ids],
-            source="human",
-            annotator=annotator,
-        )
-
-    def undo(self, *, annotator: str | None = None) -> list[Any] | None:
-        """Revert the newest action that is not undone yet.
-
-        Returns the ids it changed back, or None when there is nothing to undo. The undo is
-        recorded as an action of its own; labels are never deleted from history.
-        """
-        self._check_open(writing=True)
-        with self._lock:
-            with self._transaction() as conn:
-                row = conn.execute(
-                    "SELECT action_id FROM actions WHERE kind != 'undo' AND undone_by IS NULL "
-                    "ORDER BY action_id DESC LIMIT 1"
-                ).fetchone()
-                if row is None:
-                    return None
-                target = int(row[0])
-                events = conn.execute(
-                    "SELECT sample_id, field, old, old_action FROM events WHERE action_id = ? ORDER BY rowid DESC",
-                    (target,),
-                ).fetchall()
-                cur = conn.execute(
-                    "INSERT INTO actions(kind, source, annotator, round, ts, undoes) VALUES ('undo', 'human', ?, ?, ?, ?)",
-                    (annotator or self.annotator, self._round, _now(), target),
-                )
-                undo_id = int(cur.lastrowid or 0)
-                conn.execute(
-                    "UPDATE actions SET undone_by = ? WHERE action_id = ?", (undo_id, target)
-                )
-                restored: list[tuple[Any, str, str | None]] = []
-                undo_events = []
-                for sample_id, field, old, old_action in events:
-                    now = conn.execute(
-                        "SELECT value, action_id FROM state WHERE sample_id = ? AND field = ?",
-                        (sample_id, field),
-                    ).fetchone()
-                    undo_events.append(
-                        (
-                            undo_id,
-                            sample_id,
-                            field,
-                            now[0] if now else None,
-                            now[1] if now else None,
-                            old,
-                        )
-                    )
-                    if old is None:
-                        conn.execute(
-                            "DELETE FROM state WHERE sample_id = ? AND field = ?",
-                            (sample_id, field),
-                        )
-                    else:
-                        conn.execute(
-                            "INSERT OR REPLACE INTO state(sample_id, field, value, action_id) VALUES (?, ?, ?, ?)",
-                            (sample_id, field, old, old_action),
-                        )
-                    restored.append((sample_id, field, old))
-                conn.executemany(
-                    "INSERT INTO events(action_id, sample_id, field, old, old_action, new) VALUES (?, ?, ?, ?, ?, ?)",
-                    undo_events,
-                )
-            self._apply_to_cache(restored)
-        seen: dict[Any, None] = {}
-        for sample_id, _, _ in reversed(restored):
-            seen.setdefault(sample_id, None)
-        return list(seen)
-
-    def add_class(self, name: str) -> None:
-        """Append a class to the list (classes are never removed or reordered)."""
-        where = "LabelStore.add_class"
-        if not isinstance(name, str) or not name.strip():
-            raise param_error("name", where, "a non-empty str", name, TypeError)
-        if name in self._classes:
-            raise ValueError(
-                f"The 'name' parameter of {where} must be a new class. {name!r} exists already."
-            )
-        self._check_open(writing=True)
-        with self._lock:
-            with self._transaction() as conn:
-                conn.execute(
-                    "UPDATE meta SET value = ? WHERE key = 'classes'",
-                    (json.dumps([*self._classes, name]),),
-                )
-            self._classes.append(name)
-
-    # ------------------------------------------------------------------ rounds and queries
-    def begin_round(self) -> int:
-        """Start the next round (called when a query batch is made); returns its number."""
-        self._check_open(writing=True)
-        with self._lock:
-            with self._transaction() as conn:
-                conn.execute(
-                    "UPDATE meta SET value = ? WHERE key = 'round'", (str(self._round + 1),)
-                )
-            self._round += 1
-            return self._round
-
-    def log_query(
-        self,
-        strategy: str,
-        ids: Sequence[Any],
-        *,
-        scores: Sequence[float] | None = None,
-        model_version: int | None = None,
-    ) -> None:
-        """Record the batch a strategy picked in the current round (for replay and resume).
-        A session uses :meth:`record_query`, which also starts the round."""
-        self._check_open(writing=True)
-        with self._lock, self._transaction() as conn:
-            self._insert_query(conn, self._round, strategy, ids, scores, model_version)
-
-    @staticmethod
-    def _insert_query(
-        conn: sqlite3.Connection,
-        rnd: int,
-        strategy: str,
-        ids: Sequence[Any],
-        scores: Sequence[float] | None,
-        model_version: int | None,
-    ) -> None:
-        conn.execute(
-            "INSERT INTO queries(round, strategy, ts, model_version, sample_ids, scores) VALUES (?, ?, ?, ?, ?, ?)",
-            (
-                rnd,
-                strategy,
-                _now(),
-                model_version,
-                json.dumps(list(ids)),
-                None if scores is None else json.dumps([float(s) for s in scores]),
-            ),
-        )
-
-    def pending(self) -> list[Any]:
-        """Ids of the newest query batch not labeled or skipped yet."""
-        log = self.queries()
-        if not log:
-            return []
-        done = set(self.labels) | self.marked("skip")
-        return [i for i in log[-1]["ids"] if i not in done]
-
-    def queries(self) -> list[dict[str, Any]]:
-        """The query log, oldest first: round, strategy, ids, scores, model version, timestamp."""
-        with self._lock:
-            self._check_open()
-            rows = self._conn.execute(
-                "SELECT round, strategy, ts, model_version, sample_ids, scores FROM queries ORDER BY query_id"
-            ).fetchall()
-        return [
-            {
-                "round": r[0],
-                "strategy": r[1],
-                "timestamp": _iso(r[2]),
-                "model_version": r[3],
-                "ids": json.loads(r[4]),
-                "scores": None if r[5] is None else json.loads(r[5]),
-            }
-            for r in rows
-        ]
-
-    def record_query(
-        self,
-        strategy: str,
-        ids: Sequence[Any],
-        *,
-        scores: Sequence[float] | None = None,
-        model_version: int | None = None,
-        infer_s: float | None = None,
-        select_s: float | None = None,
-    ) -> int:
-        """Start the next round with the batch a strategy picked: the round number, the query
-        log entry and the round's history row, in one transaction. Returns the round."""
-        self._check_open(writing=True)
-        with self._lock:
-            rnd = self._round + 1
-            row = RoundRecord(
-                rnd,
-                strategy=strategy,
-                queried=len(ids),
-                infer_s=infer_s,
-                select_s=select_s,
-                n_labels_at_query=len(self._labels),
-                model_version=model_version,
-            )
-            with self._transaction() as conn:
-                conn.execute("UPDATE meta SET value = ? WHERE key = 'round'", (str(rnd),))
-                self._insert_query(conn, rnd, strategy, ids, scores, model_version)
-                conn.execute(
-                    "INSERT OR REPLACE INTO rounds(round, data) VALUES (?, ?)",
-                    (rnd, json.dumps(row.as_dict())),
-                )
-            self._round = rnd
-        return rnd
-
-    def update_round(self, round: int | None = None, **fields: Any) -> None:
-        """Set fields of a round's history row (default: the current round); the names are
-        :class:`RoundRecord`'s."""
-        unknown = sorted(set(fields) - ROUND_FIELDS - {"round"})
-        if unknown:
-            raise TypeError(
-                f"LabelStore.update_round got unknown field(s) {unknown}; a round row has "
-                f"{sorted(ROUND_FIELDS)}."
-            )
-        self._check_open(writing=True)
-        with self._lock, self._transaction() as conn:
-            rnd = self._round if round is None else int(round)
-            row = conn.execute("SELECT data FROM rounds WHERE round = ?", (rnd,)).fetchone()
-            data = self._round_data(row[0]) if row else {"round": rnd}
-            data.update(fields)
-            conn.execute(
-                "INSERT OR REPLACE INTO rounds(round, data) VALUES (?, ?)", (rnd, json.dumps(data))
-            )
-
-    def rounds(self) -> list[RoundRecord]:
-        """The per-round history, in round order."""
-        with self._lock:
-            self._check_open()
-            rows = self._conn.execute("SELECT data FROM rounds ORDER BY round").fetchall()
-        return [RoundRecord(**self._round_data(r[0])) for r in rows]
-
-    def _round_data(self, text: str) -> dict[str, Any]:
-        """A stored round row, checked: a damaged one is a StoreError naming the file."""
-        try:
-            data = json.loads(text)
-        except (TypeError, json.JSONDecodeError):
-            data = None
-        if not isinstance(data, dict) or not isinstance(data.get("round"), int):
-            raise self._damaged(
-                f"a row of its round history is not a JSON round record: {text!r:.80}"
-            )
-        return {k: v for k, v in data.items() if k in ROUND_FIELDS}
-
 
 def open_store(
     store: Any,
@@ -594,28 +111,49 @@ def open_store(
     multi_label: bool = False,
     annotator: str | None = None,
     read_only: bool = False,
+    project: str | None = None,
     where: str = "Session",
-) -> LabelStore:
-    """The store a session asks for: a :class:`LabelStore` as it is, a file path (opened or
-    created for this dataset), or None / ``":memory:"`` for one kept in memory."""
+) -> LabelStore | PostgresStore:
+    """The store a session asks for: a :class:`LabelStore` or :class:`PostgresStore` as it
+    is, a file path (opened or created for this dataset), a ``postgresql://`` URL with
+    ``project``, or None / ``":memory:"`` for one kept in memory."""
+    from dal_widgets._pgurl import is_url
+    from dal_widgets.store._log import _EventLog
+
     if not isinstance(read_only, bool):
         raise param_error("read_only", where, "True or False", read_only, TypeError)
-    if isinstance(store, LabelStore):
-        return store
-    if store is None or isinstance(store, (str, os.PathLike)):
-        return LabelStore(
-            ":memory:" if store is None else store,
-            fingerprint=fingerprint,
-            classes=classes,
-            dataset_name=dataset_name,
-            annotator=annotator,
-            multi_label=multi_label,
-            read_only=read_only,
+    if isinstance(store, _EventLog):
+        return store  # type: ignore[return-value]
+    identity: dict[str, Any] = {
+        "fingerprint": fingerprint,
+        "classes": classes,
+        "dataset_name": dataset_name,
+        "annotator": annotator,
+        "multi_label": multi_label,
+        "read_only": read_only,
+    }
+    if is_url(store):
+        if project is None:
+            raise ValueError(
+                f"The 'project' parameter of {where} must name the project when the store is "
+                "a PostgreSQL URL (one database holds many projects), e.g. project='digits-v1'."
+            )
+        from dal_widgets.store._postgres import PostgresStore
+
+        return PostgresStore(store, project=project, **identity)
+    if project is not None:
+        raise ValueError(
+            f"The 'project' parameter of {where} is for a PostgreSQL store "
+            "(store='postgresql://...'); a store file holds one project. Got "
+            f"project={project!r} with a file store."
         )
+    if store is None or isinstance(store, (str, os.PathLike)):
+        return LabelStore(":memory:" if store is None else store, **identity)
     raise param_error(
         "store",
         where,
-        "a file path (str or os.PathLike), ':memory:', None or a LabelStore",
+        "a file path (str or os.PathLike), ':memory:', None, a 'postgresql://' URL, or a "
+        "LabelStore or PostgresStore",
         store,
         TypeError,
     )

@@ -1,0 +1,495 @@
+"""The label store on a PostgreSQL server: the same record of actions as the SQLite store
+(``_log.py``: actions, events, state, queries, rounds), one PostgreSQL schema per project.
+
+- **Where**: project ``digits-v1`` lives in the schema ``dal_digits-v1`` of the database the URL
+  names; a database holds any number of projects, and nothing of dal_widgets outside them.
+- **One writer per project**, as with a store file: the writing store holds a session-level
+  advisory lock on the project. A second writer (another kernel, another machine) gets
+  :class:`StoreLockedError` naming the holder; ``read_only=True`` reads beside it. In one
+  process a newer store on the same project takes it over and closes the older one (a
+  re-run notebook cell). Every write transaction also takes the project's transaction lock,
+  so writes are serialized whoever makes them.
+- **Durable**: :meth:`label` returns after the server's commit (``synchronous_commit`` as the
+  server has it: ``on`` by default, which waits for the write-ahead log on disk).
+- **A lost connection** (the server restarted): reads reconnect by themselves; a write whose
+  connection broke raises :class:`StoreError` (it is not confirmed: it may or may not be
+  saved), and the next call reconnects, takes the lock again and re-reads the state, so
+  the store shows what the server has. A label :meth:`label` returned for is never lost.
+- **Credentials** come in the URL, ``PGPASSWORD`` or ``~/.pgpass``; the password never appears
+  in errors or reprs.
+- Sample ids are kept as JSON text (``7`` and ``"7"`` stay two ids); what is derived from
+  the store (model checkpoints, map and embedding caches) is kept on this machine, in the
+  user cache folder (:attr:`PostgresStore.side_dir`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import socket
+import threading
+import time
+import weakref
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from dal_widgets._checks import check_real, param_error
+from dal_widgets._files import check_path_param, write_atomically
+from dal_widgets._pgurl import Secret
+from dal_widgets.store._errors import StoreError, StoreLockedError
+from dal_widgets.store._export import _Exports
+from dal_widgets.store._log import _EventLog
+from dal_widgets.store._schema import _default_annotator, _Identity
+
+__all__ = ["PostgresStore"]
+
+_SCHEMA = """
+CREATE SCHEMA IF NOT EXISTS {schema};
+CREATE TABLE IF NOT EXISTS meta(key text PRIMARY KEY, value text NOT NULL);
+CREATE TABLE IF NOT EXISTS actions(
+    action_id bigserial PRIMARY KEY, kind text NOT NULL, source text NOT NULL, annotator text,
+    round integer NOT NULL, ts double precision NOT NULL, undoes bigint, undone_by bigint);
+CREATE TABLE IF NOT EXISTS events(
+    rowid bigserial PRIMARY KEY, action_id bigint NOT NULL, sample_id text NOT NULL,
+    field text NOT NULL, old text, old_action bigint, new text);
+CREATE INDEX IF NOT EXISTS events_by_action ON events(action_id);
+CREATE INDEX IF NOT EXISTS events_by_sample ON events(sample_id);
+CREATE TABLE IF NOT EXISTS state(
+    sample_id text NOT NULL, field text NOT NULL, value text NOT NULL,
+    action_id bigint NOT NULL, PRIMARY KEY(sample_id, field));
+CREATE TABLE IF NOT EXISTS queries(
+    query_id bigserial PRIMARY KEY, round integer NOT NULL, strategy text NOT NULL,
+    ts double precision NOT NULL, model_version integer, sample_ids text NOT NULL, scores text);
+CREATE TABLE IF NOT EXISTS rounds(round integer PRIMARY KEY, data text NOT NULL)
+"""
+# ``rowid`` is a real column here: it stands for SQLite's implicit one in the shared SQL.
+
+_PROJECT = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,49}")
+
+# Writers of this process by (host, port, database, project): a newer one takes over.
+_WRITERS: dict[tuple[str, int, str, str], weakref.ref[PostgresStore]] = {}
+_WRITERS_LOCK = threading.Lock()
+
+
+def _lock_key(project: str) -> int:
+    """The project's advisory lock: a signed 64-bit number from its name."""
+    digest = hashlib.blake2b(f"dal_widgets store {project}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big", signed=True)
+
+
+def _pg_sql(sql: str) -> str:
+    """The shared SQL (``?`` placeholders) as psycopg takes it (``%s``)."""
+    return sql.replace("%", "%%").replace("?", "%s")
+
+
+class _Conn:
+    """The store's connection as the shared SQL uses it: ``execute`` and ``executemany`` with
+    ``?`` placeholders. A read whose connection broke reconnects once and runs again."""
+
+    def __init__(self, store: PostgresStore) -> None:
+        self.store = store
+
+    def execute(self, sql: str, args: Sequence[Any] = ()) -> Any:
+        import psycopg
+
+        store = self.store
+        try:
+            return store._raw().execute(_pg_sql(sql), tuple(args) or None)
+        except psycopg.OperationalError:
+            if store._in_transaction:
+                raise
+            store._drop()
+            return store._raw().execute(_pg_sql(sql), tuple(args) or None)
+
+    def executemany(self, sql: str, rows: Any) -> None:
+        with self.store._raw().cursor() as cur:
+            cur.executemany(_pg_sql(sql), [tuple(r) for r in rows])
+
+
+class PostgresStore(_EventLog, _Exports):
+    """A durable, undoable record of labels for one dataset, kept on a PostgreSQL server
+    (see the module's notes). Everything :class:`LabelStore` does, with the same methods.
+
+    Parameters
+    ----------
+    url : str or None
+        ``postgresql://user@host:port/db``. None, or a bare ``"postgresql://"``, reads
+        ``DAL_POSTGRES_URL`` (else libpq's ``PGHOST``, ``PGUSER``, ... variables).
+    project : str
+        The project's name (letters, digits, ``_ . -``; up to 50): its tables are the schema
+        ``dal_<project>``. Created if missing.
+    fingerprint, classes, dataset_name, multi_label
+        As for :class:`LabelStore`: what the project is made for, checked when it is opened.
+    annotator : str, optional
+        Recorded with each action (default: the OS user name).
+    read_only : bool
+        Read without the writer's lock (beside the session that labels).
+    side_dir : str or path, optional
+        Where model checkpoints and caches derived from this project are kept on this
+        machine (default: a folder per server, database and project in the user cache).
+    reconnect_seconds : float
+        How long a call keeps trying to reach the server after the connection broke.
+    """
+
+    _api = "PostgresStore"
+
+    def __init__(
+        self,
+        url: str | None,
+        *,
+        project: str,
+        fingerprint: str,
+        classes: Sequence[str],
+        dataset_name: str = "",
+        annotator: str | None = None,
+        read_only: bool = False,
+        multi_label: bool = False,
+        side_dir: str | os.PathLike[str] | None = None,
+        reconnect_seconds: float = 30.0,
+    ) -> None:
+        expected = _Identity(fingerprint, list(classes), dataset_name, bool(multi_label))
+        self._open(url, project, expected, read_only, annotator, side_dir, reconnect_seconds)
+
+    @classmethod
+    def open(
+        cls,
+        url: str | None,
+        *,
+        project: str,
+        read_only: bool = True,
+        annotator: str | None = None,
+        side_dir: str | os.PathLike[str] | None = None,
+    ) -> PostgresStore:
+        """Open an existing project, taking its dataset and classes from the server (to
+        read or export it); ``read_only=False`` to write as the constructor does."""
+        store = cls.__new__(cls)
+        store._open(url, project, None, read_only, annotator, side_dir, 30.0, where="open")
+        return store
+
+    # ------------------------------------------------------------------ opening
+    def _open(
+        self,
+        url: str | None,
+        project: str,
+        expected: _Identity | None,
+        read_only: bool,
+        annotator: str | None,
+        side_dir: str | os.PathLike[str] | None,
+        reconnect_seconds: float,
+        *,
+        where: str = "",
+    ) -> None:
+        import psycopg
+        from psycopg import sql
+
+        where = f"{self._api}.{where}" if where else self._api
+        self._secret = Secret(url, "url", where)
+        if not isinstance(project, str) or not _PROJECT.fullmatch(project):
+            raise param_error(
+                "project",
+                where,
+                "a name of letters, digits, '_', '.' or '-' (up to 50, starting with a "
+                "letter or digit)",
+                project,
+            )
+        if not isinstance(read_only, bool):
+            raise param_error("read_only", where, "True or False", read_only, TypeError)
+        self.project = project
+        self.read_only = read_only
+        self.annotator = annotator or _default_annotator()
+        self.multi_label = bool(expected.multi_label) if expected is not None else False
+        self.reconnect_seconds = check_real(reconnect_seconds, "reconnect_seconds", where, lo=0.0)
+        self._given_side_dir = (
+            None if side_dir is None else Path(check_path_param(side_dir, "side_dir", where))
+        )
+        self._lock = threading.RLock()
+        self._closed_reason: str | None = None
+        self._close_callbacks: dict[object, Callable[[str], Any]] = {}
+        self.close_callback_errors: list[str] = []
+        self._db_errors = (psycopg.Error,)
+        self._key = _lock_key(project)
+        self._raw_conn: Any = None
+        self._in_transaction = False
+        self._writer_key: tuple[str, int, str, str] | None = None
+        self._conn = _Conn(self)  # type: ignore[assignment]
+        self.path = f"{self._secret} (project {project!r})"
+        raw = self._connect()  # a wrong URL, password or server fails here, at once
+        self._schema_sql = _SCHEMA.format(schema=sql.Identifier(self._schema).as_string(raw))
+        try:
+            if not read_only:
+                self._peek_existing(raw, expected)  # before taking an older writer's place
+                self._take_writer_lock(raw)
+            self._init_schema(expected)
+            self._labels: dict[Any, Any] = {}
+            self._marks: dict[str, set[Any]] = {"skip": set(), "flag": set()}
+            self._load_state()
+        except BaseException:
+            self._shut("it failed to open")
+            raise
+
+    @property
+    def _schema(self) -> str:
+        return f"dal_{self.project}"
+
+    def _connect(self) -> Any:
+        """A new connection with the project's schema first on the search path."""
+        import psycopg
+        from psycopg import sql
+
+        name = f"dal_widgets {self.annotator}@{socket.gethostname()}:{os.getpid()}"
+        conn = self._secret.connect(autocommit=True, application_name=name[:63])
+        try:
+            conn.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(self._schema)))
+        except psycopg.Error as exc:
+            conn.close()
+            raise StoreError(
+                f"{self.path} could not be used: {self._secret.hide(str(exc))}"
+            ) from None
+        self._raw_conn = conn
+        return conn
+
+    def _peek_existing(self, raw: Any, expected: _Identity | None) -> None:
+        """Check an existing project's identity (StoreMismatchError) before writing to it."""
+        import psycopg
+
+        try:
+            with raw.transaction():
+                meta = dict(raw.execute("SELECT key, value FROM meta").fetchall())
+        except psycopg.errors.UndefinedTable:
+            return  # a new project
+        except psycopg.Error as exc:
+            raise self._usable_error(exc) from None
+        self._check_meta(meta, expected)
+
+    def _take_writer_lock(self, raw: Any) -> None:
+        """The project's session lock, taking it over from an older writer of this process."""
+        info = raw.info
+        key = (str(info.host), int(info.port), str(info.dbname), self.project)
+        with _WRITERS_LOCK:
+            ref = _WRITERS.get(key)
+            older = ref() if ref is not None else None
+        if older is not None and older is not self:
+            older._close("taken over by a newer store on the same project", taken_over=True)
+        got = raw.execute("SELECT pg_try_advisory_lock(%s)", (self._key,)).fetchone()[0]
+        if not got:
+            raise StoreLockedError(
+                f"The label store {self.path} is open for writing in another session "
+                f"({self._holder(raw)}). Close that session first, or open this one with "
+                "read_only=True to look without writing."
+            )
+        with _WRITERS_LOCK:
+            _WRITERS[key] = weakref.ref(self)
+        self._writer_key = key
+
+    def _holder(self, raw: Any) -> str:
+        """Who holds the project's writer lock, as its connection named itself."""
+        hi, lo = (self._key >> 32) & 0xFFFFFFFF, self._key & 0xFFFFFFFF
+        row = raw.execute(
+            "SELECT a.application_name, a.client_addr FROM pg_locks l "
+            "JOIN pg_stat_activity a ON a.pid = l.pid WHERE l.locktype = 'advisory' "
+            "AND l.granted AND l.classid = %s::bigint::oid AND l.objid = %s::bigint::oid "
+            "AND l.objsubid = 1 AND l.database = "
+            "(SELECT oid FROM pg_database WHERE datname = current_database())",
+            (hi, lo),
+        ).fetchone()
+        if row is None:
+            return "its holder has just let go: try again"
+        name, addr = row
+        return f"{name or 'an unnamed connection'}" + (f" from {addr}" if addr else "")
+
+    def _raw(self) -> Any:
+        """The live connection, reconnecting (for up to ``reconnect_seconds``) when it broke;
+        a writer takes its lock again and re-reads the state."""
+        self._check_open()
+        if self._raw_conn is not None and not self._raw_conn.closed:
+            return self._raw_conn
+        deadline = time.monotonic() + self.reconnect_seconds
+        pause = 0.05
+        while True:
+            try:
+                raw = self._connect()
+                break
+            except (ConnectionError, StoreError) as exc:
+                if time.monotonic() >= deadline:
+                    raise StoreError(
+                        f"The label store {self.path} lost its server and could not reach it "
+                        f"again in {self.reconnect_seconds:g} s: {exc}"
+                    ) from None
+                time.sleep(pause)
+                pause = min(2 * pause, 1.0)
+        if not self.read_only:
+            got = raw.execute("SELECT pg_try_advisory_lock(%s)", (self._key,)).fetchone()[0]
+            if not got:
+                holder = self._holder(raw)
+                self._close(f"another session ({holder}) took the project while the "
+                            "connection to the server was lost")  # fmt: skip
+                self._check_open()
+            self._reload()
+        return raw
+
+    def _reload(self) -> None:
+        """Re-read the round, classes and state from the server (after a reconnect)."""
+        meta = self._read_meta(self._conn)
+        identity = _Identity(self._fingerprint, self._classes, self._dataset_name, self.multi_label)
+        found, self._round = self._check_meta(meta, identity)
+        self._classes = list(found.classes)
+        self._labels.clear()
+        for marks in self._marks.values():
+            marks.clear()
+        self._load_state()
+
+    def _drop(self) -> None:
+        """Forget a broken connection (the next call reconnects)."""
+        raw, self._raw_conn = self._raw_conn, None
+        if raw is not None:
+            try:
+                raw.close()
+            except Exception:  # noqa: BLE001 (already broken)
+                pass
+
+    @contextmanager
+    def _transaction(self) -> Iterator[Any]:
+        """One write transaction under the project's transaction lock; psycopg's errors
+        become StoreError (a lost connection: the change is not confirmed)."""
+        import psycopg
+
+        self._conn.execute("SELECT 1")  # a connection that broke since: reconnect first
+        raw = self._raw()
+        self._in_transaction = True
+        try:
+            with raw.transaction():
+                raw.execute("SELECT pg_advisory_xact_lock(%s)", (self._key,))
+                yield self._conn
+        except psycopg.OperationalError as exc:
+            self._drop()
+            raise StoreError(
+                f"The label store {self.path} lost its connection to the server while saving "
+                f"({self._secret.hide(str(exc)).strip()}); this change is not confirmed. The "
+                "next call reconnects and shows what the server has: check, then retry."
+            ) from None
+        except psycopg.Error as exc:
+            raise StoreError(
+                f"The label store {self.path} could not save this change "
+                f"({self._secret.hide(str(exc)).strip()}); nothing of it was saved."
+            ) from None
+        finally:
+            self._in_transaction = False
+
+    # ------------------------------------------------------------------ errors
+    def _read_meta(self, conn: Any) -> dict[str, str]:
+        import psycopg
+
+        try:
+            return dict(conn.execute("SELECT key, value FROM meta").fetchall())
+        except psycopg.errors.UndefinedTable:
+            raise StoreError(
+                f"There is no project {self.project!r} on {self._secret}: open it for "
+                "writing once (read_only=False) to create it, or check the project's name."
+            ) from None
+        except psycopg.Error as exc:
+            raise self._usable_error(exc) from None
+
+    def _usable_error(self, exc: BaseException) -> StoreError:
+        return StoreError(
+            f"The label store {self.path} is not usable: {self._secret.hide(str(exc)).strip()}."
+        )
+
+    def _damaged(self, what: str) -> StoreError:
+        return StoreError(
+            f"The label store {self.path} is damaged: {what}. Restore it from a copy (see "
+            "PostgresStore.backup), or repair that row with psql."
+        )
+
+    @staticmethod
+    def _db_id(sample_id: Any) -> Any:
+        return json.dumps(sample_id)
+
+    @staticmethod
+    def _py_id(stored: Any) -> Any:
+        try:
+            return json.loads(stored)
+        except (TypeError, ValueError):
+            return stored  # reported as not an int or str by the state check
+
+    def _after_copy(self, conn: Any) -> None:
+        conn.execute(
+            "SELECT setval(pg_get_serial_sequence('actions', 'action_id'), "
+            "(SELECT coalesce(max(action_id), 0) + 1 FROM actions), false)"
+        )
+
+    # ------------------------------------------------------------------ reading
+    @property
+    def side_dir(self) -> Path:
+        """This machine's folder for what is derived from the project (model checkpoints,
+        map and embedding caches); not created here."""
+        if self._given_side_dir is not None:
+            return self._given_side_dir
+        from dal_widgets.projection import _cache_home
+
+        info = self._writer_key or ("", 0, "", self.project)
+        if self._writer_key is None and self._raw_conn is not None:
+            i = self._raw_conn.info
+            info = (str(i.host), int(i.port), str(i.dbname), self.project)
+        digest = hashlib.blake2b(
+            json.dumps([*info, self._fingerprint]).encode(), digest_size=8
+        ).hexdigest()
+        return _cache_home() / "dal_widgets" / "postgres" / f"{self.project}-{digest}"
+
+    # ------------------------------------------------------------------ closing
+    def _shut(self, reason: str, *, taken_over: bool = False) -> list[Callable[[str], Any]]:
+        with self._lock:
+            callbacks = self._mark_closed(reason)
+            if callbacks is None:
+                return []
+            raw, self._raw_conn = self._raw_conn, None
+            if self._writer_key is not None:
+                with _WRITERS_LOCK:
+                    ref = _WRITERS.get(self._writer_key)
+                    if ref is not None and ref() is self:
+                        del _WRITERS[self._writer_key]
+            if raw is not None:
+                try:
+                    if self._writer_key is not None and not raw.closed:
+                        raw.execute("SELECT pg_advisory_unlock(%s)", (self._key,))
+                except Exception:  # noqa: BLE001 (closing: the server frees it with the session)
+                    pass
+                raw.close()
+        return callbacks
+
+    def __del__(self) -> None:
+        try:
+            if self._closed_reason is None and self._raw_conn is not None:
+                self._raw_conn.close()
+        except Exception:  # noqa: BLE001 (interpreter shutdown)
+            pass
+
+    def __repr__(self) -> str:
+        state = "closed" if self.closed else ("read-only" if self.read_only else "open")
+        return (
+            f"PostgresStore({str(self._secret)!r}, project={self.project!r}, {state}, "
+            f"labels={len(getattr(self, '_labels', {}))}, round={getattr(self, '_round', 0)})"
+        )
+
+    # ------------------------------------------------------------------ copies
+    def backup(self, path: str | os.PathLike[str]) -> Path:
+        """Copy the whole project (every action, event, query and round) into a new SQLite
+        store file at ``path``, written beside it and renamed into place."""
+        from dal_widgets.store._copy import copy_store
+
+        where = f"{self._api}.backup"
+        target = Path(check_path_param(path, "path", where))
+        if target.is_dir():
+            raise StoreError(f"{where} cannot write {str(target)!r}: it is a folder.")
+
+        def write(tmp: Path) -> None:
+            copy_store(self, tmp).close()
+
+        try:
+            write_atomically(target, write)
+        except OSError as exc:
+            raise StoreError(f"{where} could not write {str(target)!r}: {exc}.") from None
+        return target
