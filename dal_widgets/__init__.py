@@ -22,6 +22,7 @@ __all__ = [
     "LabelingWidget",
     "Session",
     "StopMonitor",
+    "Team",
     "TrainConfig",
     "agreement",
     "datasets",
@@ -49,6 +50,7 @@ _LAZY = {
     "stopping": ("dal_widgets.stopping", None),
     "StopMonitor": ("dal_widgets.stopping", "StopMonitor"),
     "agreement": ("dal_widgets.interrater", "agreement"),
+    "Team": ("dal_widgets.team", "Team"),
 }
 
 

@@ -37,9 +37,7 @@ def _build_parser() -> argparse.ArgumentParser:
         default="digits",
         help="'digits' (scikit-learn's bundled 8x8 digits) or 'mnist:PATH' (a folder with MNIST test IDX files)",
     )
-    demo.add_argument(
-        "--strategies", default="random,auto", help="comma-separated strategy names"
-    )
+    demo.add_argument("--strategies", default="random,auto", help="comma-separated strategy names")
     demo.add_argument(
         "--initial",
         type=int,

@@ -73,7 +73,10 @@ class ModelMemory:
             labels=session.store.labels,
             classes=session.classes,
             fingerprint=session.inputs.fingerprint,
-            refit=session.retrain != "manual" and not session.store.read_only,
+            # In a team only the trainer fits (it refits when it takes the role).
+            refit=session.retrain != "manual"
+            and not session.store.read_only
+            and getattr(session, "team", None) is None,
             token=token,
             warn=warn,
         )

@@ -70,9 +70,7 @@ def label_spreading_baseline(
 
     where = "label_spreading_baseline"
     if dataset.targets is None or dataset.X_eval is None:
-        raise param_error(
-            "dataset", where, "a Dataset with targets and a held-out split", dataset
-        )
+        raise param_error("dataset", where, "a Dataset with targets and a held-out split", dataset)
     seed_list = list(range(seeds)) if isinstance(seeds, int) else [int(s) for s in seeds]
     n_pool = len(dataset)
     sizes = [check_int(b, "budgets", where, lo=1, hi=n_pool) for b in budgets]

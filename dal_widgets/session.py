@@ -21,11 +21,12 @@ from dal_widgets._encoded import HEAD_CONFIG, ModelInputs, check_encoder
 from dal_widgets._events import SESSION_EVENTS as EVENTS
 from dal_widgets._events import Events
 from dal_widgets._explain import PickNotes, suggestion
-from dal_widgets._labels import label_names, sample_ids, training_set
+from dal_widgets._labels import label_names, labels_key, sample_ids, training_set
 from dal_widgets._persist import ModelMemory, model_config
 from dal_widgets._query import Query, exclude_arg, run_query
 from dal_widgets._retrain import RetrainPolicy
 from dal_widgets._status import session_status
+from dal_widgets._teamwork import TeamHooks, Teamwork, check_team
 from dal_widgets.data import Dataset
 from dal_widgets.store import open_store
 from dal_widgets.training import (
@@ -89,6 +90,11 @@ class Session:
     project : str, optional
         The project on a PostgreSQL server (required with a ``postgresql://`` store; one
         database holds many projects).
+    team : Team, optional
+        Label as one of a team on a PostgreSQL project (:class:`~dal_widgets.Team`: overlap,
+        the training-label rule, leases): :meth:`query` claims batches from the shared
+        queue, labels go to it, one session of the team trains and ranks the queue, the
+        others follow its models. See ``dal_widgets._teamwork``.
     read_only : bool
         Open an existing store only to look (labels, history, export), never to write: for a
         store another process is labeling in. Labeling, querying and training then raise.
@@ -110,6 +116,7 @@ class Session:
         read_only: bool = False,
         encoder: Any = None,
         project: str | None = None,
+        team: Any = None,
     ) -> None:
         where = "Session"
         if not isinstance(dataset, Dataset):
@@ -139,6 +146,7 @@ class Session:
         self._models = ModelFactory(model, where)
         check_encoder(encoder, dataset, where)  # before the store is opened
         self._retrain = RetrainPolicy(retrain or ("batch" if encoder is None else "label"))
+        team = check_team(team, dataset, where)
         self.store = open_store(
             store,
             fingerprint=dataset.fingerprint,
@@ -148,8 +156,11 @@ class Session:
             annotator=annotator,
             read_only=read_only,
             project=project,
+            shared=team is not None,
             where=where,
         )
+        #: This session's part in a team project (None alone; made once the rest is).
+        self.team: Teamwork | None = None
         self.multi_label = dataset.multi_label
         self._events = Events(EVENTS, "Session.on")
         #: What the model reads: the dataset's inputs, or its embeddings under an encoder.
@@ -200,7 +211,19 @@ class Session:
         # weak reference: the store never keeps the session alive.
         release = weakref.WeakMethod(self._release)
         self.store.add_close_callback(lambda _reason: (method := release()) and method())
+        if team is not None:
+            hooks = TeamHooks(
+                rank=self._rank_for_team,
+                became_trainer=self._became_trainer,
+                others_labeled=self._others_labeled,
+                load_model=self._load_team_model,
+                model_path=self._memory.path,
+                errors=self._events.errors,
+            )
+            self.team = Teamwork(self.store, dataset.ids.tolist(), team, hooks)
         self.inputs.start()  # at once without an encoder; in the background with one
+        if self.team is not None:
+            self.team.start()
 
     def _on_inputs_ready(self) -> None:
         """The model's inputs exist (embeddings: on the embedding thread, which must not warn,
@@ -255,6 +278,8 @@ class Session:
     def _after_labels(self, ids: list[Any]) -> None:
         """Apply the retrain policy after labels or skips (the first model as early as can be)."""
         self._label_epoch += 1
+        if self.team is not None and not self.team.is_trainer:
+            return  # the team's trainer fits
         first = self.model_version is None and not self.training
         if self._retrain.after(len(ids), self.store.labels, self.store.marked("skip"), first):
             self._trainer.request(self._label_epoch)
@@ -323,7 +348,10 @@ class Session:
         self.store.check_writable(where)
         ids_list = self.sample_ids(ids, where=where)
         names = label_names(self.classes, self.multi_label, labels, len(ids_list), where)
-        self.store.label(ids_list, names, source=source)
+        if self.team is not None:
+            self.team.label(ids_list, names, source)
+        else:
+            self.store.label(ids_list, names, source=source)
         self._events.emit("labeled", ids=ids_list, labels=names, source=source)
         self._after_labels(ids_list)
 
@@ -332,7 +360,7 @@ class Session:
 
         Returns the ids it changed back, or None when there is nothing to undo.
         """
-        ids = self.store.undo()
+        ids = self.store.undo() if self.team is None else self.team.undo()
         if ids is not None:
             self._label_epoch += 1
             self._events.emit("undone", ids=ids)
@@ -342,6 +370,8 @@ class Session:
         """Mark samples as skipped: queries will not offer them again (undoable)."""
         ids_list = self.sample_ids(ids, where="Session.skip")
         self.store.mark(ids_list, "skip")
+        if self.team is not None:  # a skip is the team's: the item leaves the queue
+            self.team.release(ids_list)
         self._events.emit("marked", ids=ids_list, field="skip", value=True)
         self._after_labels(ids_list)
 
@@ -379,30 +409,19 @@ class Session:
         where = "Session.query"
         self.store.check_writable(where)
         excluded = exclude_arg(exclude, where)
+        if self.team is not None:  # a claim on the team's queue, in the trainer's order
+            check_int(n, "n", where, lo=1)
+            skip = self.sample_ids(excluded, where=where, name="exclude") if excluded else []
+            ids = self.team.claim(n, skip)
+            self._events.emit("queried", ids=ids, round=self.round, strategy="team")
+            return ids
         with self._query_lock:
             mask = self._labeled_mask()
             if excluded:
                 mask[
                     self.dataset.positions(self.sample_ids(excluded, where=where, name="exclude"))
                 ] = True
-            snapshot = self._trainer.current  # one model for the whole query, read once
-            q = run_query(
-                self.strategy,
-                self.cold_start,
-                n,
-                mask,
-                where=where,
-                dataset=self.inputs.current,
-                have_model=snapshot is not None,
-                ensemble_size=self.train_config.ensemble_size,
-                model=None if snapshot is None else snapshot.model,
-                compute=lambda needs: self.arrays.compute(needs, self.strategy, snapshot),
-                seed=self.seed,
-                rnd=self.round + 1,
-                device=self.device,
-                n_labeled=len(self.store.labels),
-            )
-            version = None if snapshot is None else snapshot.version.version
+            q, version = self._pick(n, mask, where)
             scores = None if q.scores is None else q.scores[q.positions]
             self.store.record_query(
                 q.strategy,
@@ -417,6 +436,28 @@ class Session:
             self.last_query = q
         self._events.emit("queried", ids=q.ids, round=q.round, strategy=q.strategy)
         return q.ids
+
+    def _pick(self, n: int, mask: np.ndarray, where: str) -> Any:
+        """The strategy's ``n`` picks among the unmasked samples (under the query lock) and
+        the version of the model it read (None before one)."""
+        snapshot = self._trainer.current  # one model for the whole query, read once
+        q = run_query(
+            self.strategy,
+            self.cold_start,
+            n,
+            mask,
+            where=where,
+            dataset=self.inputs.current,
+            have_model=snapshot is not None,
+            ensemble_size=self.train_config.ensemble_size,
+            model=None if snapshot is None else snapshot.model,
+            compute=lambda needs: self.arrays.compute(needs, self.strategy, snapshot),
+            seed=self.seed,
+            rnd=self.round + 1,
+            device=self.device,
+            n_labeled=len(self.store.labels),
+        )
+        return q, None if snapshot is None else snapshot.version.version
 
     def explain(self, ids: Any) -> list[dict[str, Any]]:
         """Why each sample was picked and what the newest model thinks of it.
@@ -439,8 +480,89 @@ class Session:
 
     @property
     def pending(self) -> list[Any]:
-        """Ids of the latest query batch not labeled or skipped yet (survives a restart)."""
-        return self.store.pending()
+        """Ids of the latest query batch not labeled or skipped yet (survives a restart; in
+        a team: the items this annotator holds leases on)."""
+        return self.store.pending() if self.team is None else self.team.pending()
+
+    @property
+    def done_labels(self) -> dict[Any, str]:
+        """The labels this person's views count as done: :attr:`labels`, or in a team this
+        annotator's own (an item may still wait for a colleague's label)."""
+        return self.store.labels if self.team is None else dict(self.team.mine)
+
+    @property
+    def remaining(self) -> int:
+        """How many samples still need a label: neither labeled nor skipped (in a team: the
+        queue's items still waiting for one of their ``overlap`` labels)."""
+        if self.team is not None:
+            return self.team.queue.remaining()
+        return len(self.dataset) - len(self.store) - len(self.store.marked("skip"))
+
+    # ------------------------------------------------------------------ teams
+    def disagreements(self) -> dict[Any, list[tuple[str, str]]]:
+        """A team's items whose annotators disagree and that no one adjudicated yet, with
+        their ``(annotator, label)`` pairs: the adjudication queue."""
+        return self._need_team("Session.disagreements").queue.disagreements()
+
+    def adjudicate(self, ids: Any, labels: Any) -> None:
+        """Decide disagreements (a team's adjudicator): the decision is the items' training
+        label under every rule, recorded with who decided."""
+        where = "Session.adjudicate"
+        team = self._need_team(where)
+        ids_list = self.sample_ids(ids, where=where)
+        names = label_names(self.classes, False, labels, len(ids_list), where)
+        for sid, name in zip(ids_list, names):
+            team.adjudicate(sid, name)
+        self._events.emit("labeled", ids=ids_list, labels=names, source="team")
+        self._after_labels(ids_list)
+
+    def _need_team(self, where: str) -> Teamwork:
+        if self.team is None:
+            raise RuntimeError(f"{where} is for a team project: Session(..., team=Team()).")
+        return self.team
+
+    def _rank_for_team(self, k: int) -> list[Any]:
+        """The trainer's ranking of the queue: the strategy's best ``k`` unlabeled ids (the
+        cold-start one before a model), nothing recorded (the team thread)."""
+        overlap_done = self.team is None or self.team.team.overlap == 1
+        mask = self._labeled_mask() if overlap_done else np.zeros(len(self.dataset), bool)
+        mask[self.dataset.positions(list(self.store.marked("skip")))] = True
+        n = min(k, int((~mask).sum()))
+        if n <= 0:
+            return []
+        with self._query_lock:
+            return list(self._pick(n, mask, "Session (team ranking)")[0].ids)
+
+    def _became_trainer(self) -> None:
+        """This session took the team's trainer role: fit if labels wait, rank the queue."""
+        if self.team is not None:
+            self.team.publish_due = True
+        version = self.model_version
+        if self.store.labels and (version is None or version.labels_key != labels_key(self.labels)):
+            self._trainer.request(self._label_epoch)  # the labels changed since its model
+
+    def _others_labeled(self, ids: list[Any]) -> None:
+        """Colleagues changed labels or marks (the store's poll thread)."""
+        labels = self.store.labels
+        self._events.emit("labeled", ids=ids, labels=[labels.get(i) for i in ids], source="team")
+        self._after_labels(ids)
+
+    def _load_team_model(self) -> None:
+        """The trainer saved a new model: load it (never a fit here) and announce it."""
+        before = self._trainer.current
+        evaluation = self._memory.restore(
+            self._new_model(),
+            labels=self.store.labels,
+            classes=self.classes,
+            fingerprint=self.inputs.fingerprint,
+            refit=False,
+            token=self._label_epoch,
+            warn=False,
+        )
+        current = self._trainer.current
+        if current is not None and current is not before:
+            self.evaluation = evaluation
+            self._events.emit("trained", version=current.version)
 
     # ------------------------------------------------------------------ training
     def train(self, *, block: bool = False) -> None:
@@ -451,6 +573,11 @@ class Session:
         :meth:`stop` to cancel; errors land in ``train_error`` and the ``train_failed`` event.
         """
         self.store.check_writable("Session.train")
+        if self.team is not None and not self.team.is_trainer:
+            raise RuntimeError(
+                "Session.train: another session of the team trains (one trainer per "
+                "project); this one follows its models. Close that session to take over."
+            )
         if not self.store.labels:
             raise ValueError(
                 "Session.train needs at least one label. Got 0: label some samples first."
@@ -519,6 +646,8 @@ class Session:
                 )
             )
         self._events.emit(event, **payload)
+        if self.team is not None:
+            self.team.publish_due = True  # the team thread ranks the queue anew
         if self.evaluate_after_fit and self.dataset.has_holdout:
             self._events.guard(self.evaluate)
         with self._query_lock:  # the model and its inputs' fingerprint, as one pair
@@ -619,6 +748,9 @@ class Session:
     # ------------------------------------------------------------------ lifecycle
     def _release(self) -> None:
         """Stop the worker and drop the model and pool-sized arrays (the store is closing)."""
+        team = getattr(self, "team", None)
+        if team is not None:
+            team.close()
         self.inputs.close()
         self._trainer.close()
         self.arrays.clear()

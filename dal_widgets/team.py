@@ -33,13 +33,14 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from dal_widgets._checks import check_int, check_real, param_error
 from dal_widgets._pgurl import Secret, redact
 
-__all__ = ["RULES", "SCHEMA_VERSION", "LeaseLostError", "TeamQueue", "redact"]
+__all__ = ["RULES", "SCHEMA_VERSION", "LeaseLostError", "Team", "TeamQueue", "decide", "redact"]
 
 #: Version of the tables below; a database with a newer one is refused.
 SCHEMA_VERSION = 1
@@ -76,7 +77,7 @@ RULES = ("first", "majority", "adjudicated")
 _TALLY = """
 WITH c AS (
     SELECT item_id, label, count(*) AS n FROM dal_labels WHERE project = %(p)s
-    GROUP BY item_id, label),
+    AND (%(all)s OR item_id = ANY(%(ids)s)) GROUP BY item_id, label),
 r AS (
     SELECT c.*, rank() OVER (PARTITION BY item_id ORDER BY n DESC) AS rk,
            count(*) OVER (PARTITION BY item_id) AS kinds FROM c),
@@ -85,15 +86,16 @@ top AS (
     FROM r WHERE rk = 1 GROUP BY item_id),
 firsts AS (
     SELECT DISTINCT ON (item_id) item_id, label FROM dal_labels
-    WHERE project = %(p)s ORDER BY item_id, seq),
+    WHERE project = %(p)s AND (%(all)s OR item_id = ANY(%(ids)s)) ORDER BY item_id, seq),
 d AS (
     SELECT DISTINCT ON (item_id) item_id, label FROM dal_decisions
-    WHERE project = %(p)s ORDER BY item_id, seq DESC)
+    WHERE project = %(p)s AND (%(all)s OR item_id = ANY(%(ids)s)) ORDER BY item_id, seq DESC)
 SELECT i.item_id, CASE WHEN top.leaders = 1 THEN top.label END, firsts.label,
        top.kinds = 1, d.label, i.done >= i.needed
 FROM dal_items i LEFT JOIN top USING (item_id) LEFT JOIN firsts USING (item_id)
     LEFT JOIN d USING (item_id)
-WHERE i.project = %(p)s AND (top.item_id IS NOT NULL OR d.item_id IS NOT NULL)
+WHERE i.project = %(p)s AND (%(all)s OR i.item_id = ANY(%(ids)s))
+    AND (top.item_id IS NOT NULL OR d.item_id IS NOT NULL)
 """
 
 # Item ``i`` can be leased to annotator ``%(me)s``: they have not labeled it, and its labels
@@ -107,6 +109,68 @@ _OPEN_TO_ME = (
 )
 
 T = TypeVar("T")
+
+
+def check_rule(rule: Any, where: str) -> str:
+    if rule not in RULES:
+        raise param_error("rule", where, " or ".join(map(repr, RULES)), rule)
+    return str(rule)
+
+
+def decide(
+    conn: Any, project: str, rule: str, items: Sequence[Any] | None = None
+) -> dict[Any, str]:
+    """The training label of each item (of ``items``, or all) by ``rule``, read with
+    ``conn`` (any connection to the database; inside the caller's transaction)."""
+    keys = None if items is None else [_key(i) for i in items]
+    rows = conn.execute(_TALLY, {"p": project, "all": keys is None, "ids": keys or []})
+    out = {}
+    for item, majority, first, unanimous, decided, complete in rows.fetchall():
+        if decided is not None:
+            pick = decided
+        elif rule == "first":
+            pick = first
+        elif not complete:  # majority and adjudicated wait for all of an item's labels
+            pick = None
+        else:
+            pick = majority if rule == "majority" else (first if unanimous else None)
+        if pick is not None:
+            out[json.loads(item)] = pick
+    return out
+
+
+@dataclass(frozen=True)
+class Team:
+    """How a :class:`~dal_widgets.Session` labels as one of a team (``Session(team=...)``).
+
+    Parameters
+    ----------
+    overlap : int
+        Independent labels wanted per item (fixed when the project's queue is made).
+    rule : {"first", "majority", "adjudicated"}
+        How an item's training label comes from its labels (see
+        :meth:`TeamQueue.training_labels`); an adjudicator's decision always wins.
+    lease_seconds : float
+        How long a claimed batch stays reserved for its annotator without a heartbeat; the
+        session heartbeats while it is open, so only a dead kernel's items go back.
+    trainer : bool or None
+        Whether this session may train and rank the queue for the team. None (default):
+        it takes the role when no other session has it (and takes over when that one
+        goes away). False: never (a laptop that only labels).
+    """
+
+    overlap: int = 1
+    rule: str = "majority"
+    lease_seconds: float = 120.0
+    trainer: bool | None = None
+
+    def validated(self, where: str) -> Team:
+        check_int(self.overlap, "overlap", where, lo=1, hi=100)
+        check_rule(self.rule, where)
+        check_real(self.lease_seconds, "lease_seconds", where, lo=1.0)
+        if self.trainer not in (None, True, False):
+            raise param_error("trainer", where, "None, True or False", self.trainer, TypeError)
+        return self
 
 
 class LeaseLostError(RuntimeError):
@@ -282,11 +346,13 @@ class TeamQueue:
         self._call(op)
 
     # ------------------------------------------------------------------ the annotator's side
-    def claim(self, n: int) -> list[Any]:
+    def claim(self, n: int, *, exclude: Iterable[Any] = ()) -> list[Any]:
         """Lease up to ``n`` items for this annotator, best priority first (fewer when the
-        queue has fewer free slots; an empty list when none is free now)."""
+        queue has fewer free slots; an empty list when none is free now). Items in
+        ``exclude`` (e.g. skipped ones, or those on screen) are not served."""
         n = check_int(n, "n", "TeamQueue.claim", lo=1, hi=10_000)
         me, project = self.annotator, self.project
+        skip = [_key(i) for i in exclude]
 
         def op(conn: Any) -> list[Any]:
             # 1. Lock candidates no one else is claiming or labeling right now.
@@ -296,9 +362,9 @@ class TeamQueue:
                     # Unlocked here, so only a filter (step 2 counts again): without it, items
                     # whose slots others hold fill the window and a claim comes back short.
                     "SELECT item_id FROM dal_items i WHERE project = %(p)s AND done < needed "
-                    f"AND {_OPEN_TO_ME} ORDER BY priority DESC, item_id "
-                    "LIMIT %(k)s FOR UPDATE SKIP LOCKED",
-                    {"p": project, "me": me, "k": 3 * n + 8},
+                    f"AND NOT item_id = ANY(%(skip)s) AND {_OPEN_TO_ME} "
+                    "ORDER BY priority DESC, item_id LIMIT %(k)s FOR UPDATE SKIP LOCKED",
+                    {"p": project, "me": me, "k": 3 * n + 8, "skip": skip},
                 )
             ]
             if not locked:
@@ -443,6 +509,40 @@ class TeamQueue:
 
         self._call(op)
 
+    def withdraw(self, item: Any) -> bool:
+        """Take back this annotator's label of ``item`` (an undo): the slot is free again.
+        Whether there was one. The session's event log keeps the history of both."""
+        key = _key(item)
+
+        def op(conn: Any) -> bool:
+            conn.execute("SET LOCAL synchronous_commit = on")
+            conn.execute(
+                "SELECT 1 FROM dal_items WHERE project = %s AND item_id = %s FOR UPDATE",
+                (self.project, key),
+            )
+            cur = conn.execute(
+                "DELETE FROM dal_labels WHERE project = %s AND item_id = %s AND annotator = %s",
+                (self.project, key, self.annotator),
+            )
+            if cur.rowcount:
+                conn.execute(
+                    "UPDATE dal_items SET done = done - 1 WHERE project = %s AND item_id = %s",
+                    (self.project, key),
+                )
+            return bool(cur.rowcount)
+
+        return self._call(op)
+
+    def mine(self) -> dict[Any, str]:
+        """This annotator's labels: item -> label."""
+        rows = self._call(
+            lambda conn: conn.execute(
+                "SELECT item_id, label FROM dal_labels WHERE project = %s AND annotator = %s",
+                (self.project, self.annotator),
+            ).fetchall()
+        )
+        return {json.loads(i): lab for i, lab in rows}
+
     # ------------------------------------------------------------------ reading
     def labels(self) -> list[tuple[Any, str, str]]:
         """Every label of the project as ``(item, annotator, label)``, oldest first (what
@@ -465,24 +565,8 @@ class TeamQueue:
         - ``"adjudicated"``: once the item has its ``overlap`` labels, only a label everyone
           gave; any disagreement waits for adjudication.
         """
-        if rule not in RULES:
-            raise param_error(
-                "rule", "TeamQueue.training_labels", " or ".join(map(repr, RULES)), rule
-            )
-        rows = self._call(lambda conn: conn.execute(_TALLY, {"p": self.project}).fetchall())
-        out = {}
-        for item, majority, first, unanimous, decided, complete in rows:
-            if decided is not None:
-                pick = decided
-            elif rule == "first":
-                pick = first
-            elif not complete:  # majority and adjudicated wait for all of an item's labels
-                pick = None
-            else:
-                pick = majority if rule == "majority" else (first if unanimous else None)
-            if pick is not None:
-                out[json.loads(item)] = pick
-        return out
+        check_rule(rule, "TeamQueue.training_labels")
+        return self._call(lambda conn: decide(conn, self.project, rule))
 
     def disagreements(self) -> dict[Any, list[tuple[str, str]]]:
         """Items whose annotators disagree and that have no adjudication decision yet, with

@@ -520,7 +520,9 @@ def self_supervised(
     from dal_widgets.data import Dataset
 
     if not isinstance(dataset, Dataset):
-        raise param_error("dataset", where, "a Dataset from dal_widgets.datasets", dataset, TypeError)
+        raise param_error(
+            "dataset", where, "a Dataset from dal_widgets.datasets", dataset, TypeError
+        )
     if method not in METHODS:
         raise param_error("method", where, f"one of {list(METHODS)}", method)
     if dataset.kind != "image":

@@ -37,6 +37,9 @@ class _EventLog(_Schema):
 
     #: The class name shown in error messages.
     _api = "LabelStore"
+    #: Several sessions write it (a PostgreSQL project in team mode): undo takes back only
+    #: this annotator's newest action, and never over a newer change by someone else.
+    _shared = False
     annotator: str
     _closed_reason: str | None
     _close_callbacks: dict[object, Callable[[str], Any]]
@@ -251,18 +254,22 @@ class _EventLog(_Schema):
     def _apply(
         self,
         kind: str,
-        changes: Iterable[tuple[Any, str, str | None]],
+        changes: Iterable[tuple[Any, str, str | None]] | Callable[[Any], Iterable[Any]],
         *,
         source: str,
         annotator: str | None,
     ) -> int:
-        """Write one action: (sample_id, field, new value or None to clear). One transaction."""
+        """Write one action: (sample_id, field, new value or None to clear). One transaction.
+        ``changes`` may be a function of the transaction's connection, called inside it (for
+        changes that depend on what is committed, as a team's training labels do)."""
         self._check_open(writing=True)
         if source not in SOURCES:
             raise param_error("source", self._api, f"one of {SOURCES}", source)
-        changes = list(changes)
         with self._lock:
             with self._transaction() as conn:
+                changes = list(changes(conn) if callable(changes) else changes)
+                if not changes:
+                    return 0  # nothing to record (a team's labels already say so)
                 action_id = int(
                     conn.execute(
                         "INSERT INTO actions(kind, source, annotator, round, ts) "
@@ -398,9 +405,12 @@ class _EventLog(_Schema):
         self._check_open(writing=True)
         with self._lock:
             with self._transaction() as conn:
+                # Shared: this annotator's own, not the training labels a rule re-decided.
+                mine = " AND annotator = ? AND source != 'team'" if self._shared else ""
                 row = conn.execute(
-                    "SELECT action_id FROM actions WHERE kind != 'undo' AND undone_by IS NULL "
-                    "ORDER BY action_id DESC LIMIT 1"
+                    "SELECT action_id FROM actions WHERE kind != 'undo' AND undone_by IS NULL"
+                    f"{mine} ORDER BY action_id DESC LIMIT 1",
+                    (annotator or self.annotator,) if self._shared else (),
                 ).fetchone()
                 if row is None:
                     return None
@@ -426,6 +436,8 @@ class _EventLog(_Schema):
                         "SELECT value, action_id FROM state WHERE sample_id = ? AND field = ?",
                         (sample_id, field),
                     ).fetchone()
+                    if self._shared and (now[1] if now else None) != target:
+                        continue  # another annotator changed it since: theirs stays
                     undo_events.append(
                         (
                             undo_id,
@@ -563,23 +575,20 @@ class _EventLog(_Schema):
         log entry and the round's history row, in one transaction. Returns the round."""
         self._check_open(writing=True)
         with self._lock:
-            rnd = self._round + 1
-            row = RoundRecord(
-                rnd,
-                strategy=strategy,
-                queried=len(ids),
-                infer_s=infer_s,
-                select_s=select_s,
-                n_labels_at_query=len(self._labels),
-                model_version=model_version,
-            )
             with self._transaction() as conn:
+                rnd = self._round + 1  # fresh: a shared store syncs when a write begins
+                row = RoundRecord(
+                    rnd,
+                    strategy=strategy,
+                    queried=len(ids),
+                    infer_s=infer_s,
+                    select_s=select_s,
+                    n_labels_at_query=len(self._labels),
+                    model_version=model_version,
+                )
                 conn.execute("UPDATE meta SET value = ? WHERE key = 'round'", (str(rnd),))
                 self._insert_query(conn, rnd, strategy, ids, scores, model_version)
-                conn.execute(
-                    _UPSERT_ROUND,
-                    (rnd, json.dumps(row.as_dict())),
-                )
+                conn.execute(_UPSERT_ROUND, (rnd, json.dumps(row.as_dict())))
             self._round = rnd
         return rnd
 

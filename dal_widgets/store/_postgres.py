@@ -31,6 +31,7 @@ import re
 import socket
 import threading
 import time
+import traceback
 import weakref
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -133,7 +134,16 @@ class PostgresStore(_EventLog, _Exports):
         machine (default: a folder per server, database and project in the user cache).
     reconnect_seconds : float
         How long a call keeps trying to reach the server after the connection broke.
+    shared : bool
+        Team mode: several sessions write the project at once (no writer lock; each write
+        is serialized by the project's transaction lock). Each store catches up with the
+        others' actions when it writes and every ``poll_seconds`` (listeners added with
+        :meth:`add_change_listener` hear of them), and undo takes back only this
+        annotator's own newest action, never over a newer change by someone else.
     """
+
+    #: How often a shared store looks for the other sessions' actions.
+    poll_seconds = 0.5
 
     _api = "PostgresStore"
 
@@ -150,9 +160,12 @@ class PostgresStore(_EventLog, _Exports):
         multi_label: bool = False,
         side_dir: str | os.PathLike[str] | None = None,
         reconnect_seconds: float = 30.0,
+        shared: bool = False,
     ) -> None:
         expected = _Identity(fingerprint, list(classes), dataset_name, bool(multi_label))
-        self._open(url, project, expected, read_only, annotator, side_dir, reconnect_seconds)
+        self._open(
+            url, project, expected, read_only, annotator, side_dir, reconnect_seconds, shared=shared
+        )
 
     @classmethod
     def open(
@@ -182,6 +195,7 @@ class PostgresStore(_EventLog, _Exports):
         reconnect_seconds: float,
         *,
         where: str = "",
+        shared: bool = False,
     ) -> None:
         import psycopg
         from psycopg import sql
@@ -215,6 +229,13 @@ class PostgresStore(_EventLog, _Exports):
         self._raw_conn: Any = None
         self._in_transaction = False
         self._writer_key: tuple[str, int, str, str] | None = None
+        if not isinstance(shared, bool):
+            raise param_error("shared", where, "True or False", shared, TypeError)
+        self._shared = shared
+        self._loaded = False  # the state is read: a shared store catches up from here on
+        self._seen = 0  # the newest action this store's state includes
+        self._others: dict[Any, None] = {}  # ids others changed, for the listeners
+        self._listeners: dict[object, Callable[[list[Any]], Any]] = {}
         self._conn = _Conn(self)  # type: ignore[assignment]
         self.path = f"{self._secret} (project {project!r})"
         raw = self._connect()  # a wrong URL, password or server fails here, at once
@@ -222,11 +243,15 @@ class PostgresStore(_EventLog, _Exports):
         try:
             if not read_only:
                 self._peek_existing(raw, expected)  # before taking an older writer's place
-                self._take_writer_lock(raw)
+                if not shared:
+                    self._take_writer_lock(raw)
             self._init_schema(expected)
             self._labels: dict[Any, Any] = {}
             self._marks: dict[str, set[Any]] = {"skip": set(), "flag": set()}
+            # Read first: a change committed meanwhile is applied again, which is harmless.
+            self._seen = self._newest_action(raw)
             self._load_state()
+            self._loaded = True
         except BaseException:
             self._shut("it failed to open")
             raise
@@ -243,7 +268,12 @@ class PostgresStore(_EventLog, _Exports):
         name = f"dal_widgets {self.annotator}@{socket.gethostname()}:{os.getpid()}"
         conn = self._secret.connect(autocommit=True, application_name=name[:63])
         try:
-            conn.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(self._schema)))
+            # The project's tables first; then where the team queue's tables are.
+            conn.execute(
+                sql.SQL('SET search_path TO {}, "$user", public').format(
+                    sql.Identifier(self._schema)
+                )
+            )
         except psycopg.Error as exc:
             conn.close()
             raise StoreError(
@@ -258,6 +288,10 @@ class PostgresStore(_EventLog, _Exports):
 
         try:
             with raw.transaction():
+                if not raw.execute(
+                    "SELECT 1 FROM pg_namespace WHERE nspname = %s", (self._schema,)
+                ).fetchall():
+                    return  # a new project
                 meta = dict(raw.execute("SELECT key, value FROM meta").fetchall())
         except psycopg.errors.UndefinedTable:
             return  # a new project
@@ -321,13 +355,14 @@ class PostgresStore(_EventLog, _Exports):
                     ) from None
                 time.sleep(pause)
                 pause = min(2 * pause, 1.0)
-        if not self.read_only:
+        if not self.read_only and not self._shared:
             got = raw.execute("SELECT pg_try_advisory_lock(%s)", (self._key,)).fetchone()[0]
             if not got:
                 holder = self._holder(raw)
                 self._close(f"another session ({holder}) took the project while the "
                             "connection to the server was lost")  # fmt: skip
                 self._check_open()
+        if not self.read_only:
             self._reload()
         return raw
 
@@ -340,6 +375,7 @@ class PostgresStore(_EventLog, _Exports):
         self._labels.clear()
         for marks in self._marks.values():
             marks.clear()
+        self._seen = self._newest_action(self._raw_conn)
         self._load_state()
 
     def _drop(self) -> None:
@@ -363,7 +399,12 @@ class PostgresStore(_EventLog, _Exports):
         try:
             with raw.transaction():
                 raw.execute("SELECT pg_advisory_xact_lock(%s)", (self._key,))
-                yield self._conn
+                if self._shared and self._loaded:  # the others' actions, then this one
+                    self._catch_up(raw, notify=True)
+                    yield self._conn
+                    self._catch_up(raw, notify=False)
+                else:
+                    yield self._conn
         except psycopg.OperationalError as exc:
             self._drop()
             raise StoreError(
@@ -372,6 +413,8 @@ class PostgresStore(_EventLog, _Exports):
                 "next call reconnects and shows what the server has: check, then retry."
             ) from None
         except psycopg.Error as exc:
+            if self._shared and self._loaded:
+                self._reload()  # the catch-up may have applied what was rolled back
             raise StoreError(
                 f"The label store {self.path} could not save this change "
                 f"({self._secret.hide(str(exc)).strip()}); nothing of it was saved."
@@ -379,17 +422,160 @@ class PostgresStore(_EventLog, _Exports):
         finally:
             self._in_transaction = False
 
+    # ------------------------------------------------------------------ team mode
+    @staticmethod
+    def _newest_action(raw: Any) -> int:
+        return int(raw.execute("SELECT coalesce(max(action_id), 0) FROM actions").fetchone()[0])
+
+    def _catch_up(self, raw: Any, *, notify: bool) -> None:
+        """Apply the actions newer than this store's state (under ``_lock``): the events in
+        order, then the round and classes; ``notify``: they are others', for the listeners."""
+        rows = raw.execute(
+            "SELECT action_id, sample_id, field, new FROM events WHERE action_id > %s "
+            "ORDER BY action_id, rowid",
+            (self._seen,),
+        ).fetchall()
+        meta = dict(
+            raw.execute("SELECT key, value FROM meta WHERE key IN ('round', 'classes')").fetchall()
+        )
+        newest = self._newest_action(raw)
+        changes = [(self._py_id(sid), field, new) for _, sid, field, new in rows]
+        self._round = int(meta.get("round", self._round))
+        classes = json.loads(meta["classes"]) if "classes" in meta else self._classes
+        self._classes[len(self._classes) :] = classes[len(self._classes) :]
+        _EventLog._apply_to_cache(self, (c for c in changes if c[1] in ("label", *self._marks)))
+        self._seen = max(self._seen, newest)
+        if notify and self._listeners:
+            for sid, _, _ in changes:
+                self._others[sid] = None
+
+    def team_record(
+        self,
+        votes: dict[Any, str | None],
+        *,
+        rule: str,
+        resolve: Sequence[Any] = (),
+        source: str = "human",
+        annotator: str | None = None,
+    ) -> int | None:
+        """One action of a shared project: this annotator's ``votes`` (the fields
+        ``vote:<annotator>``; None takes one back) and the training label (``label``) of
+        each voted and ``resolve`` item, as the team's labels decide it by ``rule``
+        (:func:`dal_widgets.team.decide`), read inside this action's transaction, so the
+        newest writer always sees every vote. Returns the action id, or None when nothing
+        changed."""
+        from dal_widgets.team import decide
+
+        if not self._shared:
+            raise StoreError(f"{self._api}.team_record needs a shared store (shared=True).")
+        who = annotator or self.annotator
+        items = list(dict.fromkeys([*votes, *resolve]))
+
+        def changes(_conn: Any) -> list[tuple[Any, str, str | None]]:
+            picks = decide(self._raw_conn, self.project, rule, items)
+            out: list[tuple[Any, str, str | None]] = [
+                (i, f"vote:{who}", v) for i, v in votes.items()
+            ]
+            return out + [(i, "label", picks.get(i)) for i in items
+                          if self._labels.get(i) != picks.get(i)]  # fmt: skip
+
+        if not votes and not resolve:
+            return None
+        return self._apply("label", changes, source=source, annotator=who) or None
+
+    def connect(self) -> Any:
+        """A new psycopg connection (autocommit) to this store's server and database."""
+        return self._secret.connect(autocommit=True)
+
+    def team_queue(self, **options: Any) -> Any:
+        """The project's :class:`~dal_widgets.team.TeamQueue` for this store's annotator
+        (``options``: overlap, lease_seconds, reconnect_seconds)."""
+        from dal_widgets.team import TeamQueue
+
+        return TeamQueue(
+            self._secret.url, project=self.project, annotator=self.annotator, **options
+        )
+
+    def newest_own_events(self) -> list[tuple[Any, str, str | None, str | None]] | None:
+        """The events of what :meth:`undo` would take back in a shared project (this
+        annotator's newest action): ``(sample id, field, old, new)``; None when none."""
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT e.sample_id, e.field, e.old, e.new FROM events e WHERE e.action_id = ("
+                "SELECT max(action_id) FROM actions WHERE kind != 'undo' AND undone_by IS NULL "
+                "AND annotator = ? AND source != 'team') ORDER BY e.rowid",
+                (self.annotator,),
+            ).fetchall()
+            if not rows:
+                return None
+        return [(self._py_id(sid), field, old, new) for sid, field, old, new in rows]
+
+    def _apply_to_cache(self, changes: Any) -> None:
+        if not self._shared:  # shared: the transaction caught up with its own action already
+            super()._apply_to_cache(changes)
+
+    def add_change_listener(self, callback: Callable[[list[Any]], Any]) -> Callable[[], None]:
+        """Call ``callback(ids)`` (in the store's poll thread) when other sessions changed
+        samples of this shared project: at most ``poll_seconds`` after their commit. Returns
+        a function that unsubscribes."""
+        if not callable(callback):
+            raise param_error(
+                "callback", f"{self._api}.add_change_listener", "a callable", callback, TypeError
+            )
+        token = object()
+        with self._lock:
+            self._listeners[token] = callback
+            if self._shared and getattr(self, "_poller", None) is None:
+                self._poller = threading.Thread(
+                    target=self._poll, name=f"dal-store-poll-{self.project}", daemon=True
+                )
+                self._poller.start()
+
+        def unsubscribe() -> None:
+            with self._lock:
+                self._listeners.pop(token, None)
+
+        return unsubscribe
+
+    def _poll(self) -> None:
+        """The poll thread of a shared store: catch up, then tell the listeners."""
+        while self._closed_reason is None:
+            time.sleep(self.poll_seconds)
+            ids: list[Any] = []
+            with self._lock:
+                raw = self._raw_conn
+                if self._closed_reason is not None or raw is None or raw.closed:
+                    continue  # the next call of the session reconnects
+                try:
+                    if self._newest_action(raw) > self._seen:
+                        self._catch_up(raw, notify=True)
+                except Exception:  # noqa: BLE001 (a broken connection: the next call reconnects)
+                    continue
+                ids, self._others = list(self._others), {}
+                listeners = list(self._listeners.values())
+            if ids:
+                for callback in listeners:
+                    try:
+                        callback(ids)
+                    except Exception:  # noqa: BLE001 (recorded; a view's bug must not stop it)
+                        self.close_callback_errors.append(traceback.format_exc())
+
     # ------------------------------------------------------------------ errors
     def _read_meta(self, conn: Any) -> dict[str, str]:
         import psycopg
 
+        missing = StoreError(
+            f"There is no project {self.project!r} on {self._secret}: open it for "
+            "writing once (read_only=False) to create it, or check the project's name."
+        )
         try:
+            if not conn.execute(
+                "SELECT 1 FROM pg_namespace WHERE nspname = ?", (self._schema,)
+            ).fetchall():
+                raise missing
             return dict(conn.execute("SELECT key, value FROM meta").fetchall())
         except psycopg.errors.UndefinedTable:
-            raise StoreError(
-                f"There is no project {self.project!r} on {self._secret}: open it for "
-                "writing once (read_only=False) to create it, or check the project's name."
-            ) from None
+            raise missing from None
         except psycopg.Error as exc:
             raise self._usable_error(exc) from None
 

@@ -18,8 +18,8 @@ from dal_widgets.store._errors import StoreError, StoreMismatchError
 __all__ = ["FIELDS", "SCHEMA_VERSION", "SOURCES"]
 
 SCHEMA_VERSION = 1
-#: Where a label came from.
-SOURCES = ("human", "oracle", "import", "suggestion")
+#: Where a label came from ("team": a team project's training label, decided by its rule).
+SOURCES = ("human", "oracle", "import", "suggestion", "team")
 #: The per-sample fields the store keeps: the label, and the skip and flag marks.
 FIELDS = ("label", "skip", "flag")
 

@@ -112,6 +112,7 @@ def open_store(
     annotator: str | None = None,
     read_only: bool = False,
     project: str | None = None,
+    shared: bool = False,
     where: str = "Session",
 ) -> LabelStore | PostgresStore:
     """The store a session asks for: a :class:`LabelStore` or :class:`PostgresStore` as it
@@ -140,7 +141,12 @@ def open_store(
             )
         from dal_widgets.store._postgres import PostgresStore
 
-        return PostgresStore(store, project=project, **identity)
+        return PostgresStore(store, project=project, shared=shared, **identity)
+    if shared:
+        raise ValueError(
+            f"{where} shares a store only on a PostgreSQL server (store='postgresql://...', "
+            "project=...): a team labels one project there."
+        )
     if project is not None:
         raise ValueError(
             f"The 'project' parameter of {where} is for a PostgreSQL store "

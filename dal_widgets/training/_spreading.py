@@ -247,7 +247,9 @@ class SpreadVote(nn.Module):
         """Back to the wrapped model's predictions alone (before a warm-started fit)."""
         self.set_bank(torch.zeros(0, 0), torch.zeros(0, dtype=torch.long))
 
-    def _load_from_state_dict(self, state_dict: Any, prefix: str, *args: Any, **kwargs: Any) -> None:
+    def _load_from_state_dict(
+        self, state_dict: Any, prefix: str, *args: Any, **kwargs: Any
+    ) -> None:
         for name in self.resizable_buffers:
             saved = state_dict.get(prefix + name)
             if saved is not None:  # the bank's size is the saved one's

@@ -20,8 +20,8 @@ REQUERY_POOL = 20_000
 
 
 def unlabeled_left(session: Any) -> int:
-    """How many samples are neither labeled nor skipped."""
-    return len(session.dataset) - len(session.store) - len(session.store.marked("skip"))
+    """How many samples are neither labeled nor skipped (in a team: still need a label)."""
+    return int(session.remaining)
 
 
 class Prefetcher:

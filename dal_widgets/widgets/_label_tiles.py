@@ -85,7 +85,7 @@ def tile_states(
     session: Any, ids: Iterable[Any], on_screen: dict[str, Any], states: dict[str, Any]
 ) -> dict[str, Any]:
     """``states`` with the committed status of the ``ids`` on screen read from the session."""
-    labels = session.labels
+    labels = session.done_labels  # in a team, this annotator's own
     skipped = session.store.marked("skip")
     flagged = session.store.marked("flag")
     states = dict(states)

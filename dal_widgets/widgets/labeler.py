@@ -622,7 +622,7 @@ class LabelingWidget(anywidget.AnyWidget):
 
     def _done(self) -> set[Any]:
         """The labeled and the skipped samples."""
-        return set(self.session.labels) | self.session.store.marked("skip")
+        return set(self.session.done_labels) | self.session.store.marked("skip")
 
     def _open_review(self, chosen: Selection, *, relabel: bool) -> None:
         self._reviews.start(chosen, self.batch_size, relabel=relabel, on_screen=self.batch_ids)

@@ -1,0 +1,145 @@
+"""Sessions labeling as a team on a real PostgreSQL server (``Session(team=...)``, see
+``dal_widgets/_teamwork.py``): claims never overlap beyond ``overlap``, everyone sees the
+others' labels, one session trains and the others follow its model, undo is per annotator,
+the training label follows the rule, and the trainer role moves when its session closes.
+Skipped without a server, failed when ``DAL_REQUIRE_POSTGRES=1`` (CI)."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+import dal_widgets as dal
+from dal_widgets.training import TrainConfig
+
+FAST = TrainConfig(steps=40, batch_size=32)
+CLASSES = ["cat", "dog", "owl"]
+
+
+@pytest.fixture
+def ds():
+    rng = np.random.default_rng(0)
+    y = np.arange(150) % 3
+    X = np.array([[0, 0], [4, 0], [0, 4]], float)[y] + rng.normal(scale=0.5, size=(150, 2))
+    return dal.datasets.from_arrays(X, y=np.array(CLASSES)[y], holdout=0.2, name="blobs")
+
+
+@pytest.fixture(autouse=True)
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))  # the shared model folder
+
+
+def member(ds, url, who, **team):
+    options = {"lease_seconds": 3.0, **team}
+    return dal.Session(
+        ds, store=url, project="blobs", annotator=who, device="cpu", train_config=FAST,
+        team=dal.Team(**options),
+    )  # fmt: skip
+
+
+def truth(ds, ids):
+    return [ds.classes[t] for t in ds.targets[ds.positions(ids)]]
+
+
+def until(check, timeout=20.0):
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def test_two_annotators_split_the_pool_and_one_trains_for_both(ds, pg_url):
+    alice = member(ds, pg_url, "alice")
+    bob = member(ds, pg_url, "bob")
+    try:
+        assert alice.team.is_trainer and not bob.team.is_trainer
+        a, b = alice.query(6), bob.query(6)
+        assert len(a) == len(b) == 6 and not set(a) & set(b)  # overlap 1: never the same
+        assert sorted(bob.pending) == sorted(b)
+        alice.label(a, truth(ds, a))
+        bob.label(b, truth(ds, b))
+        until(lambda: len(alice.labels) == 12 and len(bob.labels) == 12)
+        assert alice.labels == bob.labels == dict(zip(a + b, truth(ds, a + b)))
+        assert bob.pending == [] and sorted(bob.done_labels) == sorted(b)
+        with pytest.raises(RuntimeError, match="another session of the team trains"):
+            bob.train()
+        alice.train(block=True)  # the trainer fits, saves, and ranks the queue
+        until(lambda: bob.model_version is not None)  # bob follows its model
+        np.testing.assert_allclose(
+            bob.predict_proba(ds.ids[:4]), alice.predict_proba(ds.ids[:4]), atol=1e-6
+        )
+        assert bob.explain([ds.ids[0]])[0]["predicted"] in CLASSES  # suggestions for bob
+        # Bob's undo takes back his own newest action, never alice's.
+        assert sorted(bob.undo()) == sorted(b)
+        until(lambda: len(alice.labels) == 6)
+        assert set(alice.labels) == set(a)
+        assert set(b) <= set(bob.query(200))  # his items are free again, for him too
+    finally:
+        bob.close()
+        alice.close()
+
+
+def test_overlap_two_the_rule_decides_and_an_adjudicator_settles_a_tie(ds, pg_url):
+    alice = member(ds, pg_url, "alice", overlap=2, rule="majority")
+    bob = member(ds, pg_url, "bob", overlap=2, rule="majority")
+    try:
+        a, b = alice.query(4), bob.query(4)
+        assert a == b  # overlap 2: both get the best items
+        alice.label(a, ["cat", "dog", "owl", "cat"])
+        assert alice.labels == {} and alice.done_labels == dict(zip(a, ["cat", "dog", "owl", "cat"]))
+        assert sorted(bob.pending) == sorted(b)  # alice's labels do not finish them for bob
+        bob.label(b, ["cat", "dog", "dog", "cat"])
+        until(lambda: len(alice.labels) == 3)
+        assert alice.labels == {a[0]: "cat", a[1]: "dog", a[3]: "cat"}  # a[2] is a tie
+        assert alice.disagreements() == {a[2]: [("alice", "owl"), ("bob", "dog")]}
+        bob.adjudicate(a[2], "owl")
+        until(lambda: alice.labels.get(a[2]) == "owl")
+        assert alice.disagreements() == {}
+        # A relabel replaces alice's label; her undo brings the earlier one back.
+        alice.label([a[0]], ["dog"])
+        assert a[0] not in alice.labels  # dog against bob's cat: a tie, majority waits
+        alice.undo()
+        assert alice.labels[a[0]] == "cat"
+        assert alice.done_labels[a[0]] == "cat"
+        history = [e for e in alice.store.history(a[0]) if e["field"].startswith("vote:")]
+        assert [(e["field"], e["new"]) for e in history] == [
+            ("vote:alice", "cat"), ("vote:bob", "cat"), ("vote:alice", "dog"),
+            ("vote:alice", "cat"),
+        ]  # fmt: skip
+    finally:
+        bob.close()
+        alice.close()
+
+
+def test_the_trainer_role_moves_when_its_session_closes(ds, pg_url):
+    alice = member(ds, pg_url, "alice")
+    bob = member(ds, pg_url, "bob")
+    carol = member(ds, pg_url, "carol", trainer=False)
+    try:
+        ids = alice.query(9)
+        alice.label(ids, truth(ds, ids))
+        assert alice.team.is_trainer
+        alice.close()
+        until(lambda: bob.team.is_trainer)  # within a heartbeat (1 s here)
+        assert not carol.team.is_trainer
+        until(lambda: bob.model_version is not None)  # it fits the labels it found
+        until(lambda: carol.model_version is not None)
+    finally:
+        carol.close()
+        bob.close()
+        alice.close()
+
+
+def test_team_sessions_need_a_server_and_single_label_data(ds, tmp_path):
+    with pytest.raises(ValueError, match="PostgreSQL"):
+        dal.Session(ds, store=str(tmp_path / "a.db"), device="cpu", team=dal.Team())
+    with pytest.raises(TypeError, match="'team'"):
+        dal.Session(ds, store=None, device="cpu", team={"overlap": 2})
+    with pytest.raises(ValueError, match="'rule'"):
+        dal.Session(ds, store=None, device="cpu", team=dal.Team(rule="vote"))
+    solo = dal.Session(ds, store=None, device="cpu")
+    with pytest.raises(RuntimeError, match="team project"):
+        solo.disagreements()
+    solo.close()
