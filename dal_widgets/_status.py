@@ -34,7 +34,9 @@ def session_status(session: Any) -> dict[str, Any]:
     speed, or the embedding's progress), ``encoder`` (its name, or None) and ``encoder_text``
     (with its progress), ``encoder_progress`` (while it pretrains or embeds, else None), ``model_version`` and ``model_labels`` (None before
     the first model), ``staleness`` (labels added since that model), ``labeled``, ``skipped``,
-    ``round``, ``strategy``, ``device`` and ``train_error`` (bool).
+    ``round``, ``strategy``, ``device``, ``train_error`` (bool) and ``team`` (None alone; in
+    a team: ``annotator``, ``mine`` (this annotator's labels), ``trainer`` (whether this
+    session trains for the team) and ``overlap``).
     """
     progress = dict(session.progress)
     state = progress.get("state")
@@ -70,4 +72,12 @@ def session_status(session: Any) -> dict[str, Any]:
         "strategy": session.strategy,
         "device": session.device.type,
         "train_error": session.train_error is not None,
+        "team": None
+        if session.team is None
+        else {
+            "annotator": session.store.annotator,
+            "mine": len(session.team.mine),
+            "trainer": session.team.is_trainer,
+            "overlap": session.team.team.overlap,
+        },
     }

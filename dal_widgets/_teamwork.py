@@ -30,6 +30,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from dal_widgets._checks import param_error
 from dal_widgets.team import Team
 
@@ -73,12 +75,15 @@ def check_team(team: Any, dataset: Any, where: str) -> Team | None:
 class Teamwork:
     """The team side of one session (made by :class:`~dal_widgets.Session`)."""
 
-    def __init__(self, store: Any, ids: list[Any], team: Team, hooks: TeamHooks) -> None:
+    def __init__(
+        self, store: Any, ids: list[Any], team: Team, hooks: TeamHooks, seed: int = 0
+    ) -> None:
         self.store = store
         self.team = team
         self.hooks = hooks
         self.queue = store.team_queue(overlap=team.overlap, lease_seconds=team.lease_seconds)
-        self.queue.add_items(ids)
+        # Until the trainer ranks them, new items come in a random order (not by id).
+        self.queue.add_items(ids, np.random.default_rng(seed).random(len(ids)).tolist())
         #: This annotator's own labels (item -> class name).
         self.mine: dict[Any, str] = self.queue.mine()
         self.is_trainer = False

@@ -145,8 +145,11 @@ class Session:
         self._head_config = train_config or HEAD_CONFIG  # after a pretrained encoder's switch
         self._models = ModelFactory(model, where)
         check_encoder(encoder, dataset, where)  # before the store is opened
-        self._retrain = RetrainPolicy(retrain or ("batch" if encoder is None else "label"))
         team = check_team(team, dataset, where)
+        # A team's trainer fits on everyone's labels: every 10 new ones (its own batch alone
+        # would leave the others' waiting).
+        solo = "batch" if team is None else 10
+        self._retrain = RetrainPolicy(retrain or (solo if encoder is None else "label"))
         self.store = open_store(
             store,
             fingerprint=dataset.fingerprint,
@@ -220,7 +223,7 @@ class Session:
                 model_path=self._memory.path,
                 errors=self._events.errors,
             )
-            self.team = Teamwork(self.store, dataset.ids.tolist(), team, hooks)
+            self.team = Teamwork(self.store, dataset.ids.tolist(), team, hooks, self.seed)
         self.inputs.start()  # at once without an encoder; in the background with one
         if self.team is not None:
             self.team.start()
@@ -413,7 +416,10 @@ class Session:
             check_int(n, "n", where, lo=1)
             skip = self.sample_ids(excluded, where=where, name="exclude") if excluded else []
             ids = self.team.claim(n, skip)
-            self._events.emit("queried", ids=ids, round=self.round, strategy="team")
+            mask = self._labeled_mask()
+            positions = self.dataset.positions(ids)
+            self._notes.remember(ids, positions, None, mask, "team queue", self.round)
+            self._events.emit("queried", ids=ids, round=self.round, strategy="team queue")
             return ids
         with self._query_lock:
             mask = self._labeled_mask()

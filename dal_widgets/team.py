@@ -310,15 +310,26 @@ class TeamQueue:
             )
 
     # ------------------------------------------------------------------ the ranker's side
-    def add_items(self, ids: Iterable[Any], priority: float = 0.0) -> int:
-        """Put items in the queue (those already there are left as they are); how many were new."""
+    def add_items(self, ids: Iterable[Any], priority: float | Sequence[float] = 0.0) -> int:
+        """Put items in the queue (those already there are left as they are); how many were
+        new. ``priority``: one for all, or one per item."""
         keys = [_key(i) for i in ids]
+        if isinstance(priority, (int, float)):
+            values = [float(priority)] * len(keys)
+        else:
+            values = [float(p) for p in priority]
+            if len(values) != len(keys):
+                raise ValueError(
+                    "The 'priority' parameter of TeamQueue.add_items must have one value per "
+                    f"item ({len(keys)}). Got {len(values)}."
+                )
 
         def op(conn: Any) -> int:
             cur = conn.execute(
                 "INSERT INTO dal_items (project, item_id, priority, needed) "
-                "SELECT %s, unnest(%s::text[]), %s, %s ON CONFLICT DO NOTHING",
-                (self.project, keys, float(priority), self.overlap),
+                "SELECT %s, k, p, %s FROM unnest(%s::text[], %s::float8[]) AS t(k, p) "
+                "ON CONFLICT DO NOTHING",
+                (self.project, self.overlap, keys, values),
             )
             return int(cur.rowcount)
 

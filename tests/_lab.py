@@ -403,10 +403,15 @@ class JupyterLab:
 
     # ---- HTTP ----------------------------------------------------------------------------
 
-    def notebook_url(self, path: str) -> str:
-        """URL of the page that shows the notebook at ``path`` (relative to the root)."""
+    def notebook_url(self, path: str, workspace: str | None = None) -> str:
+        """URL of the page that shows the notebook at ``path`` (relative to the root);
+        ``workspace``: a JupyterLab workspace of its own, for a second tab (two tabs on one
+        workspace make the second one navigate away to a new one)."""
         front = _FRONT_ENDS[self.app]
-        return self.url(front.notebook_page.format(path=urllib.parse.quote(path)), **front.query)
+        page = front.notebook_page.format(path=urllib.parse.quote(path))
+        if workspace is not None and self.app == "lab":
+            page = f"lab/workspaces/{urllib.parse.quote(workspace)}/tree/{urllib.parse.quote(path)}"
+        return self.url(page, **front.query)
 
     def url(self, path: str, **query: str) -> str:
         """Absolute URL of ``path`` (relative to the base URL) with the token in the query.
@@ -749,6 +754,7 @@ class LabSession:
         name: str | None = None,
         *,
         timeout: float = 90,
+        workspace: str | None = None,
     ) -> Page:
         """Write ``cells`` as a notebook, open it in a new tab, Run All, wait until it is done.
 
@@ -761,6 +767,8 @@ class LabSession:
             Notebook path relative to the root; defaults to ``<test name>.ipynb``.
         timeout : float
             Seconds allowed for each stage (opening with an idle kernel, running all cells).
+        workspace : str, optional
+            Open it in a JupyterLab workspace of its own (a second notebook tab at once).
 
         Returns
         -------
@@ -781,7 +789,7 @@ class LabSession:
         page.on("console", lambda m: self.console.append(f"[{m.type}] {m.text}"))
         page.on("pageerror", lambda e: self.console.append(f"[pageerror] {e}"))
         ms = int(timeout * 1000)
-        page.goto(self.server.notebook_url(name), wait_until="domcontentloaded")
+        page.goto(self.server.notebook_url(name, workspace), wait_until="domcontentloaded")
         self._wait_kernel_idle(page, name, timeout)
 
         page.locator(".lm-MenuBar-item", has_text=re.compile(r"^Run$")).click()

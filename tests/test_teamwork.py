@@ -143,3 +143,113 @@ def test_team_sessions_need_a_server_and_single_label_data(ds, tmp_path):
     with pytest.raises(RuntimeError, match="team project"):
         solo.disagreements()
     solo.close()
+
+
+def test_the_labeler_adjudicates_a_disagreement(ds, pg_url):
+    from dal_widgets.widgets._label_tiles import tile_key
+
+    alice = member(ds, pg_url, "alice", overlap=2)
+    bob = member(ds, pg_url, "bob", overlap=2)
+    try:
+        ids = alice.query(2)
+        alice.label(ids, ["cat", "dog"])
+        assert bob.query(2) == ids
+        bob.label(ids, ["owl", "dog"])
+        w = dal.LabelingWidget(alice, batch_size=4, prefetch=False)
+        assert w.adjudicate() == [ids[0]]
+        assert w.review_info["adjudicate"] and "a class key decides" in w.message
+        assert w.items[0]["votes"] == "alice: cat · bob: owl"
+        key = tile_key(ids[0])
+        assert w.states[key]["status"] == "pending"  # alice's own label does not decide it
+        w.label("owl")
+        assert alice.labels[ids[0]] == "owl" and w.states[key]["status"] == "done"
+        assert alice.disagreements() == {}
+        until(lambda: bob.labels.get(ids[0]) == "owl")
+        assert w.adjudicate() == [] and w.message == "No disagreements to adjudicate."
+        solo = dal.Session(ds, store=None, device="cpu")
+        with pytest.raises(RuntimeError, match="team project"):
+            dal.LabelingWidget(solo, prefetch=False).adjudicate()
+        solo.close()
+    finally:
+        bob.close()
+        alice.close()
+
+
+def _team_cells(url: str, who: str) -> list[str]:
+    setup = (
+        "import json\n"
+        "import dal_widgets as dal\n"
+        "ds = dal.datasets.digits()\n"
+        f"def member(project, overlap, who={who!r}):\n"
+        f"    return dal.Session(ds, store={url!r}, project=project, annotator=who,\n"
+        "                       device='cpu', retrain='manual', team=dal.Team(overlap=overlap))\n"
+        "s = member('split', 1)\n"
+        "w = dal.LabelingWidget(s, batch_size=6, prefetch=False)\n"
+        "w"
+    )
+    second = "d = member('double', 2)\nwd = dal.LabelingWidget(d, batch_size=6, prefetch=False)\nwd"
+    return [setup, second]
+
+
+@pytest.mark.e2e
+def test_two_notebooks_label_one_pool_and_adjudicate_by_keyboard(lab, pg_url):
+    """Two JupyterLab notebooks (two kernels: alice and bob) on one PostgreSQL project: their
+    batches never overlap, bob's keyboard labels reach alice's kernel, and alice settles a
+    disagreement on an overlap-2 project by keyboard in the adjudication mode."""
+    import json
+
+    from _lab import wait_until
+    from playwright.sync_api import expect
+
+    def run(code, who):
+        return lab.execute(code, f"{who}.ipynb")
+
+    page_a = lab.open_notebook(_team_cells(pg_url, "alice"), name="alice.ipynb")
+    page_b = lab.open_notebook(_team_cells(pg_url, "bob"), name="bob.ipynb", workspace="bob")
+
+    def shown(page, nth):
+        tiles = page.locator(".dal-labeler").nth(nth).locator(".dal-tile[data-sample-id]")
+        expect(tiles).to_have_count(6)
+        return [tiles.nth(i).get_attribute("data-sample-id") for i in range(6)]
+
+    mine, theirs = shown(page_a, 0), shown(page_b, 0)
+    assert not set(mine) & set(theirs)  # neither is shown the other's leased items
+    truth = json.loads(
+        run("print(json.dumps([ds.classes[ds.targets[ds.positions([i])[0]]] "
+            "for i in w.batch_ids]))", "bob")
+    )  # fmt: skip
+    page_b.locator(".dal-labeler").nth(0).locator(".dal-progress-text").click()
+    for key in truth:  # digits: the key is the class name
+        page_b.keyboard.press(key)
+        page_b.wait_for_timeout(150)
+
+    def seen_by_alice():
+        return json.loads(run("print(json.dumps(sorted(map(str, s.labels))))", "alice"))
+
+    wait_until(lambda: seen_by_alice() == sorted(theirs), timeout=20,
+               what="bob's labels in alice's kernel", details=seen_by_alice)  # fmt: skip
+
+    # The overlap-2 project: both label alice's first tile, differently.
+    first = json.loads(run("print(json.dumps(wd.batch_ids[0]))", "alice"))
+    run(f"d.label([{first}], ['3'])", "alice")
+    run(f"d.label([{first}], ['5'])", "bob")  # a free slot: no claim needed
+    assert json.loads(run("print(json.dumps(wd.adjudicate()))", "alice")) == [first]
+    second = page_a.locator(".dal-labeler").nth(1)
+    expect(second.locator(".dal-votes")).to_have_text("alice: 3 · bob: 5")
+    expect(second.locator(".dal-votes-line")).to_contain_text("a class key decides")
+    for width, height in ((1280, 800), (1920, 1080)):
+        page_a.set_viewport_size({"width": width, "height": height})
+        second.scroll_into_view_if_needed()
+        lab.save_screenshot(page_a, f"team-adjudicate-{width}x{height}")
+    second.locator(".dal-progress-text").click()
+    page_a.keyboard.press("5")
+
+    def decided():
+        return run(f"print(d.labels.get({first}), d.disagreements())", "alice").strip()
+
+    wait_until(lambda: decided() == "5 {}", timeout=20, what="the decision", details=decided)
+    expect(second.locator(".dal-tile[data-status='done'] .dal-badge").first).to_contain_text("5")
+    wait_until(
+        lambda: run(f"print(d.labels.get({first}))", "bob").strip() == "5",
+        timeout=20, what="the decision in bob's kernel",
+    )  # fmt: skip

@@ -82,10 +82,16 @@ def with_suggestions(
 
 
 def tile_states(
-    session: Any, ids: Iterable[Any], on_screen: dict[str, Any], states: dict[str, Any]
+    session: Any,
+    ids: Iterable[Any],
+    on_screen: dict[str, Any],
+    states: dict[str, Any],
+    *,
+    decided: bool = False,
 ) -> dict[str, Any]:
-    """``states`` with the committed status of the ``ids`` on screen read from the session."""
-    labels = session.done_labels  # in a team, this annotator's own
+    """``states`` with the committed status of the ``ids`` on screen read from the session
+    (``decided``: an adjudication, done once the team's training label exists)."""
+    labels = session.labels if decided else session.done_labels  # a team's: one's own
     skipped = session.store.marked("skip")
     flagged = session.store.marked("flag")
     states = dict(states)
@@ -157,6 +163,7 @@ def progress_line(
     return {
         **{k: status[k] for k in ("labeled", "model_version", "staleness", "round")},
         **{k: status[k] for k in ("strategy", "worker", "worker_text", "train_error")},
+        "team": status.get("team"),
         "training": status["worker"] == "training",
         # An encoder that pretrains or embeds: its progress, in the header meanwhile.
         "encoder_note": status.get("encoder_progress"),

@@ -48,6 +48,8 @@ class Review:
     relabel: bool  # of labeled samples: the cursor walks every tile, not only pending ones
     token: int  # one per review opened, so the view takes the keyboard focus once
     page: int = 0
+    #: An adjudication review: who gave which label, per sample id (a class key decides).
+    votes: dict[Any, str] | None = None
 
     @property
     def pages(self) -> int:
@@ -68,7 +70,13 @@ class Review:
 
     def info(self) -> dict[str, Any]:
         """What the view draws of the review: the summary, ``how``, ``relabel`` and ``token``."""
-        return {**self.summary(), "how": self.how, "relabel": self.relabel, "token": self.token}
+        return {
+            **self.summary(),
+            "how": self.how,
+            "relabel": self.relabel,
+            "token": self.token,
+            "adjudicate": self.votes is not None,
+        }
 
     def message(self, lead: str = "", *, model: bool) -> str:
         """What the review shows, and its keys (the footer); ``model``: one is trained."""
@@ -76,7 +84,9 @@ class Review:
         what = f"Review: {n} sample{'s' if n != 1 else ''}" + (
             f" {self.title}" if self.title else ""
         )
-        if self.relabel:
+        if self.votes is not None:
+            keys = "a class key decides, N/P pages, B back to the batch"
+        elif self.relabel:
             keys = "a class key relabels, N/P pages, B back to the batch"
         else:
             accept = ", Shift+Enter accepts the page" if model else ""
@@ -102,14 +112,29 @@ class Reviews:
         self.batch: list[Any] = []
         self._opened = 0
 
-    def start(self, chosen: Selection, size: int, *, relabel: bool, on_screen: list[Any]) -> Review:
+    def start(
+        self,
+        chosen: Selection,
+        size: int,
+        *,
+        relabel: bool,
+        on_screen: list[Any],
+        votes: dict[Any, str] | None = None,
+    ) -> Review:
         """Open a review of ``chosen``, ``size`` tiles a page, in place of ``on_screen`` (a
-        review opened from a review goes back to the same batch)."""
+        review opened from a review goes back to the same batch); ``votes``: an adjudication
+        review, with who gave which label per id."""
         if self.current is None:
             self.batch = on_screen
         self._opened += 1
         self.current = Review(
-            chosen.ids, chosen.title, chosen.how, size, relabel=relabel, token=self._opened
+            chosen.ids,
+            chosen.title,
+            chosen.how,
+            size,
+            relabel=relabel,
+            token=self._opened,
+            votes=votes,
         )
         return self.current
 

@@ -253,7 +253,12 @@ function render({ model, el }) {
   function drawProgress() {
     const p = model.get("progress") || {};
     const parts = [];
-    parts.push(p.budget ? `${fmtNumber(p.labeled)} / ${fmtNumber(p.budget)} labeled` : `${fmtNumber(p.labeled || 0)} labeled`);
+    if (p.team) {
+      parts.push(`${fmtNumber(p.team.mine)} by ${p.team.annotator}`);
+      parts.push(`team: ${fmtNumber(p.labeled || 0)} labeled${p.team.trainer ? ", trained here" : ""}`);
+    } else {
+      parts.push(p.budget ? `${fmtNumber(p.labeled)} / ${fmtNumber(p.budget)} labeled` : `${fmtNumber(p.labeled || 0)} labeled`);
+    }
     if (p.per_minute) parts.push(`${p.per_minute} per min`);
     if (p.model_version) parts.push(`model v${p.model_version}, ${p.staleness} label${p.staleness === 1 ? "" : "s"} behind`);
     else parts.push("no model yet");
@@ -302,6 +307,7 @@ function render({ model, el }) {
         badge.classList.add("dal-suggest");
       }
       tile.appendChild(badge);
+      if (it.votes) tile.appendChild(h("div", "dal-votes", it.votes));
       if (s.flagged) tile.appendChild(h("div", "dal-flag", "\u2691"));
       tile.addEventListener("click", () => {
         el.focus();
@@ -320,6 +326,7 @@ function render({ model, el }) {
     const it = items()[cursor()];
     if (!it) return;
     card.appendChild(h("div", "dal-card-title", "Why this sample"));
+    if (it.votes) card.appendChild(h("div", "dal-card-line dal-votes-line", `Labels: ${it.votes} \u2014 a class key decides`));
     if (it.suggestion !== null && it.suggestion !== undefined) {
       card.appendChild(h("div", "dal-card-line", `Suggestion: ${showLabel(it.suggestion)} (${fmtPct(it.prob)}) \u2014 Enter accepts`));
     } else {

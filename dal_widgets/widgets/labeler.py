@@ -200,7 +200,21 @@ class LabelingWidget(anywidget.AnyWidget):
 
     def _set_state(self, ids: list[Any]) -> None:
         """Read the committed status of ids from the session and publish it."""
-        self.states = tile_states(self.session, ids, self._keys, self.states)
+        decided = self._votes() is not None
+        self.states = tile_states(self.session, ids, self._keys, self.states, decided=decided)
+
+    def _votes(self) -> dict[Any, str] | None:
+        """Who gave which label, while an adjudication review is open (else None)."""
+        review = self._reviews.current
+        return None if review is None else review.votes
+
+    def _commit(self, sid: Any, label: Any, source: str = "human") -> None:
+        """Save a label: the decision on a disagreement in an adjudication review."""
+        votes = self._votes()
+        if votes is not None and sid in votes:
+            self.session.adjudicate([sid], label)
+        else:
+            self.session.label([sid], label, source=source)
 
     def _refresh_progress(self) -> None:
         now = time.time()
@@ -268,6 +282,9 @@ class LabelingWidget(anywidget.AnyWidget):
     def _show(self, ids: list[Any]) -> None:
         """Replace the items on screen with ``ids`` (rendered, with the model's suggestions)."""
         keys, items = tiles(self.session, ids)
+        votes = self._votes()
+        if votes is not None:  # an adjudication: each tile says who gave which label
+            items = [{**it, "votes": votes.get(keys[it["key"]])} for it in items]
         with self._lock, self.hold_sync():  # the lock: _on_trained must not redraw an old page
             self._keys = keys
             self.states = {}
@@ -350,7 +367,7 @@ class LabelingWidget(anywidget.AnyWidget):
 
         def action() -> None:
             sid = self._resolve(sample_id, "LabelingWidget.label")
-            self.session.label([sid], label)
+            self._commit(sid, label)
             self._record([sid])
             self._advance_from(sid)
 
@@ -366,7 +383,7 @@ class LabelingWidget(anywidget.AnyWidget):
                 raise ValueError(
                     "There is no model suggestion for this sample yet (no model trained)."
                 )
-            self.session.label([sid], item["suggestion"], source="suggestion")
+            self._commit(sid, item["suggestion"], source="suggestion")
             self._record([sid])
             self._advance_from(sid)
 
@@ -533,6 +550,33 @@ class LabelingWidget(anywidget.AnyWidget):
 
         return self._guard(action)
 
+    def adjudicate(self) -> list[Any]:
+        """Review a team's disagreements (items whose annotators gave different labels and
+        that no one decided yet): each tile shows who gave which label, and a class key
+        records the decision, which becomes the item's training label under every rule
+        (``Session.adjudicate``). N/P page, B goes back to the batch.
+
+        Returns
+        -------
+        list
+            The ids up for a decision, oldest first.
+        """
+
+        def action() -> list[Any]:
+            found = self.session.disagreements()
+            if not found:
+                self.message = "No disagreements to adjudicate."
+                return []
+            votes = {
+                sid: " · ".join(f"{who}: {label}" for who, label in pairs)
+                for sid, pairs in found.items()
+            }
+            chosen = Selection(list(found), "to adjudicate", "oldest disagreement first")
+            self._open_review(chosen, relabel=True, votes=votes)
+            return chosen.ids
+
+        return self._guard(action)
+
     def next_page(self) -> list[Any]:
         """Show the review's next page; after the last one, end the review. Returns the ids
         on screen."""
@@ -624,8 +668,12 @@ class LabelingWidget(anywidget.AnyWidget):
         """The labeled and the skipped samples."""
         return set(self.session.done_labels) | self.session.store.marked("skip")
 
-    def _open_review(self, chosen: Selection, *, relabel: bool) -> None:
-        self._reviews.start(chosen, self.batch_size, relabel=relabel, on_screen=self.batch_ids)
+    def _open_review(
+        self, chosen: Selection, *, relabel: bool, votes: dict[Any, str] | None = None
+    ) -> None:
+        self._reviews.start(
+            chosen, self.batch_size, relabel=relabel, on_screen=self.batch_ids, votes=votes
+        )
         self._show_page()
 
     def _show_page(self) -> None:
