@@ -129,6 +129,10 @@ class Teamwork:
             self.hooks.became_trainer()
         return bool(got)
 
+    def trainer_name(self) -> str | None:
+        """Who trains for the team now (their session's connection name), or None."""
+        return self.store.lock_holder(self._trainer_key)
+
     def publish(self) -> None:
         """Rank the pool with the session's strategy and write the top items' priorities
         (the trainer, after a fit or when it takes the role): newer rankings come first."""

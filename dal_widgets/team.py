@@ -621,6 +621,32 @@ class TeamQueue:
 
         self._call(op)
 
+    def stats(self) -> list[dict[str, Any]]:
+        """Per annotator: ``annotator``, ``labels`` (in all), ``recent`` (in the last 10
+        minutes) and ``per_minute`` (their pace over those minutes, or since their first
+        label in them, at least one minute)."""
+        rows = self._call(
+            lambda conn: conn.execute(
+                "SELECT annotator, count(*), count(*) FILTER (WHERE at > clock_timestamp() - "
+                "interval '10 minutes'), extract(epoch FROM clock_timestamp() - min(at) FILTER "
+                "(WHERE at > clock_timestamp() - interval '10 minutes')) FROM dal_labels "
+                "WHERE project = %s GROUP BY annotator ORDER BY annotator",
+                (self.project,),
+            ).fetchall()
+        )
+        out = []
+        for who, total, recent, span in rows:
+            minutes = max(1.0, float(span or 0.0) / 60.0)
+            out.append(
+                {
+                    "annotator": who,
+                    "labels": int(total),
+                    "recent": int(recent),
+                    "per_minute": round(int(recent) / minutes, 1),
+                }
+            )
+        return out
+
     def remaining(self) -> int:
         """Items that still need labels (leased or not)."""
         return int(

@@ -204,7 +204,8 @@ def test_two_notebooks_label_one_pool_and_adjudicate_by_keyboard(lab, pg_url):
     def run(code, who):
         return lab.execute(code, f"{who}.ipynb")
 
-    page_a = lab.open_notebook(_team_cells(pg_url, "alice"), name="alice.ipynb")
+    app_cell = "app = dal.App(s, batch_size=6, map_method='pca')\napp"
+    page_a = lab.open_notebook([*_team_cells(pg_url, "alice"), app_cell], name="alice.ipynb")
     page_b = lab.open_notebook(_team_cells(pg_url, "bob"), name="bob.ipynb", workspace="bob")
 
     def shown(page, nth):
@@ -253,3 +254,9 @@ def test_two_notebooks_label_one_pool_and_adjudicate_by_keyboard(lab, pg_url):
         lambda: run(f"print(d.labels.get({first}))", "bob").strip() == "5",
         timeout=20, what="the decision in bob's kernel",
     )  # fmt: skip
+    # The App of alice's first session: its team panel counts bob's labels.
+    panel = page_a.locator(".dal-app .dal-team")
+    expect(panel).to_contain_text("bob")
+    expect(panel).to_contain_text("trains: dal_widgets alice@")
+    panel.scroll_into_view_if_needed()
+    lab.save_screenshot(page_a, "team-app-panel-1920x1080")

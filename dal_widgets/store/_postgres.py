@@ -82,6 +82,24 @@ def _lock_key(project: str) -> int:
     return int.from_bytes(digest, "big", signed=True)
 
 
+def lock_holder(raw: Any, key: int) -> str | None:
+    """Who holds the (session or transaction) advisory lock ``key`` of this database, as
+    its connection named itself (``application_name``), with its address; None: no one."""
+    hi, lo = (key >> 32) & 0xFFFFFFFF, key & 0xFFFFFFFF
+    row = raw.execute(
+        "SELECT a.application_name, a.client_addr FROM pg_locks l "
+        "JOIN pg_stat_activity a ON a.pid = l.pid WHERE l.locktype = 'advisory' "
+        "AND l.granted AND l.classid = %s::bigint::oid AND l.objid = %s::bigint::oid "
+        "AND l.objsubid = 1 AND l.database = "
+        "(SELECT oid FROM pg_database WHERE datname = current_database())",
+        (hi, lo),
+    ).fetchone()
+    if row is None:
+        return None
+    name, addr = row
+    return f"{name or 'an unnamed connection'}" + (f" from {addr}" if addr else "")
+
+
 def _pg_sql(sql: str) -> str:
     """The shared SQL (``?`` placeholders) as psycopg takes it (``%s``)."""
     return sql.replace("%", "%%").replace("?", "%s")
@@ -265,8 +283,7 @@ class PostgresStore(_EventLog, _Exports):
         import psycopg
         from psycopg import sql
 
-        name = f"dal_widgets {self.annotator}@{socket.gethostname()}:{os.getpid()}"
-        conn = self._secret.connect(autocommit=True, application_name=name[:63])
+        conn = self._secret.connect(autocommit=True, application_name=self._app_name())
         try:
             # The project's tables first; then where the team queue's tables are.
             conn.execute(
@@ -321,19 +338,13 @@ class PostgresStore(_EventLog, _Exports):
 
     def _holder(self, raw: Any) -> str:
         """Who holds the project's writer lock, as its connection named itself."""
-        hi, lo = (self._key >> 32) & 0xFFFFFFFF, self._key & 0xFFFFFFFF
-        row = raw.execute(
-            "SELECT a.application_name, a.client_addr FROM pg_locks l "
-            "JOIN pg_stat_activity a ON a.pid = l.pid WHERE l.locktype = 'advisory' "
-            "AND l.granted AND l.classid = %s::bigint::oid AND l.objid = %s::bigint::oid "
-            "AND l.objsubid = 1 AND l.database = "
-            "(SELECT oid FROM pg_database WHERE datname = current_database())",
-            (hi, lo),
-        ).fetchone()
-        if row is None:
-            return "its holder has just let go: try again"
-        name, addr = row
-        return f"{name or 'an unnamed connection'}" + (f" from {addr}" if addr else "")
+        return lock_holder(raw, self._key) or "its holder has just let go: try again"
+
+    def lock_holder(self, key: int) -> str | None:
+        """Who holds the advisory lock ``key`` in this database (the name its connection
+        gave, and its address), or None."""
+        with self._lock:
+            return lock_holder(self._raw(), key)
 
     def _raw(self) -> Any:
         """The live connection, reconnecting (for up to ``reconnect_seconds``) when it broke;
@@ -483,9 +494,13 @@ class PostgresStore(_EventLog, _Exports):
             return None
         return self._apply("label", changes, source=source, annotator=who) or None
 
+    def _app_name(self) -> str:
+        """How this store's connections name themselves (shown to whoever waits for a lock)."""
+        return f"dal_widgets {self.annotator}@{socket.gethostname()}:{os.getpid()}"[:63]
+
     def connect(self) -> Any:
         """A new psycopg connection (autocommit) to this store's server and database."""
-        return self._secret.connect(autocommit=True)
+        return self._secret.connect(autocommit=True, application_name=self._app_name())
 
     def team_queue(self, **options: Any) -> Any:
         """The project's :class:`~dal_widgets.team.TeamQueue` for this store's annotator

@@ -63,6 +63,7 @@ class App(View):
         from dal_widgets import strategies
         from dal_widgets.session import Session
         from dal_widgets.stopping import StopMonitor
+        from dal_widgets.store import LabelStore
         from dal_widgets.widgets.chart import LineChart
         from dal_widgets.widgets.embedding import EmbeddingPlot
         from dal_widgets.widgets.labeler import LabelingWidget
@@ -73,7 +74,8 @@ class App(View):
         self.session = session
         super().__init__()
         store_path = session.store.path
-        default_dir = Path(store_path).parent if store_path != ":memory:" else Path(".")
+        on_disk = isinstance(session.store, LabelStore) and store_path != ":memory:"
+        default_dir = Path(store_path).parent if on_disk else Path(".")
         self.export_dir = Path(export_dir) if export_dir is not None else default_dir
         self._loss: list[tuple[float, float]] = []
         self._lock = threading.Lock()
@@ -145,6 +147,12 @@ class App(View):
         #: The stopping signals (recommendations only: nothing stops by itself).
         self.stop_monitor = StopMonitor(session, budget=budget)
         self.stopping = W.HTML()
+        #: Who labels how much, how fast and how well they agree (team sessions; else None).
+        self.team_panel: Any = None
+        if session.team is not None:
+            from dal_widgets.widgets.team_panel import TeamPanel
+
+            self.team_panel = TeamPanel(session)
 
         self.strategy.observe(lambda c: self._act(lambda: self.set_strategy(c["new"])), "value")
         self.batch.observe(lambda c: self._act(lambda: self.set_batch_size(c["new"])), "value")
@@ -172,8 +180,9 @@ class App(View):
         # open file browser at 1280 px): rows wrap instead of overflowing.
         self.labeler.layout = W.Layout(flex="1 1 480px", min_width="0", margin="0 8px 8px 0")
         self.map.widget.layout = W.Layout(flex="1 1 440px", min_width="0")
+        team = [] if self.team_panel is None else [self.team_panel.widget]
         side = W.VBox(
-            [self.status, self.stopping], layout=W.Layout(flex="1 1 220px", min_width="0")
+            [self.status, self.stopping, *team], layout=W.Layout(flex="1 1 220px", min_width="0")
         )
         self.quality.widget.layout = W.Layout(flex="1 1 320px", min_width="0")
         self.loss_chart.layout = W.Layout(flex="1 1 300px", min_width="0")
@@ -422,6 +431,8 @@ class App(View):
     def close(self) -> None:
         """Close the App and its parts (the session stays open)."""
         self.quality.close()
+        if self.team_panel is not None:
+            self.team_panel.close()
         self.stop_monitor.close()
         self.map.close()
         self.labeler.close()
