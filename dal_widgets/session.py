@@ -160,6 +160,7 @@ class Session:
             read_only=read_only,
             project=project,
             shared=team is not None,
+            side_dir=None if team is None else team.model_dir,
             where=where,
         )
         #: This session's part in a team project (None alone; made once the rest is).

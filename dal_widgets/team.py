@@ -31,6 +31,7 @@ shown in errors or reprs. ``url=None`` reads ``DAL_POSTGRES_URL``.
 from __future__ import annotations
 
 import json
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -38,6 +39,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from dal_widgets._checks import check_int, check_real, param_error
+from dal_widgets._files import check_path_param
 from dal_widgets._pgurl import Secret, redact
 
 __all__ = ["RULES", "SCHEMA_VERSION", "LeaseLostError", "Team", "TeamQueue", "decide", "redact"]
@@ -157,12 +159,17 @@ class Team:
         Whether this session may train and rank the queue for the team. None (default):
         it takes the role when no other session has it (and takes over when that one
         goes away). False: never (a laptop that only labels).
+    model_dir : str or path, optional
+        Where the trainer saves each model and the others load it from: a folder every
+        annotator's machine can read (a network share). Default: this machine's cache
+        folder, which is enough when the whole team works on one machine (a JupyterHub).
     """
 
     overlap: int = 1
     rule: str = "majority"
     lease_seconds: float = 120.0
     trainer: bool | None = None
+    model_dir: Any = None
 
     def validated(self, where: str) -> Team:
         check_int(self.overlap, "overlap", where, lo=1, hi=100)
@@ -170,6 +177,8 @@ class Team:
         check_real(self.lease_seconds, "lease_seconds", where, lo=1.0)
         if self.trainer not in (None, True, False):
             raise param_error("trainer", where, "None, True or False", self.trainer, TypeError)
+        if self.model_dir is not None:
+            check_path_param(self.model_dir, "model_dir", where)
         return self
 
 
@@ -227,6 +236,7 @@ class TeamQueue:
         self.lease_seconds = check_real(lease_seconds, "lease_seconds", where, lo=0.1)
         self.reconnect_seconds = check_real(reconnect_seconds, "reconnect_seconds", where, lo=0)
         self._conn: Any = None
+        self._lock = threading.RLock()
         self._call(self._setup, retry=False)  # a wrong URL or password fails at once
 
     # ------------------------------------------------------------------ connection
@@ -245,7 +255,12 @@ class TeamQueue:
         return self._url.hide(text)
 
     def _call(self, op: Callable[[Any], T], *, retry: bool = True) -> T:
-        """Run ``op(connection)`` in one transaction, retrying on a lost connection."""
+        """Run ``op(connection)`` in one transaction, retrying on a lost connection. One at
+        a time: a session's threads (labels, heartbeats, the team panel) share the handle."""
+        with self._lock:
+            return self._call_locked(op, retry)
+
+    def _call_locked(self, op: Callable[[Any], T], retry: bool) -> T:
         import psycopg
 
         deadline = time.monotonic() + (self.reconnect_seconds if retry else 0.0)
@@ -271,9 +286,10 @@ class TeamQueue:
 
     def close(self) -> None:
         """Close the connection (leases stay until they expire; :meth:`release` frees them)."""
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
 
     def __enter__(self) -> TeamQueue:
         return self

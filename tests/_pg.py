@@ -147,3 +147,13 @@ def annotate(url: str, project: str, name: str, log: str, think_ms: float, hang:
                 out.write(json.dumps([item, f"c{item % 7}"]) + "\n")
                 out.flush()
     q.close()
+
+
+def ranked(url: str) -> bool:
+    """Whether a team's trainer has ranked the queue (its priorities are times; new items'
+    are below 1): claims made after it follow one order."""
+    import psycopg
+
+    with psycopg.connect(url) as conn:
+        top = conn.execute("SELECT max(priority) FROM dal_items").fetchone()[0]
+    return top is not None and top > 1

@@ -7,6 +7,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import _pg
 import numpy as np
 import pytest
 
@@ -37,6 +38,10 @@ def test_the_team_panel_counts_paces_and_agreement(ds, pg_url, tmp_path, monkeyp
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     alice, eve = member(ds, pg_url, "alice"), member(ds, pg_url, "<b>eve</b>")
     try:
+        deadline = time.monotonic() + 10
+        while not _pg.ranked(pg_url):  # claims made from now on follow one order
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
         ids = alice.query(6)
         assert eve.query(6) == ids
         alice.label(ids, ["cat", "dog", "owl", "cat", "dog", "owl"])

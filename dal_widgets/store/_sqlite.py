@@ -113,6 +113,7 @@ def open_store(
     read_only: bool = False,
     project: str | None = None,
     shared: bool = False,
+    side_dir: Any = None,
     where: str = "Session",
 ) -> LabelStore | PostgresStore:
     """The store a session asks for: a :class:`LabelStore` or :class:`PostgresStore` as it
@@ -141,7 +142,7 @@ def open_store(
             )
         from dal_widgets.store._postgres import PostgresStore
 
-        return PostgresStore(store, project=project, shared=shared, **identity)
+        return PostgresStore(store, project=project, shared=shared, side_dir=side_dir, **identity)
     if shared:
         raise ValueError(
             f"{where} shares a store only on a PostgreSQL server (store='postgresql://...', "
