@@ -103,7 +103,11 @@ class Teamwork:
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
-        """Take the trainer role if it is free, and start the heartbeat thread."""
+        """Bring the training labels of this annotator's items up to date (a kernel that
+        died between a label and its record in the event log), take the trainer role if it
+        is free, and start the heartbeat thread."""
+        if self.mine and not self.store.read_only:
+            self.store.team_record({}, rule=self.team.rule, resolve=list(self.mine), source="team")
         self._try_trainer()
         self._thread = threading.Thread(
             target=self._loop, name=f"dal-team-{self.queue.annotator}", daemon=True
@@ -150,14 +154,14 @@ class Teamwork:
         return self.queue.claim(n, exclude=[*exclude, *skipped])
 
     def label(self, ids: list[Any], names: list[str], source: str) -> None:
-        """Each label into the queue (committed one by one), then the event log's action."""
+        """Each label into the queue (committed one by one; the same label again is a no-op
+        there), then the event log's action with the votes and the training labels they
+        decide (so a call that failed in between heals when it is repeated)."""
         votes: dict[Any, str | None] = {}
         try:
             for sid, name in zip(ids, names):
                 before = self.mine.get(sid)
-                if before == name:
-                    continue
-                if before is not None:  # a relabel: the earlier label of this annotator goes
+                if before is not None and before != name:  # a relabel: the earlier one goes
                     self.queue.withdraw(sid)
                 self.queue.label(sid, name)
                 self.mine[sid] = name

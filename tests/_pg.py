@@ -17,6 +17,9 @@ import tempfile
 import time
 from pathlib import Path
 
+#: The role whose connections need a password (``Cluster.password_url``).
+GUARDED = "guarded"
+
 
 def bindir() -> Path | None:
     """Folder of initdb and pg_ctl, or None."""
@@ -72,6 +75,9 @@ class Cluster:
             shutil.chown(self.root, self.user)
             shutil.chown(self.socket_dir, self.user)
         self._run("initdb", "-D", str(self.data), "-A", "trust", "-U", "postgres", "-E", "UTF8")
+        # One role must give its password (the bad-credentials tests); the rest is trusted.
+        hba = self.data / "pg_hba.conf"
+        hba.write_text(f"local all {GUARDED} scram-sha-256\n" + hba.read_text())
 
     def _run(self, tool: str, *args: str, check: bool = True) -> subprocess.CompletedProcess:
         cmd = [str(self.bin / tool), *args]
@@ -106,6 +112,30 @@ class Cluster:
         with psycopg.connect(self.url(), autocommit=True) as conn:
             conn.execute(f'CREATE DATABASE "{name}"')
         return self.url(name)
+
+    def password_url(self, db: str, password: str) -> str:
+        """The URL of ``db`` as the role that must give a password (made with ``password``
+        on first use, allowed to create schemas in ``db`` and in its ``public`` schema)."""
+        import psycopg
+        from psycopg import sql
+
+        with psycopg.connect(self.url(), autocommit=True) as conn:
+            if not conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (GUARDED,)).fetchone():
+                conn.execute(
+                    sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(
+                        sql.Identifier(GUARDED), sql.Literal(password)
+                    )
+                )
+            conn.execute(
+                sql.SQL("GRANT ALL ON DATABASE {} TO {}").format(
+                    sql.Identifier(db), sql.Identifier(GUARDED)
+                )
+            )
+        with psycopg.connect(self.url(db), autocommit=True) as conn:
+            conn.execute(
+                sql.SQL("GRANT ALL ON SCHEMA public TO {}").format(sql.Identifier(GUARDED))
+            )
+        return f"postgresql://{GUARDED}:{password}@/{db}?host={self.socket_dir}&port={self.port}"
 
     def destroy(self) -> None:
         self.stop("immediate")

@@ -162,7 +162,7 @@ def test_a_store_made_for_something_else_is_refused_and_the_writer_keeps_it(pg_u
         PostgresStore.open(pg_url, project="nope")
     writer.close()
     with psycopg.connect(pg_url, autocommit=True) as conn:
-        conn.execute('UPDATE "dal_p".meta SET value = \'99\' WHERE key = \'schema_version\'')
+        conn.execute("UPDATE \"dal_p\".meta SET value = '99' WHERE key = 'schema_version'")
     with pytest.raises(StoreError, match="newer dal_widgets"):
         pg(pg_url)
 
@@ -189,6 +189,23 @@ def test_bad_urls_and_credentials_never_show_the_password(pg_cluster, pg_url, mo
     store = pg(with_password)
     assert secret not in repr(store) and secret not in store.path
     store.close()
+
+
+def test_bad_credentials_are_refused_without_showing_the_password(pg_cluster, pg_url):
+    db = pg_url.split("?")[0].rsplit("/", 1)[1]
+    good = pg_cluster.password_url(db, "right-secret-1")
+    store = pg(good)  # the right password: the project is made and used
+    store.label([1], ["cat"])
+    assert "right-secret-1" not in repr(store) and "right-secret-1" not in store.path
+    store.close()
+    bad = good.replace("right-secret-1", "wrong-secret-2")
+    with pytest.raises(ConnectionError, match="password authentication failed") as err:
+        pg(bad)
+    assert "wrong-secret-2" not in str(err.value) and "***" in str(err.value)
+    ds = dal.datasets.from_arrays(np.zeros((4, 2)), y=np.array(["a", "b"] * 2), name="tiny")
+    with pytest.raises(ConnectionError) as err:
+        dal.Session(ds, store=bad, project="p", device="cpu")
+    assert "wrong-secret-2" not in str(err.value)
 
 
 def test_a_server_restart_loses_no_acknowledged_label(pg_cluster, pg_url):

@@ -269,3 +269,42 @@ def test_two_notebooks_label_one_pool_and_adjudicate_by_keyboard(lab, pg_url):
     expect(panel).to_contain_text("trains: dal_widgets alice@")
     panel.scroll_into_view_if_needed()
     lab.save_screenshot(page_a, "team-app-panel-1920x1080")
+
+
+def test_a_team_session_survives_a_server_restart_and_heals_a_half_done_label(
+    ds, pg_cluster, pg_url, monkeypatch
+):
+    from dal_widgets.store import StoreError
+
+    alice = member(ds, pg_url, "alice")
+    try:
+        ids = alice.query(4)
+        names = truth(ds, ids)
+        alice.label(ids[:2], names[:2])
+        pg_cluster.restart()  # immediate: every connection breaks under the session
+        alice.label(ids[2:3], names[2:3])  # the queue retries, the store reconnects
+        assert alice.labels == dict(zip(ids[:3], names[:3]))
+        # The vote is committed, then the event log's record fails (the server went away
+        # between them): label() raises, and the same label again heals the training label.
+        real = alice.store.team_record
+
+        def fail(*args, **kw):
+            raise StoreError("the connection broke (simulated)")
+
+        monkeypatch.setattr(alice.store, "team_record", fail)
+        with pytest.raises(StoreError, match="simulated"):
+            alice.label(ids[3:], names[3:])
+        assert ids[3] in alice.team.queue.mine() and ids[3] not in alice.labels
+        monkeypatch.setattr(alice.store, "team_record", real)
+        alice.label(ids[3:], names[3:])
+        assert alice.labels == dict(zip(ids, names))
+        # Or the kernel dies there: the next session of the annotator heals it when it opens.
+        more = alice.query(1)
+        monkeypatch.setattr(alice.store, "team_record", fail)
+        with pytest.raises(StoreError, match="simulated"):
+            alice.label(more, truth(ds, more))
+        alice.close()
+        alice = member(ds, pg_url, "alice")
+        assert alice.labels == dict(zip(ids + more, names + truth(ds, more)))
+    finally:
+        alice.close()
