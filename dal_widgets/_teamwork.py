@@ -47,6 +47,8 @@ class TeamHooks:
 
     #: The strategy's best ``k`` unlabeled ids (the trainer's ranking).
     rank: Callable[[int], list[Any]]
+    #: The newest model's top class probability of each id (None before a model).
+    confidence: Callable[[list[Any]], Any]
     #: This session just took the trainer role.
     became_trainer: Callable[[], None]
     #: Other sessions changed these items.
@@ -147,6 +149,11 @@ class Teamwork:
         self.queue.set_priorities(
             {sid: base + (len(ranked) - r) / (len(ranked) + 1) for r, sid in enumerate(ranked)}
         )
+        if self.team.unsure_extra:  # the items the model is unsure of ask for more labels
+            sure = self.hooks.confidence(ranked)
+            if sure is not None:
+                unsure = [sid for sid, p in zip(ranked, sure) if p < self.team.unsure_below]
+                self.queue.ask_more(unsure, self.team.overlap + self.team.unsure_extra)
 
     # ------------------------------------------------------------------ labeling
     def claim(self, n: int, exclude: list[Any]) -> list[Any]:

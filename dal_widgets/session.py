@@ -218,6 +218,9 @@ class Session:
         if team is not None:
             hooks = TeamHooks(
                 rank=self._rank_for_team,
+                confidence=lambda ids: (
+                    None if self.model is None else self.predict_proba(ids).max(axis=1)
+                ),
                 became_trainer=self._became_trainer,
                 others_labeled=self._others_labeled,
                 load_model=self._load_team_model,

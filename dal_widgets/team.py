@@ -163,6 +163,12 @@ class Team:
         Where the trainer saves each model and the others load it from: a folder every
         annotator's machine can read (a network share). Default: this machine's cache
         folder, which is enough when the whole team works on one machine (a JupyterHub).
+    unsure_extra : int
+        More labels for the items the model is unsure of: when the trainer ranks the queue,
+        each ranked item whose top class probability is below ``unsure_below`` asks for
+        ``overlap + unsure_extra`` labels (0, the default: never).
+    unsure_below : float
+        The top class probability under which the model counts as unsure.
     """
 
     overlap: int = 1
@@ -170,6 +176,8 @@ class Team:
     lease_seconds: float = 120.0
     trainer: bool | None = None
     model_dir: Any = None
+    unsure_extra: int = 0
+    unsure_below: float = 0.6
 
     def validated(self, where: str) -> Team:
         check_int(self.overlap, "overlap", where, lo=1, hi=100)
@@ -179,6 +187,8 @@ class Team:
             raise param_error("trainer", where, "None, True or False", self.trainer, TypeError)
         if self.model_dir is not None:
             check_path_param(self.model_dir, "model_dir", where)
+        check_int(self.unsure_extra, "unsure_extra", where, lo=0, hi=100 - self.overlap)
+        check_real(self.unsure_below, "unsure_below", where, lo=0.0, hi=1.0)
         return self
 
 
@@ -371,6 +381,27 @@ class TeamQueue:
             )
 
         self._call(op)
+
+    def ask_more(self, items: Iterable[Any], needed: int) -> int:
+        """Ask for ``needed`` labels of ``items`` (more than ``overlap``: e.g. those the model
+        is unsure of); never fewer than an item already asks for. How many items changed."""
+        keys = [_key(i) for i in items]
+        needed = check_int(needed, "needed", "TeamQueue.ask_more", lo=1, hi=100)
+
+        def op(conn: Any) -> int:
+            conn.execute(  # the rows' locks in item order, as everywhere
+                "SELECT 1 FROM dal_items WHERE project = %s AND item_id = ANY(%s) "
+                "ORDER BY item_id FOR UPDATE",
+                (self.project, keys),
+            )
+            cur = conn.execute(
+                "UPDATE dal_items SET needed = %s WHERE project = %s AND item_id = ANY(%s) "
+                "AND needed < %s",
+                (needed, self.project, keys, needed),
+            )
+            return int(cur.rowcount)
+
+        return self._call(op)
 
     # ------------------------------------------------------------------ the annotator's side
     def claim(self, n: int, *, exclude: Iterable[Any] = ()) -> list[Any]:

@@ -308,3 +308,36 @@ def test_a_team_session_survives_a_server_restart_and_heals_a_half_done_label(
         assert alice.labels == dict(zip(ids + more, names + truth(ds, more)))
     finally:
         alice.close()
+
+
+def test_items_the_model_is_unsure_of_ask_for_more_labels(ds, pg_url):
+    import psycopg
+
+    alice = member(ds, pg_url, "alice", unsure_extra=1, unsure_below=1.0)  # below certain
+    bob = member(ds, pg_url, "bob", unsure_extra=1, unsure_below=1.0)
+    try:
+        first = alice.query(9)
+        alice.label(first, truth(ds, first))
+        assert alice.labels == dict(zip(first, truth(ds, first)))  # overlap 1: decided at once
+
+        def asking_two():
+            with psycopg.connect(pg_url) as conn:
+                return conn.execute(
+                    "SELECT count(*) FROM dal_items WHERE needed = 2"
+                ).fetchone()[0]
+
+        alice.train(block=True)  # the trainer ranks with its model, every item but 9
+        rest = [i for i in ds.ids.tolist() if i not in alice.labels]
+        unsure = [i for i, p in zip(rest, alice.predict_proba(rest).max(1)) if p < 1.0]
+        until(lambda: asking_two() == len(unsure) > 0)
+        item = [unsure[0]]
+        alice.label(item, truth(ds, item))
+        assert item[0] not in alice.labels  # majority waits for the second label now
+        assert item[0] in bob.query(200)  # and bob is served it
+        bob.label(item, truth(ds, item))
+        until(lambda: alice.labels.get(item[0]) == truth(ds, item)[0])
+    finally:
+        bob.close()
+        alice.close()
+    with pytest.raises(ValueError, match="'unsure_below'"):
+        dal.Team(unsure_below=2.0).validated("Session")
