@@ -781,6 +781,9 @@ class Session:
     def __repr__(self) -> str:
         version = "none" if self.model_version is None else f"v{self.model_version.version}"
         enc = "" if self.inputs.encoder is None else f"encoder={self.inputs.encoder.name!r}, "
+        if self.team is not None:
+            role = ", trains" if self.team.is_trainer else ""
+            enc += f"team={self.store.annotator!r} (overlap {self.team.team.overlap}{role}), "
         return (
             f"Session(dataset={self.dataset.name!r}, strategy={self.strategy!r}, labels={len(self.store)}, "
             f"round={self.round}, model={version}, {enc}device={self.device.type!r}, store={self.store.path!r})"

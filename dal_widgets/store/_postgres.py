@@ -82,6 +82,19 @@ def _lock_key(project: str) -> int:
     return int.from_bytes(digest, "big", signed=True)
 
 
+def check_project(project: Any, where: str) -> str:
+    """A project name as a PostgreSQL store takes it, or a ValueError naming ``where``."""
+    if not isinstance(project, str) or not _PROJECT.fullmatch(project):
+        raise param_error(
+            "project",
+            where,
+            "a name of letters, digits, '_', '.' or '-' (up to 50, starting with a "
+            "letter or digit)",
+            project,
+        )
+    return project
+
+
 def lock_holder(raw: Any, key: int) -> str | None:
     """Who holds the (session or transaction) advisory lock ``key`` of this database, as
     its connection named itself (``application_name``), with its address; None: no one."""
@@ -220,14 +233,7 @@ class PostgresStore(_EventLog, _Exports):
 
         where = f"{self._api}.{where}" if where else self._api
         self._secret = Secret(url, "url", where)
-        if not isinstance(project, str) or not _PROJECT.fullmatch(project):
-            raise param_error(
-                "project",
-                where,
-                "a name of letters, digits, '_', '.' or '-' (up to 50, starting with a "
-                "letter or digit)",
-                project,
-            )
+        check_project(project, where)
         if not isinstance(read_only, bool):
             raise param_error("read_only", where, "True or False", read_only, TypeError)
         self.project = project

@@ -140,8 +140,9 @@ def open_store(
                 f"The 'project' parameter of {where} must name the project when the store is "
                 "a PostgreSQL URL (one database holds many projects), e.g. project='digits-v1'."
             )
-        from dal_widgets.store._postgres import PostgresStore
+        from dal_widgets.store._postgres import PostgresStore, check_project
 
+        check_project(project, where)
         return PostgresStore(store, project=project, shared=shared, side_dir=side_dir, **identity)
     if shared:
         raise ValueError(
