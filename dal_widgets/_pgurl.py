@@ -59,11 +59,11 @@ class Secret:
         self._secrets = _secrets(url)
 
     def hide(self, text: str) -> str:
-        """``text`` with this URL's password hidden, however it was spelled."""
-        text = redact(text)
-        for secret in self._secrets:
+        """``text`` with this URL's password hidden, however it was spelled (the exact
+        strings first, longest first: a password may hold an ``@`` the pattern stops at)."""
+        for secret in sorted(self._secrets, key=len, reverse=True):
             text = text.replace(secret, "***")
-        return text
+        return redact(text)
 
     def __repr__(self) -> str:
         return self.hide(self.url)

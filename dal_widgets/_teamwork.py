@@ -60,10 +60,15 @@ class TeamHooks:
     errors: list[str]
 
 
-def check_team(team: Any, dataset: Any, where: str) -> Team | None:
+def check_team(team: Any, dataset: Any, where: str, read_only: bool = False) -> Team | None:
     """``Session(team=...)`` checked: None, or a valid :class:`Team`."""
     if team is None:
         return None
+    if read_only:
+        raise ValueError(
+            f"The 'team' parameter of {where} is for labeling; a read_only session only looks. "
+            "Open the project without team= to read it."
+        )
     if not isinstance(team, Team):
         raise param_error("team", where, "a dal_widgets.Team (or None)", team, TypeError)
     if dataset.multi_label:
@@ -118,9 +123,17 @@ class Teamwork:
 
     # ------------------------------------------------------------------ the trainer role
     def _try_trainer(self) -> bool:
-        """Take the project's trainer lock when this session may and it is free."""
-        if self.is_trainer or self.team.trainer is False or self.store.read_only:
-            return self.is_trainer
+        """Take the project's trainer lock when this session may and it is free; a trainer
+        whose lock went with its connection (the server restarted) is one no longer."""
+        if self.is_trainer:
+            try:
+                self._trainer_conn.execute("SELECT 1")
+                return True
+            except Exception:  # noqa: BLE001 (the lock went with the connection)
+                self.is_trainer = False
+                self._trainer_conn = None
+        if self.team.trainer is False or self.store.read_only or self._stop.is_set():
+            return False
         try:
             if self._trainer_conn is None or self._trainer_conn.closed:
                 self._trainer_conn = self.store.connect()
@@ -129,6 +142,9 @@ class Teamwork:
             ).fetchone()[0]
         except Exception:  # noqa: BLE001 (the server is away: try again on the next beat)
             self._trainer_conn = None
+            return False
+        if got and self._stop.is_set():  # closing meanwhile: never hold it past close()
+            self._trainer_conn.close()
             return False
         if got:
             self.is_trainer = True
@@ -145,7 +161,7 @@ class Teamwork:
         ranked = self.hooks.rank(RANKED)
         if not ranked:
             return
-        base = time.time()  # later rankings of any trainer outrank earlier ones
+        base = self.queue.server_time()  # later rankings of any trainer outrank earlier ones
         self.queue.set_priorities(
             {sid: base + (len(ranked) - r) / (len(ranked) + 1) for r, sid in enumerate(ranked)}
         )
@@ -167,10 +183,7 @@ class Teamwork:
         votes: dict[Any, str | None] = {}
         try:
             for sid, name in zip(ids, names):
-                before = self.mine.get(sid)
-                if before is not None and before != name:  # a relabel: the earlier one goes
-                    self.queue.withdraw(sid)
-                self.queue.label(sid, name)
+                self.queue.label(sid, name, replace=True)  # a relabel keeps the slot
                 self.mine[sid] = name
                 votes[sid] = name
         finally:
@@ -185,14 +198,17 @@ class Teamwork:
         events = store.newest_own_events()
         if events is None:
             return None
-        vote_field = f"vote:{store.annotator}"
+        vote_field, decision_field = f"vote:{store.annotator}", f"decision:{store.annotator}"
         for sid, field, old, _new in events:
+            if field == decision_field:
+                self.queue.retract(sid)
             if field != vote_field:
                 continue
-            self.queue.withdraw(sid)
-            self.mine.pop(sid, None)
-            if old is not None:
-                self.queue.label(sid, old)
+            if old is None:  # the vote goes; its slot is free again
+                self.queue.withdraw(sid)
+                self.mine.pop(sid, None)
+            else:  # the earlier vote comes back, in one transaction
+                self.queue.label(sid, old, replace=True)
                 self.mine[sid] = old
         ids = store.undo()
         if ids:
@@ -202,7 +218,8 @@ class Teamwork:
     def adjudicate(self, sid: Any, name: str) -> None:
         """Record this person's decision on a disagreement; the training label follows."""
         self.queue.adjudicate(sid, name)
-        self.store.team_record({}, rule=self.team.rule, resolve=[sid], source="team")
+        # The adjudicator's own action: their undo takes the decision back.
+        self.store.team_record({}, rule=self.team.rule, decisions={sid: name})
 
     def pending(self) -> list[Any]:
         """The items this annotator holds leases on and has not labeled or skipped."""

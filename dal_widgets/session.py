@@ -145,7 +145,7 @@ class Session:
         self._head_config = train_config or HEAD_CONFIG  # after a pretrained encoder's switch
         self._models = ModelFactory(model, where)
         check_encoder(encoder, dataset, where)  # before the store is opened
-        team = check_team(team, dataset, where)
+        team = check_team(team, dataset, where, read_only=read_only)
         # A team's trainer fits on everyone's labels: every 10 new ones (its own batch alone
         # would leave the others' waiting).
         solo = "batch" if team is None else 10
@@ -216,21 +216,35 @@ class Session:
         release = weakref.WeakMethod(self._release)
         self.store.add_close_callback(lambda _reason: (method := release()) and method())
         if team is not None:
-            hooks = TeamHooks(
-                rank=self._rank_for_team,
-                confidence=lambda ids: (
-                    None if self.model is None else self.predict_proba(ids).max(axis=1)
-                ),
-                became_trainer=self._became_trainer,
-                others_labeled=self._others_labeled,
-                load_model=self._load_team_model,
-                model_path=self._memory.path,
-                errors=self._events.errors,
+            try:
+                self.team = self._join(team)
+                self.inputs.start()
+                self.team.start()
+            except BaseException:
+                self.close()  # the store, its poll thread and the queue's connection
+                raise
+        else:
+            self.inputs.start()  # at once without an encoder; in the background with one
+
+    def _join(self, team: Any) -> Teamwork:
+        """This session's part in a team project (made last in ``__init__``)."""
+        if not self.store.shared:
+            raise ValueError(
+                "The 'team' parameter of Session needs the team's shared PostgreSQL store: "
+                "pass store='postgresql://...' and project=... (not an open store)."
             )
-            self.team = Teamwork(self.store, dataset.ids.tolist(), team, hooks, self.seed)
-        self.inputs.start()  # at once without an encoder; in the background with one
-        if self.team is not None:
-            self.team.start()
+        hooks = TeamHooks(
+            rank=self._rank_for_team,
+            confidence=lambda ids: (
+                None if self.model is None else self.predict_proba(ids).max(axis=1)
+            ),
+            became_trainer=self._became_trainer,
+            others_labeled=self._others_labeled,
+            load_model=self._load_team_model,
+            model_path=self._memory.path,
+            errors=self._events.errors,
+        )
+        return Teamwork(self.store, self.dataset.ids.tolist(), team, hooks, self.seed)
 
     def _on_inputs_ready(self) -> None:
         """The model's inputs exist (embeddings: on the embedding thread, which must not warn,
@@ -518,6 +532,7 @@ class Session:
         """Decide disagreements (a team's adjudicator): the decision is the items' training
         label under every rule, recorded with who decided."""
         where = "Session.adjudicate"
+        self.store.check_writable(where)
         team = self._need_team(where)
         ids_list = self.sample_ids(ids, where=where)
         names = label_names(self.classes, False, labels, len(ids_list), where)

@@ -18,9 +18,11 @@ The rules, enforced by the database whatever the number of annotators:
 - A lease lasts ``lease_seconds``; :meth:`TeamQueue.heartbeat` extends the live ones while the
   batch is on screen. A lease that expired (a kernel killed mid-batch) is simply not counted,
   so its items are served again.
-- Labels are append-only rows, one per (item, annotator). :meth:`TeamQueue.label` locks the
-  item, refuses a label beyond the overlap (a lease that expired while another annotator took
-  the slot), and returns only after the commit: a label it acknowledged is on the server.
+- Labels are rows, one per (item, annotator): a relabel (``replace=True``) changes it and
+  :meth:`TeamQueue.withdraw` removes it (a session's event log keeps the history of both).
+  :meth:`TeamQueue.label` locks the item, refuses a label beyond the overlap (a lease that
+  expired while another annotator took the slot), and returns only after the commit: a label
+  it acknowledged is on the server.
 - A lost connection (the server restarting) is retried for ``reconnect_seconds``; a label whose
   commit was lost with the connection is found on retry and not written twice.
 
@@ -247,6 +249,7 @@ class TeamQueue:
         self.reconnect_seconds = check_real(reconnect_seconds, "reconnect_seconds", where, lo=0)
         self._conn: Any = None
         self._lock = threading.RLock()
+        self._closed = False
         self._call(self._setup, retry=False)  # a wrong URL or password fails at once
 
     # ------------------------------------------------------------------ connection
@@ -268,6 +271,8 @@ class TeamQueue:
         """Run ``op(connection)`` in one transaction, retrying on a lost connection. One at
         a time: a session's threads (labels, heartbeats, the team panel) share the handle."""
         with self._lock:
+            if self._closed:
+                raise RuntimeError(f"{self!r} is closed.")
             return self._call_locked(op, retry)
 
     def _call_locked(self, op: Callable[[Any], T], retry: bool) -> T:
@@ -297,6 +302,7 @@ class TeamQueue:
     def close(self) -> None:
         """Close the connection (leases stay until they expire; :meth:`release` frees them)."""
         with self._lock:
+            self._closed = True
             if self._conn is not None:
                 self._conn.close()
                 self._conn = None
@@ -502,12 +508,13 @@ class TeamQueue:
 
         self._call(op)
 
-    def label(self, item: Any, label: str) -> None:
+    def label(self, item: Any, label: str, *, replace: bool = False) -> None:
         """Record this annotator's label of ``item``; returns once it is committed.
 
         Raises :class:`LeaseLostError` when the lease expired and the item's ``overlap``
         slots went to others meanwhile, and ValueError for a second, different label of the
-        same item by the same annotator (labels are append-only here).
+        same item by the same annotator, unless ``replace`` (a relabel: the label changes in
+        the same transaction, keeping the annotator's slot).
         """
         if not isinstance(label, str) or not label:
             raise param_error("label", "TeamQueue.label", "a class name", label)
@@ -531,6 +538,13 @@ class TeamQueue:
             ).fetchone()
             if mine is not None:  # a retry after a lost commit, or a second label
                 if mine[0] == label:
+                    return
+                if replace:
+                    conn.execute(
+                        "UPDATE dal_labels SET label = %s, at = now() WHERE project = %s "
+                        "AND item_id = %s AND annotator = %s",
+                        (label, project, key, me),
+                    )
                     return
                 raise ValueError(
                     f"TeamQueue.label: {me!r} already labeled item {item!r} as {mine[0]!r}; "
@@ -693,6 +707,31 @@ class TeamQueue:
                 }
             )
         return out
+
+    def server_time(self) -> float:
+        """The server's clock (seconds since the epoch): one clock for every trainer."""
+        return float(
+            self._call(
+                lambda conn: conn.execute(
+                    "SELECT extract(epoch FROM clock_timestamp())"
+                ).fetchone()[0]
+            )
+        )
+
+    def retract(self, item: Any) -> bool:
+        """Take back this annotator's newest decision on ``item`` (an undo): an earlier
+        decision counts again, or none. Whether there was one."""
+        key = _key(item)
+
+        def op(conn: Any) -> bool:
+            cur = conn.execute(
+                "DELETE FROM dal_decisions WHERE seq = (SELECT max(seq) FROM dal_decisions "
+                "WHERE project = %s AND item_id = %s AND adjudicator = %s)",
+                (self.project, key, self.annotator),
+            )
+            return bool(cur.rowcount)
+
+        return self._call(op)
 
     def remaining(self) -> int:
         """Items that still need labels (leased or not)."""

@@ -145,6 +145,22 @@ def test_one_writer_per_project(pg_url):
     second.close()
 
 
+def test_a_project_is_written_alone_or_by_a_team_never_both(pg_url):
+    alone = pg(pg_url)
+    with pytest.raises(StoreLockedError, match="by a session alone"):
+        pg(pg_url, shared=True)
+    alone.close()
+    team = pg(pg_url, shared=True, annotator="ann")
+    other = pg(pg_url, shared=True, annotator="bo")  # a team: many writers
+    team.label([1], ["cat"])
+    other.label([2], ["dog"])
+    with pytest.raises(StoreLockedError, match="another session .*team"):
+        pg(pg_url)
+    team.close()
+    other.close()
+    pg(pg_url).close()  # the team gone, one may write alone again
+
+
 def test_a_store_made_for_something_else_is_refused_and_the_writer_keeps_it(pg_url):
     import psycopg
 
@@ -185,6 +201,11 @@ def test_bad_urls_and_credentials_never_show_the_password(pg_cluster, pg_url, mo
     shown = repr(store)
     assert "project='p'" in shown and "labels=1" in shown
     store.close()
+    from dal_widgets._pgurl import Secret
+
+    odd = Secret("postgresql://alice:p@ss:w0rd%40x@db/labels", "url", "test")
+    assert "p@ss" not in repr(odd) and "w0rd" not in repr(odd) and "***" in repr(odd)
+    assert odd.hide("could not connect with p@ss:w0rd@x") == "could not connect with ***"
     with_password = pg_url.replace("postgres@", f"postgres:{secret}@")  # trust: accepted
     store = pg(with_password)
     assert secret not in repr(store) and secret not in store.path

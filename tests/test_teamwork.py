@@ -103,6 +103,11 @@ def test_overlap_two_the_rule_decides_and_an_adjudicator_settles_a_tie(ds, pg_ur
         bob.adjudicate(a[2], "owl")
         until(lambda: alice.labels.get(a[2]) == "owl")
         assert alice.disagreements() == {}
+        assert bob.undo() == [a[2]]  # the adjudicator takes the decision back: a tie again
+        until(lambda: a[2] not in alice.labels)
+        assert list(alice.disagreements()) == [a[2]]
+        bob.adjudicate(a[2], "owl")
+        until(lambda: alice.labels.get(a[2]) == "owl")
         # A relabel replaces alice's label; her undo brings the earlier one back.
         alice.label([a[0]], ["dog"])
         assert a[0] not in alice.labels  # dog against bob's cat: a tie, majority waits
@@ -137,6 +142,31 @@ def test_the_trainer_role_moves_when_its_session_closes(ds, pg_url, tmp_path):
     finally:
         carol.close()
         bob.close()
+        alice.close()
+
+
+def test_a_team_session_that_cannot_join_closes_what_it_opened(ds, pg_url):
+    import threading
+
+    from dal_widgets.store import PostgresStore
+
+    alice = member(ds, pg_url, "alice", overlap=2)
+    try:
+        with pytest.raises(ValueError, match="overlap=2"):
+            member(ds, pg_url, "bob", overlap=3)  # the project keeps its overlap
+        with pytest.raises(ValueError, match="read_only"):
+            dal.Session(ds, store=pg_url, project="blobs", read_only=True, team=dal.Team())
+        alone = PostgresStore(pg_url, project="other", fingerprint=ds.fingerprint,
+                              classes=ds.classes)  # fmt: skip
+        with pytest.raises(ValueError, match="shared PostgreSQL store"):
+            dal.Session(ds, store=alone, device="cpu", team=dal.Team())
+        assert alone.closed
+
+        def polls():  # a closed store's poll thread ends within a poll (0.5 s)
+            return [t for t in threading.enumerate() if t.name.startswith("dal-store-poll")]
+
+        until(lambda: len(polls()) == 1, timeout=5)  # alice's only
+    finally:
         alice.close()
 
 
@@ -277,6 +307,9 @@ def test_a_team_session_survives_a_server_restart_and_heals_a_half_done_label(
     from dal_widgets.store import StoreError
 
     alice = member(ds, pg_url, "alice")
+    watcher = member(ds, pg_url, "bob")  # makes no call: only its poll thread reads
+    heard: list = []
+    watcher.on("labeled", lambda ids, **kw: heard.extend(ids))
     try:
         ids = alice.query(4)
         names = truth(ds, ids)
@@ -284,6 +317,8 @@ def test_a_team_session_survives_a_server_restart_and_heals_a_half_done_label(
         pg_cluster.restart()  # immediate: every connection breaks under the session
         alice.label(ids[2:3], names[2:3])  # the queue retries, the store reconnects
         assert alice.labels == dict(zip(ids[:3], names[:3]))
+        until(lambda: watcher.labels == alice.labels)  # its poll reconnected by itself
+        until(lambda: set(ids[:3]) <= set(heard))
         # The vote is committed, then the event log's record fails (the server went away
         # between them): label() raises, and the same label again heals the training label.
         real = alice.store.team_record
@@ -307,6 +342,7 @@ def test_a_team_session_survives_a_server_restart_and_heals_a_half_done_label(
         alice = member(ds, pg_url, "alice")
         assert alice.labels == dict(zip(ids + more, names + truth(ds, more)))
     finally:
+        watcher.close()
         alice.close()
 
 

@@ -61,7 +61,7 @@ def copy_store(
 
 def _copy_rows(source: _EventLog, dst: _EventLog) -> None:
     to_py, to_db = source._py_id, dst._db_id
-    with source._lock:
+    with source._lock, source._snapshot():
         read = source._conn.execute
         actions = read(f"SELECT {_ACTIONS} FROM actions ORDER BY action_id").fetchall()
         events = read(

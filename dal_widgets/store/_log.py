@@ -41,6 +41,11 @@ class _EventLog(_Schema):
     #: this annotator's newest action, and never over a newer change by someone else.
     _shared = False
     annotator: str
+
+    @property
+    def shared(self) -> bool:
+        """Whether several sessions write this store at once (a team's project)."""
+        return self._shared
     _closed_reason: str | None
     _close_callbacks: dict[object, Callable[[str], Any]]
     close_callback_errors: list[str]
@@ -270,12 +275,10 @@ class _EventLog(_Schema):
                 changes = list(changes(conn) if callable(changes) else changes)
                 if not changes:
                     return 0  # nothing to record (a team's labels already say so)
-                action_id = int(
-                    conn.execute(
-                        "INSERT INTO actions(kind, source, annotator, round, ts) "
-                        "VALUES (?, ?, ?, ?, ?) RETURNING action_id",
-                        (kind, source, annotator or self.annotator, self._round, _now()),
-                    ).fetchone()[0]
+                action_id = self._insert_action(
+                    conn,
+                    "INSERT INTO actions(kind, source, annotator, round, ts) VALUES (?, ?, ?, ?, ?)",
+                    (kind, source, annotator or self.annotator, self._round, _now()),
                 )
                 self._write_changes(conn, action_id, changes)
             self._apply_to_cache(changes)
@@ -419,12 +422,11 @@ class _EventLog(_Schema):
                     "SELECT sample_id, field, old, old_action FROM events WHERE action_id = ? ORDER BY rowid DESC",
                     (target,),
                 ).fetchall()
-                undo_id = int(
-                    conn.execute(
-                        "INSERT INTO actions(kind, source, annotator, round, ts, undoes) "
-                        "VALUES ('undo', 'human', ?, ?, ?, ?) RETURNING action_id",
-                        (annotator or self.annotator, self._round, _now(), target),
-                    ).fetchone()[0]
+                undo_id = self._insert_action(
+                    conn,
+                    "INSERT INTO actions(kind, source, annotator, round, ts, undoes) "
+                    "VALUES ('undo', 'human', ?, ?, ?, ?)",
+                    (annotator or self.annotator, self._round, _now(), target),
                 )
                 conn.execute(
                     "UPDATE actions SET undone_by = ? WHERE action_id = ?", (undo_id, target)
@@ -485,7 +487,8 @@ class _EventLog(_Schema):
                     "UPDATE meta SET value = ? WHERE key = 'classes'",
                     (json.dumps([*self._classes, name]),),
                 )
-            self._classes.append(name)
+            if name not in self._classes:  # a shared store caught up with it already
+                self._classes.append(name)
 
     # ------------------------------------------------------------------ rounds and queries
     def begin_round(self) -> int:
@@ -493,11 +496,10 @@ class _EventLog(_Schema):
         self._check_open(writing=True)
         with self._lock:
             with self._transaction() as conn:
-                conn.execute(
-                    "UPDATE meta SET value = ? WHERE key = 'round'", (str(self._round + 1),)
-                )
-            self._round += 1
-            return self._round
+                new = self._round + 1  # fresh: a shared store syncs when a write begins
+                conn.execute("UPDATE meta SET value = ? WHERE key = 'round'", (str(new),))
+            self._round = new
+            return new
 
     def log_query(
         self,

@@ -249,7 +249,8 @@ class PostgresStore(_EventLog, _Exports):
         self._close_callbacks: dict[object, Callable[[str], Any]] = {}
         self.close_callback_errors: list[str] = []
         self._db_errors = (psycopg.Error,)
-        self._key = _lock_key(project)
+        self._key = _lock_key(project)  # who writes: one alone, or a team (shared)
+        self._xact_key = _lock_key(f"{project} writes")  # each write transaction
         self._raw_conn: Any = None
         self._in_transaction = False
         self._writer_key: tuple[str, int, str, str] | None = None
@@ -267,7 +268,9 @@ class PostgresStore(_EventLog, _Exports):
         try:
             if not read_only:
                 self._peek_existing(raw, expected)  # before taking an older writer's place
-                if not shared:
+                if shared:
+                    self._take_team_lock(raw)
+                else:
                     self._take_writer_lock(raw)
             self._init_schema(expected)
             self._labels: dict[Any, Any] = {}
@@ -297,6 +300,8 @@ class PostgresStore(_EventLog, _Exports):
                     sql.Identifier(self._schema)
                 )
             )
+            # A write waiting for a lock fails after 30 s rather than hanging the session.
+            conn.execute("SET lock_timeout = '30s'")
         except psycopg.Error as exc:
             conn.close()
             raise StoreError(
@@ -335,12 +340,23 @@ class PostgresStore(_EventLog, _Exports):
         if not got:
             raise StoreLockedError(
                 f"The label store {self.path} is open for writing in another session "
-                f"({self._holder(raw)}). Close that session first, or open this one with "
-                "read_only=True to look without writing."
+                f"({self._holder(raw)}; a team's sessions, or one alone). Close it, join a "
+                "team with team=..., or open this one with read_only=True to look."
             )
         with _WRITERS_LOCK:
             _WRITERS[key] = weakref.ref(self)
         self._writer_key = key
+
+    def _take_team_lock(self, raw: Any) -> None:
+        """A team session's share of the project's writer lock: refused while one session
+        writes it alone (and that one is refused while a team has it)."""
+        got = raw.execute("SELECT pg_try_advisory_lock_shared(%s)", (self._key,)).fetchone()[0]
+        if not got:
+            raise StoreLockedError(
+                f"The label store {self.path} is open for writing by a session alone "
+                f"({self._holder(raw)}), not as a team. Close that session (and reopen it "
+                "with team=...), or open this one with read_only=True to look."
+            )
 
     def _holder(self, raw: Any) -> str:
         """Who holds the project's writer lock, as its connection named itself."""
@@ -372,8 +388,13 @@ class PostgresStore(_EventLog, _Exports):
                     ) from None
                 time.sleep(pause)
                 pause = min(2 * pause, 1.0)
-        if not self.read_only and not self._shared:
-            got = raw.execute("SELECT pg_try_advisory_lock(%s)", (self._key,)).fetchone()[0]
+        return self._resume(raw)
+
+    def _resume(self, raw: Any) -> Any:
+        """After a reconnect: a writer takes its lock again, and the state is re-read."""
+        if not self.read_only:
+            take = "pg_try_advisory_lock_shared" if self._shared else "pg_try_advisory_lock"
+            got = raw.execute(f"SELECT {take}(%s)", (self._key,)).fetchone()[0]
             if not got:
                 holder = self._holder(raw)
                 self._close(f"another session ({holder}) took the project while the "
@@ -389,11 +410,18 @@ class PostgresStore(_EventLog, _Exports):
         identity = _Identity(self._fingerprint, self._classes, self._dataset_name, self.multi_label)
         found, self._round = self._check_meta(meta, identity)
         self._classes = list(found.classes)
+        labels, marks = dict(self._labels), {f: set(m) for f, m in self._marks.items()}
         self._labels.clear()
-        for marks in self._marks.values():
-            marks.clear()
+        for held in self._marks.values():
+            held.clear()
         self._seen = self._newest_action(self._raw_conn)
         self._load_state()
+        if self._shared and self._listeners:  # what changed meanwhile, for the listeners
+            changed = {i for i in labels.keys() | self._labels.keys()
+                       if labels.get(i) != self._labels.get(i)}  # fmt: skip
+            for field, held in self._marks.items():
+                changed |= held ^ marks[field]
+            self._others.update(dict.fromkeys(changed))
 
     def _drop(self) -> None:
         """Forget a broken connection (the next call reconnects)."""
@@ -415,7 +443,7 @@ class PostgresStore(_EventLog, _Exports):
         self._in_transaction = True
         try:
             with raw.transaction():
-                raw.execute("SELECT pg_advisory_xact_lock(%s)", (self._key,))
+                raw.execute("SELECT pg_advisory_xact_lock(%s)", (self._xact_key,))
                 if self._shared and self._loaded:  # the others' actions, then this one
                     self._catch_up(raw, notify=True)
                     yield self._conn
@@ -447,15 +475,17 @@ class PostgresStore(_EventLog, _Exports):
     def _catch_up(self, raw: Any, *, notify: bool) -> None:
         """Apply the actions newer than this store's state (under ``_lock``): the events in
         order, then the round and classes; ``notify``: they are others', for the listeners."""
+        # The newest action first, then its events up to it: an action committed between
+        # the reads is read next time, never skipped.
+        newest = self._newest_action(raw)
         rows = raw.execute(
             "SELECT action_id, sample_id, field, new FROM events WHERE action_id > %s "
-            "ORDER BY action_id, rowid",
-            (self._seen,),
+            "AND action_id <= %s ORDER BY action_id, rowid",
+            (self._seen, newest),
         ).fetchall()
         meta = dict(
             raw.execute("SELECT key, value FROM meta WHERE key IN ('round', 'classes')").fetchall()
         )
-        newest = self._newest_action(raw)
         changes = [(self._py_id(sid), field, new) for _, sid, field, new in rows]
         self._round = int(meta.get("round", self._round))
         classes = json.loads(meta["classes"]) if "classes" in meta else self._classes
@@ -472,6 +502,7 @@ class PostgresStore(_EventLog, _Exports):
         *,
         rule: str,
         resolve: Sequence[Any] = (),
+        decisions: dict[Any, str] | None = None,
         source: str = "human",
         annotator: str | None = None,
     ) -> int | None:
@@ -479,24 +510,26 @@ class PostgresStore(_EventLog, _Exports):
         ``vote:<annotator>``; None takes one back) and the training label (``label``) of
         each voted and ``resolve`` item, as the team's labels decide it by ``rule``
         (:func:`dal_widgets.team.decide`), read inside this action's transaction, so the
-        newest writer always sees every vote. Returns the action id, or None when nothing
+        newest writer always sees every vote. ``decisions``: an adjudicator's, recorded as
+        the fields ``decision:<annotator>``. Returns the action id, or None when nothing
         changed."""
         from dal_widgets.team import decide
 
         if not self._shared:
             raise StoreError(f"{self._api}.team_record needs a shared store (shared=True).")
         who = annotator or self.annotator
-        items = list(dict.fromkeys([*votes, *resolve]))
+        decided = decisions or {}
+        items = list(dict.fromkeys([*votes, *decided, *resolve]))
 
         def changes(_conn: Any) -> list[tuple[Any, str, str | None]]:
             picks = decide(self._raw_conn, self.project, rule, items)
             out: list[tuple[Any, str, str | None]] = [
                 (i, f"vote:{who}", v) for i, v in votes.items()
-            ]
+            ] + [(i, f"decision:{who}", v) for i, v in decided.items()]
             return out + [(i, "label", picks.get(i)) for i in items
                           if self._labels.get(i) != picks.get(i)]  # fmt: skip
 
-        if not votes and not resolve:
+        if not items:
             return None
         return self._apply("label", changes, source=source, annotator=who) or None
 
@@ -564,13 +597,20 @@ class PostgresStore(_EventLog, _Exports):
             time.sleep(self.poll_seconds)
             ids: list[Any] = []
             with self._lock:
+                if self._closed_reason is not None:
+                    break
                 raw = self._raw_conn
-                if self._closed_reason is not None or raw is None or raw.closed:
-                    continue  # the next call of the session reconnects
                 try:
+                    if raw is None or raw.closed:  # one try to reconnect a beat, not a wait
+                        raw = self._resume(self._connect())
                     if self._newest_action(raw) > self._seen:
                         self._catch_up(raw, notify=True)
-                except Exception:  # noqa: BLE001 (a broken connection: the next call reconnects)
+                except Exception:  # noqa: BLE001 (a broken connection: drop it, try next beat)
+                    if self._raw_conn is not None and self._raw_conn.closed is False:
+                        try:
+                            self._raw_conn.execute("SELECT 1")
+                        except Exception:  # noqa: BLE001
+                            self._drop()
                     continue
                 ids, self._others = list(self._others), {}
                 listeners = list(self._listeners.values())
@@ -621,6 +661,17 @@ class PostgresStore(_EventLog, _Exports):
             return json.loads(stored)
         except (TypeError, ValueError):
             return stored  # reported as not an int or str by the state check
+
+    def _insert_action(self, conn: Any, sql: str, args: tuple[Any, ...]) -> int:
+        return int(conn.execute(sql + " RETURNING action_id", args).fetchone()[0])
+
+    @contextmanager
+    def _snapshot(self) -> Iterator[None]:
+        """Reads in one repeatable-read transaction: one state of a project others write."""
+        raw = self._raw()
+        with raw.transaction():
+            raw.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            yield
 
     def _after_copy(self, conn: Any) -> None:
         conn.execute(

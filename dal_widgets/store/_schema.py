@@ -3,6 +3,7 @@ classes, multi-label), checked on every open, and its current state read into me
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import getpass
 import json
@@ -123,6 +124,16 @@ class _Schema:
 
     def _connect_in_place(self) -> sqlite3.Connection:
         raise NotImplementedError
+
+    def _insert_action(self, conn: Any, sql: str, args: tuple[Any, ...]) -> int:
+        """Insert an ``actions`` row; its id (SQLite: ``lastrowid``, which needs no
+        ``RETURNING``, new in SQLite 3.35, later than some systems' SQLite)."""
+        return int(conn.execute(sql, args).lastrowid or 0)
+
+    def _snapshot(self) -> Any:
+        """A context in which reads see one state of the store (SQLite: its one writer holds
+        ``_lock``, so reads under it see one state already)."""
+        return contextlib.nullcontext()
 
     def _after_copy(self, conn: Any) -> None:
         """After rows were copied in with their ids (``_copy.py``): nothing on SQLite, whose
