@@ -22,7 +22,6 @@ Who does what:
 
 from __future__ import annotations
 
-import hashlib
 import threading
 import time
 from collections.abc import Callable
@@ -33,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from dal_widgets._checks import param_error
+from dal_widgets.store._postgres import lock_key
 from dal_widgets.team import Team
 
 __all__ = ["TeamHooks", "Teamwork", "check_team"]
@@ -95,13 +95,7 @@ class Teamwork:
         self.mine: dict[Any, str] = self.queue.mine()
         self.is_trainer = False
         self._trainer_conn: Any = None
-        self._trainer_key = int.from_bytes(
-            hashlib.blake2b(
-                f"dal_widgets trainer {store.project}".encode(), digest_size=8
-            ).digest(),
-            "big",
-            signed=True,
-        )
+        self._trainer_key = lock_key("trainer", store.project)
         #: The trainer ranks the queue on its next beat (after a fit, or taking the role).
         self.publish_due = False
         self._model_stamp: tuple[int, int] | None = None

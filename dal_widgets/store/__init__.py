@@ -48,6 +48,7 @@ from dal_widgets.store._errors import (
     StoreLockedError,
     StoreMismatchError,
 )
+from dal_widgets.store._postgres import PostgresStore
 from dal_widgets.store._rounds import RoundRecord
 from dal_widgets.store._schema import FIELDS, SCHEMA_VERSION, SOURCES
 from dal_widgets.store._sqlite import LabelStore, open_store
@@ -66,12 +67,3 @@ __all__ = [
     "copy_store",
     "open_store",
 ]
-
-
-def __getattr__(name: str) -> object:
-    # PostgresStore on first use: importing the store package stays light.
-    if name == "PostgresStore":
-        from dal_widgets.store._postgres import PostgresStore
-
-        return PostgresStore
-    raise AttributeError(f"module 'dal_widgets.store' has no attribute {name!r}")

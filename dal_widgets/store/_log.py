@@ -46,6 +46,7 @@ class _EventLog(_Schema):
     def shared(self) -> bool:
         """Whether several sessions write this store at once (a team's project)."""
         return self._shared
+
     _closed_reason: str | None
     _close_callbacks: dict[object, Callable[[str], Any]]
     close_callback_errors: list[str]

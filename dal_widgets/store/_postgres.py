@@ -76,10 +76,11 @@ _WRITERS: dict[tuple[str, int, str, str], weakref.ref[PostgresStore]] = {}
 _WRITERS_LOCK = threading.Lock()
 
 
-def _lock_key(project: str) -> int:
-    """The project's advisory lock: a signed 64-bit number from its name."""
-    digest = hashlib.blake2b(f"dal_widgets store {project}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big", signed=True)
+def lock_key(purpose: str, project: str) -> int:
+    """The advisory lock of a project for ``purpose`` ("store", "store writes", "trainer"):
+    a signed 64-bit number from the two names."""
+    digest = hashlib.blake2b(f"dal_widgets {purpose} {project}".encode(), digest_size=8)
+    return int.from_bytes(digest.digest(), "big", signed=True)
 
 
 def check_project(project: Any, where: str) -> str:
@@ -249,8 +250,8 @@ class PostgresStore(_EventLog, _Exports):
         self._close_callbacks: dict[object, Callable[[str], Any]] = {}
         self.close_callback_errors: list[str] = []
         self._db_errors = (psycopg.Error,)
-        self._key = _lock_key(project)  # who writes: one alone, or a team (shared)
-        self._xact_key = _lock_key(f"{project} writes")  # each write transaction
+        self._key = lock_key("store", project)  # who writes: one alone, or a team (shared)
+        self._xact_key = lock_key("store writes", project)  # each write transaction
         self._raw_conn: Any = None
         self._in_transaction = False
         self._writer_key: tuple[str, int, str, str] | None = None
@@ -268,10 +269,7 @@ class PostgresStore(_EventLog, _Exports):
         try:
             if not read_only:
                 self._peek_existing(raw, expected)  # before taking an older writer's place
-                if shared:
-                    self._take_team_lock(raw)
-                else:
-                    self._take_writer_lock(raw)
+                self._take_writer_lock(raw)
             self._init_schema(expected)
             self._labels: dict[Any, Any] = {}
             self._marks: dict[str, set[Any]] = {"skip": set(), "flag": set()}
@@ -328,35 +326,38 @@ class PostgresStore(_EventLog, _Exports):
         self._check_meta(meta, expected)
 
     def _take_writer_lock(self, raw: Any) -> None:
-        """The project's session lock, taking it over from an older writer of this process."""
+        """The project's writer lock (see :meth:`_try_writer_lock`); a store writing alone
+        takes it over from an older one of this process (a re-run cell)."""
         info = raw.info
         key = (str(info.host), int(info.port), str(info.dbname), self.project)
         with _WRITERS_LOCK:
             ref = _WRITERS.get(key)
             older = ref() if ref is not None else None
-        if older is not None and older is not self:
+        if older is not None and older is not self and not self._shared:
             older._close("taken over by a newer store on the same project", taken_over=True)
-        got = raw.execute("SELECT pg_try_advisory_lock(%s)", (self._key,)).fetchone()[0]
-        if not got:
-            raise StoreLockedError(
-                f"The label store {self.path} is open for writing in another session "
-                f"({self._holder(raw)}; a team's sessions, or one alone). Close it, join a "
-                "team with team=..., or open this one with read_only=True to look."
-            )
-        with _WRITERS_LOCK:
-            _WRITERS[key] = weakref.ref(self)
-        self._writer_key = key
-
-    def _take_team_lock(self, raw: Any) -> None:
-        """A team session's share of the project's writer lock: refused while one session
-        writes it alone (and that one is refused while a team has it)."""
-        got = raw.execute("SELECT pg_try_advisory_lock_shared(%s)", (self._key,)).fetchone()[0]
-        if not got:
+        if self._try_writer_lock(raw):
+            if not self._shared:
+                with _WRITERS_LOCK:
+                    _WRITERS[key] = weakref.ref(self)
+                self._writer_key = key
+            return
+        if self._shared:
             raise StoreLockedError(
                 f"The label store {self.path} is open for writing by a session alone "
                 f"({self._holder(raw)}), not as a team. Close that session (and reopen it "
                 "with team=...), or open this one with read_only=True to look."
             )
+        raise StoreLockedError(
+            f"The label store {self.path} is open for writing in another session "
+            f"({self._holder(raw)}; a team's sessions, or one alone). Close it, join a "
+            "team with team=..., or open this one with read_only=True to look."
+        )
+
+    def _try_writer_lock(self, raw: Any) -> bool:
+        """The project's writer lock on ``raw``'s session: exclusive for a store that writes
+        alone, a share for a team's (so one alone and a team exclude each other)."""
+        take = "pg_try_advisory_lock_shared" if self._shared else "pg_try_advisory_lock"
+        return bool(raw.execute(f"SELECT {take}(%s)", (self._key,)).fetchone()[0])
 
     def _holder(self, raw: Any) -> str:
         """Who holds the project's writer lock, as its connection named itself."""
@@ -393,14 +394,11 @@ class PostgresStore(_EventLog, _Exports):
     def _resume(self, raw: Any) -> Any:
         """After a reconnect: a writer takes its lock again, and the state is re-read."""
         if not self.read_only:
-            take = "pg_try_advisory_lock_shared" if self._shared else "pg_try_advisory_lock"
-            got = raw.execute(f"SELECT {take}(%s)", (self._key,)).fetchone()[0]
-            if not got:
+            if not self._try_writer_lock(raw):
                 holder = self._holder(raw)
                 self._close(f"another session ({holder}) took the project while the "
                             "connection to the server was lost")  # fmt: skip
                 self._check_open()
-        if not self.read_only:
             self._reload()
         return raw
 
@@ -711,8 +709,12 @@ class PostgresStore(_EventLog, _Exports):
                         del _WRITERS[self._writer_key]
             if raw is not None:
                 try:
-                    if self._writer_key is not None and not raw.closed:
-                        raw.execute("SELECT pg_advisory_unlock(%s)", (self._key,))
+                    if not self.read_only and not raw.closed:  # now, not when the server
+                        # notices the closed connection: the next writer must not wait
+                        unlock = (
+                            "pg_advisory_unlock_shared" if self._shared else "pg_advisory_unlock"
+                        )
+                        raw.execute(f"SELECT {unlock}(%s)", (self._key,))
                 except Exception:  # noqa: BLE001 (closing: the server frees it with the session)
                     pass
                 raw.close()
