@@ -934,6 +934,27 @@ def test_spreading_follows_the_graph_and_large_pools_use_a_subset():
     )
 
 
+def test_spread_balance_keeps_a_class_labeled_often_from_flooding_its_neighbour():
+    from dal_widgets.training._spreading import SpreadGraph
+
+    rng = np.random.default_rng(0)
+    # Two blobs side by side: 12 labels in the first, 1 at the far end of the second (as
+    # active learning labels: unevenly). Plain spreading gives much of the second to the first.
+    a, b = rng.normal([0, 0], 0.5, (150, 2)), rng.normal([2.0, 0], 0.5, (150, 2))
+    x = np.concatenate([a, b]).astype(np.float32)
+    truth = np.repeat([0, 1], 150)
+    g = SpreadGraph(x, 7, 10_000, torch.device("cpu"))
+    seeds = np.concatenate([rng.choice(150, 12, replace=False), [150 + int(np.argmax(b[:, 0]))]])
+    second = []
+    for balance in (0.0, 0.5, 1.0):
+        pos, cls = g.labels(seeds, truth[seeds], 2, balance=balance)
+        second.append((cls[pos >= 150] == 1).mean())
+    assert second[0] < 0.7 and second[0] < second[1] - 0.05 < second[2] - 0.1
+    assert second[2] > 0.8
+    with pytest.raises(ValueError, match="'spread_balance'"):
+        TrainConfig(spread_balance=1.5).validated()
+
+
 def test_a_graph_build_stops_when_its_fit_is_cancelled():
     from dal_widgets.training._spreading import SpreadCancelled, SpreadGraph
 

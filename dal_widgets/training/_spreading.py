@@ -160,9 +160,16 @@ class SpreadGraph:
         *,
         alpha: float = 0.99,
         iters: int = 30,
+        balance: float = 0.5,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Spread the labels ``y`` of pool ``positions``; returns the pool positions the
-        spreading reached that are not labeled, and their spread classes."""
+        spreading reached that are not labeled, and their spread classes.
+
+        ``balance``: each class's spread values are divided by its number of labels to this
+        power before the argmax (0: plain spreading). A class's values grow with its labels,
+        and active learning labels unevenly (many near the boundaries the model is unsure
+        of), so a class labeled often floods its neighbours' clusters; 1 weighs every class
+        the same whatever its labels, which over-corrects once labels are many."""
         n_base = len(self.nodes)
         slot = np.full(len(self.pool), -1, dtype=np.int64)
         slot[self.nodes] = np.arange(n_base)
@@ -191,6 +198,9 @@ class SpreadGraph:
             iters=iters,
         )
         reached = (f.sum(1) > 0).cpu().numpy()
+        if balance > 0:
+            counts = np.bincount(np.asarray(y), minlength=n_classes).clip(min=1)
+            f = f / torch.as_tensor(counts, device=f.device, dtype=f.dtype) ** balance
         cls = f.argmax(1).cpu().numpy()
         reached[slot[positions]] = False  # the labels themselves are not spread targets
         node_pos = np.concatenate([self.nodes, outside])

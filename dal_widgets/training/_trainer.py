@@ -503,7 +503,9 @@ class Trainer:
                 )  # fmt: skip
             except SpreadCancelled:  # the fit is cancelled: it will see so at once
                 return X, y, (X, y)
-        pos, cls = graph.labels(data.positions, y.cpu().numpy(), data.n_classes)
+        pos, cls = graph.labels(
+            data.positions, y.cpu().numpy(), data.n_classes, balance=cfg.spread_balance
+        )
         self.pseudo_label_count = int(pos.size)
         if pos.size == 0:
             return X, y, (X, y)
