@@ -76,7 +76,11 @@ class Session:
     device : str or torch.device
         ``"auto"`` picks CUDA, then MPS, then the CPU.
     train_config : TrainConfig, optional
-        Steps, batch size, learning rate, MC passes (see :class:`TrainConfig`).
+        Steps, batch size, learning rate, MC passes (see :class:`TrainConfig`). Default:
+        ``TrainConfig()``; with an encoder, ``TrainConfig.head()``, plus label spreading
+        (``TrainConfig.head(label_spreading=True)``) for an encoder learned on the pool itself
+        (``encoders.self_supervised``) on single-label data. Pass ``TrainConfig.head()`` for the
+        head alone.
     cold_start : str
         The strategy used while no model exists yet, when the chosen one needs model outputs.
     retrain : {"batch", "label", "manual"} or int, optional
@@ -138,11 +142,14 @@ class Session:
         # A self-supervised encoder still to be pretrained: the raw inputs and the default
         # model serve until it is ready, then its head (see _switch_inputs).
         pretrains = encoder is not None and not getattr(encoder, "ready", True)
-        default = TrainConfig() if encoder is None or pretrains else HEAD_CONFIG
+        head = HEAD_CONFIG  # an encoder learned on the pool: its head spreads labels too
+        if getattr(encoder, "spreads_by_default", False) and not dataset.multi_label:
+            head = HEAD_CONFIG.with_(label_spreading=True)
+        default = TrainConfig() if encoder is None or pretrains else head
         self.train_config = (train_config or default).validated(
             where + ".train_config", multi_label=dataset.multi_label
         )
-        self._head_config = train_config or HEAD_CONFIG  # after a pretrained encoder's switch
+        self._head_config = train_config or head  # after a pretrained encoder's switch
         self._models = ModelFactory(model, where)
         check_encoder(encoder, dataset, where)  # before the store is opened
         team = check_team(team, dataset, where, read_only=read_only)

@@ -521,7 +521,9 @@ def test_the_app_labels_while_the_encoder_pretrains_then_shows_the_switch(tmp_pa
     while "the model switched to it" not in a.status.value and time.monotonic() < wait:
         time.sleep(0.05)
     assert "encoder simclr: ready (pretrained on the pool in" in a.status.value
-    assert len(s.labels) == 4 and type(s.model).__name__ == "EmbeddingHead"
+    # The head over an encoder learned on the pool: label spreading and its vote by default.
+    assert len(s.labels) == 4 and type(s.model).__name__ == "SpreadVote"
+    assert type(s.model.model).__name__ == "EmbeddingHead"
     assert a.errors == [] and a.labeler.errors == []
     a.close()
     s.close()
@@ -565,9 +567,12 @@ def test_the_app_shows_pretraining_then_the_switch_in_the_browser(lab):
     wait_until(
         lambda: "the model switched to it" in panel.inner_text(), timeout=180, what="the switch"
     )
-    state = "print(len(s.labels), type(s.model).__name__ if s.model else None)"
-    wait_until(
-        lambda: lab.execute(state).strip() == "5 EmbeddingHead",
+    state = (
+        "print(len(s.labels), type(s.model).__name__ if s.model else None, "
+        "type(getattr(s.model, 'model', None)).__name__)"
+    )
+    wait_until(  # the head, with label spreading's vote (an encoder learned on the pool)
+        lambda: lab.execute(state).strip() == "5 SpreadVote EmbeddingHead",
         timeout=30,
         what="the head",
         details=lambda: lab.execute(

@@ -702,8 +702,11 @@ def test_session_works_while_pretraining_then_switches(tmp_path):
     assert not s.inputs.embedded  # labeled while it pretrains
     assert s.inputs.wait(120)  # pretrained, embedded, switched
     assert s.wait(60)
-    assert s.inputs.embedded and type(s.model).__name__ == "EmbeddingHead"
-    assert s.train_config.steps == 100 and len(s.labels) == 20  # every label kept
+    # The head over an encoder learned on the pool spreads labels over it and votes.
+    assert s.inputs.embedded and type(s.model).__name__ == "SpreadVote"
+    assert type(s.model.model).__name__ == "EmbeddingHead" and s.model.voting
+    assert s.train_config == dal.TrainConfig.head(label_spreading=True)
+    assert len(s.labels) == 20  # every label kept
     assert s.model_version.n_labels == 20
     assert any(p.get("state") == "pretraining" and "epochs" in p for p in seen)
     switched = [r for r in s.store.rounds() if r.encoder is not None]
@@ -721,6 +724,10 @@ def test_session_works_while_pretraining_then_switches(tmp_path):
     assert s.evaluate()["accuracy"] == pytest.approx(acc)
     assert s.inputs.progress["state"] == "ready"
     s.close()
+    # A config of one's own is kept: the head alone.
+    plain = dal.Session(ds, encoder=back, device="cpu", train_config=dal.TrainConfig.head())
+    assert not plain.train_config.label_spreading and plain.inputs.wait(60)
+    plain.close()
 
 
 def test_session_status_names_the_pretraining(tmp_path):

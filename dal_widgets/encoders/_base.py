@@ -106,6 +106,12 @@ class Encoder:
         Samples per batch when embedding a dataset.
     """
 
+    #: Whether a ``Session`` over this encoder also spreads labels over the pool by default
+    #: (``TrainConfig.head(label_spreading=True)`` instead of ``TrainConfig.head()``, on
+    #: single-label data): True for an encoder learned on the pool itself, whose
+    #: neighbourhoods are what it learned.
+    spreads_by_default: bool = False
+
     def __init__(
         self,
         name: str,
