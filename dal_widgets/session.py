@@ -40,6 +40,7 @@ from dal_widgets.training import (
     evaluate_model,
     resolve_device,
 )
+from dal_widgets.training._rng import unseeded
 
 __all__ = ["EVENTS", "ModelVersion", "Session"]
 
@@ -318,9 +319,13 @@ class Session:
         return self.store.classes
 
     def _new_model(self) -> nn.Module:
+        """A model of the session's settings. Built after any running fit and without moving
+        the global random generator (the trainer seeds it around this call for a fit): a
+        model for saved weights is often built on another thread while a fit runs."""
         cfg = self.train_config
         head = cfg.loss_head or "loss_pred" in _strategies.get(self.strategy).needs
-        model = self.inputs.new_model(self._models, len(self.classes), loss_head=head)
+        with unseeded():
+            model = self.inputs.new_model(self._models, len(self.classes), loss_head=head)
         if cfg.label_spreading and cfg.spread_vote > 0:
             model = SpreadVote(model, weight=cfg.spread_vote, k=cfg.spread_vote_k)
         return model
@@ -725,6 +730,7 @@ class Session:
         """Load a checkpoint saved by :meth:`export_model` into a fresh model; it becomes the
         newest. One made for another dataset, class list or encoder is refused unless
         ``allow_other_dataset``."""
+        self._trainer.cancel()  # a running fit ends now, not after building the model waits for it
         version = self._memory.load_for(self, path, self._new_model(), allow_other_dataset)
         self._on_trainer_event("trained", version=version)  # recorded, announced, evaluated
 

@@ -254,6 +254,42 @@ def test_same_seed_same_model_and_picks(ds):
         assert torch.equal(a[2][k], b[2][k]), k
 
 
+def test_models_built_on_other_threads_leave_a_running_fit_and_the_generator_alone():
+    # A model built to receive saved weights (on the embedding or poll thread) while a fit
+    # draws its dropout masks from torch's global generator: the fit must not change.
+    ds = dal.datasets.digits()
+    ids = ds.ids[:60].tolist()
+
+    def fit(build_meanwhile: bool) -> tuple[str, str]:
+        s = dal.Session(ds, store=None, device="cpu", seed=1, retrain="manual")
+        s.label(ids, oracle(ds, ids))
+        stop, built = threading.Event(), []
+
+        def build() -> None:
+            while not stop.is_set():
+                built.append(s._new_model())  # noqa: SLF001 - what those threads call
+
+        thread = threading.Thread(target=build)
+        if build_meanwhile:
+            thread.start()
+        s.train(block=True)
+        stop.set()
+        if build_meanwhile:
+            thread.join()
+            assert built  # it did build models while the fit ran (or right after)
+        key = s.model_version.key
+        torch.manual_seed(7)
+        first = torch.rand(3)
+        torch.manual_seed(7)
+        s._new_model()  # noqa: SLF001 - builds without moving the caller's generator
+        after = torch.rand(3)
+        s.close()
+        return key, str(torch.equal(first, after))
+
+    alone, crowded = fit(False), fit(True)
+    assert alone == crowded and alone[1] == "True"
+
+
 def test_evaluate_and_history(session, ds):
     with pytest.raises(RuntimeError, match="No trained model"):
         session.evaluate()

@@ -405,8 +405,9 @@ class PretrainJob:
             self._publish(state="cancelled")
             return
         dev = self.device
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(s["seed"])
+        from dal_widgets.training._rng import seeded
+
+        with seeded(s["seed"]):  # a session may fit a model on the raw inputs meanwhile
             net = backbone(s)
             dim = 4 * s["width"]
             head = nn.Sequential(nn.Linear(dim, dim), nn.ReLU(True), nn.Linear(dim, 64))

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from dal_widgets._checks import check_int, check_real, param_error
+from dal_widgets.training._rng import seeded
 
 __all__ = [
     "Callback",
@@ -471,8 +472,7 @@ def fit(
         forward = standardized
     stopped = cancelled = False
     devices = [X.device] if X.device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)
+    with seeded(seed, devices):  # alone on the global generator: dropout draws from it
         model.train()
         for cb in callbacks:
             cb.on_fit_begin(state)

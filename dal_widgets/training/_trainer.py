@@ -34,6 +34,7 @@ from dal_widgets.training._fit import Callback, EarlyStopping, FitResult, FitSta
 from dal_widgets.training._inference import predict
 from dal_widgets.training._models import classifier_layer
 from dal_widgets.training._omp import thread_threads
+from dal_widgets.training._rng import seeded
 from dal_widgets.training._spreading import SpreadCancelled, SpreadGraph, SpreadVote
 
 __all__ = ["ModelVersion", "Snapshot", "Trainer", "TrainingSet", "weights_key"]
@@ -452,8 +453,7 @@ class Trainer:
             return version
 
     def _seeded_model(self, seed: int) -> nn.Module:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+        with seeded(seed):
             return self.new_model().to(self.device)
 
     def _initial_model(self, fit_seed: int, n_classes: int) -> nn.Module:
