@@ -495,7 +495,10 @@ def self_supervised(
 
     Give it to ``Session(dataset, encoder=...)``: the session pretrains it in the background
     (progress in the App), keeps working with its default model meanwhile, then embeds the
-    pool and switches to a head over the embeddings (logged in the round history). Or call
+    pool and switches to a head over the embeddings (logged in the round history). The head
+    spreads the labels over the pool's neighbours in the embedding by default
+    (``TrainConfig.head(label_spreading=True)``, single-label data; give the session
+    ``train_config=TrainConfig.head()`` for the head alone). Or call
     :meth:`SelfSupervisedEncoder.pretrain` yourself.
 
     Parameters
