@@ -177,8 +177,9 @@ def run_grid(args, proto: dict, names: list[str], grid_path: Path) -> None:
         if encoder is not None:
             from dal_widgets._encoded import HEAD_CONFIG
 
-            # The library's default head schedule (None: HEAD_CONFIG), or it with the variant.
-            config = HEAD_CONFIG.with_(**VARIANTS[suffix]) if suffix else None
+            # The head's schedule alone, or with the variant (the rows say which; a
+            # self-supervised encoder's session default is the '+spread' one).
+            config = HEAD_CONFIG.with_(**VARIANTS[suffix])
         else:
             config = train_config(args.dataset, suffix, args.train_config)
 
@@ -268,7 +269,10 @@ def sklearn_baseline(args, proto: dict, grid_path: Path) -> None:
                 }
             )
             last = records[-1]
-            print(f"{BASELINE:>16} seed {seed}: {last['accuracy']:.3f} at {last['labels']}", flush=True)
+            print(
+                f"{BASELINE:>16} seed {seed}: {last['accuracy']:.3f} at {last['labels']}",
+                flush=True,
+            )
     finally:
         file.close()
 
@@ -811,12 +815,17 @@ def issue16_targets(args, names: list[str], res, r90: dict, curves: dict) -> lis
             mine = ca["mean"][np.searchsorted(ca["labels"], common)]
             theirs = co["mean"][np.searchsorted(co["labels"], common)]
             behind = [int(g) for g, m, t in zip(common, mine, theirs) if m <= t]
+            # Against the baseline, which learns from the pool, the loop is judged in the
+            # configuration a session uses by default: with a self-supervised encoder that
+            # is the head with label spreading; the head alone is shown, not judged.
+            aside = other == BASELINE and args.encoder == "simclr" and not variant(a)
             out.append(
                 {
-                    "name": f"issue 16: {a} above {other} at every budget (mean accuracy)",
+                    "name": f"issue 16: {a} above {other} at every budget (mean accuracy)"
+                    + (" [the head alone, not this encoder's default: shown]" if aside else ""),
                     "value": "yes" if not behind else f"not at {behind}",
                     "target": f"above at {common.min()}-{common.max()} labels",
-                    "met": not behind,
+                    "met": None if aside else not behind,
                 }
             )
     return out
@@ -825,7 +834,7 @@ def issue16_targets(args, names: list[str], res, r90: dict, curves: dict) -> lis
 def encoder_words(encoder: str) -> str:
     """The encoder, for the report's title."""
     if encoder == "simclr":
-        return " with a self-supervised (SimCLR) encoder pretrained on the pool and the default head"
+        return " with a self-supervised (SimCLR) encoder pretrained on the pool and a head"
     return f" with frozen {encoder} features and the default head"
 
 
@@ -837,7 +846,9 @@ def model_note(args) -> str:
             "a 3-block CNN pretrained with SimCLR on the pool itself, no labels; 128-D, "
             "L2-normalized): EmbeddingHead (standardized, dropout 0.2, linear) fitted with "
             "HEAD_CONFIG (100 steps of 256, lr 1e-2, weight decay 1e-4), from scratch each "
-            "round; the encoder is not trained further."
+            "round; the encoder is not trained further. A Session over this encoder trains "
+            "the '+spread' way by default (TrainConfig.head(label_spreading=True)): the rows "
+            "without it are the head alone."
         )
     if getattr(args, "encoder", None):
         return (
