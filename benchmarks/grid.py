@@ -1,15 +1,19 @@
 """Simulation grids on executors (issue 18): serial vs local processes vs a local Ray, one run.
 
 A 2 x 4 grid on digits (random and margin, 4 seeds; 20 initial labels, batches of 10, budget
-150: 14 fits per cell) runs three times in one process, one executor after the other:
-``simulate(...)`` (serial, in this process, torch's default threads), ``executor="processes"``
-(2 spawned workers of 1 torch thread each) and ``executor="ray"`` (a local Ray started with
-``ray.init(num_cpus=2)`` before the timing). Reported: wall seconds from the call to the result,
-speed-up over serial, and whether every cell's curve equals the serial one. Ray's per-task
-overhead is measured on its own: round trips of an empty task, one at a time and 200 at once.
+150: 14 fits per cell) runs on each executor in turn, in one process: ``simulate(...)``
+(serial, in this process, torch's default threads), ``executor="processes"`` (2 spawned workers
+of 1 torch thread each), ``executor="ray"`` on a local Ray started with ``ray.init(num_cpus=2)``
+just before (its workers import torch on their first task), and the same grid again on that
+Ray (warm workers). The whole sequence is repeated (3 times by default, Ray shut down and
+started again each time) and each executor's median is reported with its range: one run of a
+30 s grid moves by a few percent with whatever else the machine does. Reported: wall seconds
+from the call to the result, speed-up over serial (medians), and whether every cell's curve
+equals the serial one. Ray's per-task overhead is measured on its own: round trips of an empty
+task, one at a time and 200 at once.
 
-    python benchmarks/grid.py            # the full grid, about 4 minutes on 2 cores
-    python benchmarks/grid.py --quick    # 2 x 2, budget 60: a smoke run
+    python benchmarks/grid.py            # the full grid, 3 repetitions: about 8 minutes
+    python benchmarks/grid.py --quick    # 2 x 2, budget 60, once: a smoke run
 """
 
 from __future__ import annotations
@@ -18,6 +22,8 @@ import argparse
 import time
 
 from _harness import Measurement, Report, cpu_ticks, others_share, shares_text
+
+EXECUTORS = ("serial", "processes", "ray", "ray, warm")
 
 
 def curves(res) -> list[tuple]:
@@ -54,8 +60,13 @@ def ray_overhead(ray, n: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="2 x 2 grid, budget 60")
+    parser.add_argument(
+        "--repeat", type=int, default=None, help="repetitions (default 3; 1 with --quick)"
+    )
     parser.add_argument("--results", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    args.repeat = args.repeat or (1 if args.quick else 3)
+    import numpy as np
     import ray
     import torch
 
@@ -78,52 +89,71 @@ def main() -> None:
         quick=args.quick,
         results=args.results,
     )
-    load = {}
-    start = cpu_ticks()
-    serial, serial_s = timed("serial", lambda: dal.simulate(ds, **grid))
-    load["serial"], start = others_share(start, now := cpu_ticks()), now
-    procs, procs_s = timed(
-        "processes", lambda: dal.simulate(ds, executor="processes", max_workers=2, **grid)
-    )
-    load["processes"], start = others_share(start, now := cpu_ticks()), now
-    t0 = time.perf_counter()
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="error")
-    ray_init_s = time.perf_counter() - t0
-    start = cpu_ticks()
-    on_ray, ray_s = timed("ray", lambda: dal.simulate(ds, executor="ray", **grid))
-    load["ray"], start = others_share(start, now := cpu_ticks()), now
-    # The same grid again on the same Ray: its workers have imported torch and the package.
-    warm, warm_s = timed("ray, warm", lambda: dal.simulate(ds, executor="ray", **grid))
-    load["ray, warm"], start = others_share(start, now := cpu_ticks()), now
-    overhead = ray_overhead(ray, 40 if args.quick else 200)
-    ray.shutdown()
+    runs = {name: [] for name in EXECUTORS}  # (result, seconds) per repetition
+    load = {name: [] for name in EXECUTORS}
+    ray_init = []
+    overhead = None
+    for rep in range(args.repeat):
+
+        def run(name: str, fn, rep: int = rep):
+            start = cpu_ticks()
+            out = timed(f"[{rep + 1}/{args.repeat}] {name}", fn)
+            load[name].append(others_share(start, cpu_ticks()))
+            runs[name].append(out)
+
+        run("serial", lambda: dal.simulate(ds, **grid))
+        run("processes", lambda: dal.simulate(ds, executor="processes", max_workers=2, **grid))
+        t0 = time.perf_counter()
+        ray.init(num_cpus=2, include_dashboard=False, logging_level="error")
+        ray_init.append(time.perf_counter() - t0)
+        run("ray", lambda: dal.simulate(ds, executor="ray", **grid))
+        # The same grid again on the same Ray: its workers have imported torch and the package.
+        run("ray, warm", lambda: dal.simulate(ds, executor="ray", **grid))
+        if rep == args.repeat - 1:
+            overhead = ray_overhead(ray, 40 if args.quick else 200)
+        ray.shutdown()  # the next repetition's Ray starts cold again
+    seconds = {name: float(np.median([s for _, s in runs[name]])) for name in EXECUTORS}
+    serial_s = seconds["serial"]
+    serial = runs["serial"][0][0]
+    ray_init_s = float(np.median(ray_init))
 
     cells = 2 * seeds
     cell_s = [
         sum(r["seconds"] for r in serial.records if (r["strategy"], r["seed"]) == key)
         for key in {(r["strategy"], r["seed"]) for r in serial.records}
     ]
+    labels = {
+        "serial": f"serial (this process, {torch.get_num_threads()} torch threads)",
+        "processes": "processes (2 workers, 1 torch thread each)",
+        "ray": "ray (local, num_cpus=2, started before the grid), first grid: workers import torch",
+        "ray, warm": "ray, the same grid again (warm workers)",
+    }
+    same = {name: all(curves(res) == curves(serial) for res, _ in runs[name]) for name in EXECUTORS}
     rows = []
-    for name, res, seconds in (
-        (f"serial (this process, {torch.get_num_threads()} torch threads)", serial, serial_s),
-        ("processes (2 workers, 1 torch thread each)", procs, procs_s),
-        ("ray (local, num_cpus=2), first grid: workers import torch", on_ray, ray_s),
-        ("ray, the same grid again (warm workers)", warm, warm_s),
-    ):
-        same = curves(res) == curves(serial)
+    for name in EXECUTORS:
+        each = sorted(s for _, s in runs[name])
         rows.append(
             [
-                name,
-                f"{seconds:.1f}",
-                f"{serial_s / seconds:.2f}x",
-                len(res.failures),
-                "yes" if same else "NO",
+                labels[name],
+                f"{seconds[name]:.1f}",
+                f"{each[0]:.1f}-{each[-1]:.1f}",
+                f"{serial_s / seconds[name]:.2f}x",
+                sum(len(res.failures) for res, _ in runs[name]),
+                "yes" if same[name] else "NO",
             ]
         )
     report.table(
         f"A {2} x {seeds} grid on digits (random, margin; {seeds} seeds; 20 initial, batches "
-        f"of 10, budget {budget}): wall seconds from the call to the result",
-        ["executor", "seconds", "speed-up", "failed cells", "curves equal the serial run's"],
+        f"of 10, budget {budget}): wall seconds from the call to the result, median of "
+        f"{args.repeat} repetitions (each: serial, processes, a fresh Ray cold then warm)",
+        [
+            "executor",
+            "seconds (median)",
+            "min-max",
+            "speed-up (medians)",
+            "failed cells (all repetitions)",
+            "curves equal the serial run's",
+        ],
         rows,
     )
     single = overhead["single"]
@@ -131,24 +161,26 @@ def main() -> None:
         "Ray's per-task overhead (an empty task; the local Ray of 2 CPUs)",
         ["measure", "ms"],
         [
-            ["ray.init(num_cpus=2) (not in the grid's time)", f"{ray_init_s * 1e3:.0f}"],
+            ["ray.init(num_cpus=2), median (not in the grid's time)", f"{ray_init_s * 1e3:.0f}"],
             [f"one task at a time, round trip, median of {single.n}", f"{single.median * 1e3:.2f}"],
             ["same, p95", f"{single.p95 * 1e3:.2f}"],
             ["200 tasks at once, per task", f"{overhead['batched_s'] * 1e3:.2f}"],
         ],
     )
     judge = None if args.quick else True
-    for name, seconds in (("processes", procs_s), ("ray", ray_s), ("ray, warm", warm_s)):
-        speed = serial_s / seconds
+    for name in EXECUTORS[1:]:
+        speed = serial_s / seconds[name]
         report.target(
-            f"speed-up of {name} over serial, 2 cores",
+            f"speed-up of {name} over serial, 2 cores (medians of {args.repeat})",
             f"{speed:.2f}x",
             ">= 1.7x",
             judge and speed >= 1.7,
         )
-    same_all = curves(procs) == curves(serial) == curves(on_ray) == curves(warm)
+    same_all = all(same.values())
     report.target("every cell's curve equals the serial run's", same_all, "True", same_all)
-    shares = shares_text(load)
+    shares = shares_text(
+        {n: float(np.mean(v)) if v and None not in v else None for n, v in load.items()}
+    )
     report.note(
         f"{cells} cells of {sum(cell_s) / cells:.1f} s each on average (serial). The parallel "
         "runs include starting their workers: spawn and importing torch and the package, a few "
@@ -168,10 +200,12 @@ def main() -> None:
         f"run (for the parallel runs, mostly their own workers): {shares}."
     )
     report.data.update(
+        repeat=args.repeat,
+        seconds={name: [s for _, s in runs[name]] for name in EXECUTORS},
         serial_s=serial_s,
-        processes_s=procs_s,
-        ray_s=ray_s,
-        ray_warm_s=warm_s,
+        processes_s=seconds["processes"],
+        ray_s=seconds["ray"],
+        ray_warm_s=seconds["ray, warm"],
         ray_init_s=ray_init_s,
         ray_task=overhead,
         cells=cells,
