@@ -65,6 +65,8 @@ def main() -> None:
     )
     parser.add_argument("--results", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.repeat is not None and args.repeat < 1:
+        parser.error(f"--repeat must be at least 1 (got {args.repeat})")
     args.repeat = args.repeat or (1 if args.quick else 3)
     import numpy as np
     import ray

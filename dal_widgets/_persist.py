@@ -10,6 +10,7 @@ file exists for a store that has labels), a refit starts by itself.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -65,11 +66,13 @@ class ModelMemory:
         self.load_error: str | None = None
 
     # ------------------------------------------------------------------ a session's model
-    def restore_for(self, session: Any, model: nn.Module, *, token: int, warn: bool) -> None:
-        """Bring back ``session``'s saved model into ``model`` (fresh; see :meth:`restore`)
+    def restore_for(
+        self, session: Any, new_model: Callable[[], nn.Module], *, token: int, warn: bool
+    ) -> None:
+        """Bring back ``session``'s saved model into ``new_model()`` (see :meth:`restore`)
         and set the session's evaluation to the one saved with it."""
         session.evaluation = self.restore(
-            model,
+            new_model,
             labels=session.store.labels,
             classes=session.classes,
             fingerprint=session.inputs.fingerprint,
@@ -118,7 +121,7 @@ class ModelMemory:
 
     def restore(
         self,
-        model: nn.Module,
+        new_model: Callable[[], nn.Module],
         *,
         labels: dict[Any, Any],
         classes: list[str],
@@ -127,14 +130,15 @@ class ModelMemory:
         token: int,
         warn: bool = True,
     ) -> dict[str, Any] | None:
-        """Load the saved weights into ``model`` (fresh, of the session's architecture) and
-        make it the trainer's newest; request a fit (when ``refit``) if the labels changed
-        since it was trained, nothing could be loaded, or the session trains ensembles. Returns the saved evaluation of that
+        """Load the saved weights into ``new_model()`` (a fresh model of the session's
+        architecture, built only when there is a saved file) and make it the trainer's newest;
+        request a fit (when ``refit``) if the labels changed since it was trained, nothing
+        could be loaded, or the session trains ensembles. Returns the saved evaluation of that
         model (None if none)."""
-        config = self._load(model, classes, fingerprint, warn)
+        config, model = self._load(new_model, classes, fingerprint, warn)
         key = labels_key(labels)
         evaluation = None
-        if config is not None:
+        if config is not None and model is not None:
             version = self.trainer.set_model(
                 model, int(config.get("n_labels", 0)), str(config.get("labels_key", ""))
             )
@@ -172,14 +176,16 @@ class ModelMemory:
         return self.trainer.set_model(model, int(config.get("n_labels", 0)), labels_key(labels))
 
     def _load(
-        self, model: nn.Module, classes: list[str], fingerprint: str, warn: bool
-    ) -> dict[str, Any] | None:
+        self, new_model: Callable[[], nn.Module], classes: list[str], fingerprint: str, warn: bool
+    ) -> tuple[dict[str, Any] | None, nn.Module | None]:
         if self.path is None or not self.path.is_file():
-            return None
+            return None, None
         from dal_widgets.training import load_checkpoint
 
+        model = new_model()
         try:
-            return load_checkpoint(self.path, model, classes=classes, fingerprint=fingerprint)
+            config = load_checkpoint(self.path, model, classes=classes, fingerprint=fingerprint)
+            return config, model
         except (OSError, ValueError, TypeError, RuntimeError, KeyError) as exc:
             self.load_error = (
                 f"The model saved beside the store ({self.path}) could not be loaded, so a new "
@@ -189,4 +195,4 @@ class ModelMemory:
                 # _load <- restore <- restore_for <- Session._on_inputs_ready <- ModelInputs.start
                 # <- Session.__init__ <- the user's Session(...) line
                 warnings.warn(self.load_error, DalWarning, stacklevel=7)
-            return None
+            return None, None

@@ -17,7 +17,7 @@ from torch import nn
 
 from dal_widgets import strategies as _strategies
 from dal_widgets._checks import check_int, check_real, param_error
-from dal_widgets._encoded import HEAD_CONFIG, ModelInputs, check_encoder
+from dal_widgets._encoded import ModelInputs, check_encoder, head_config
 from dal_widgets._events import SESSION_EVENTS as EVENTS
 from dal_widgets._events import Events
 from dal_widgets._explain import PickNotes, suggestion
@@ -40,7 +40,6 @@ from dal_widgets.training import (
     evaluate_model,
     resolve_device,
 )
-from dal_widgets.training._rng import unseeded
 
 __all__ = ["EVENTS", "ModelVersion", "Session"]
 
@@ -143,9 +142,7 @@ class Session:
         # A self-supervised encoder still to be pretrained: the raw inputs and the default
         # model serve until it is ready, then its head (see _switch_inputs).
         pretrains = encoder is not None and not getattr(encoder, "ready", True)
-        head = HEAD_CONFIG  # an encoder learned on the pool: its head spreads labels too
-        if getattr(encoder, "spreads_by_default", False) and not dataset.multi_label:
-            head = HEAD_CONFIG.with_(label_spreading=True)
+        head = head_config(encoder, dataset.multi_label)  # spreads for one learned on the pool
         default = TrainConfig() if encoder is None or pretrains else head
         self.train_config = (train_config or default).validated(
             where + ".train_config", multi_label=dataset.multi_label
@@ -259,8 +256,10 @@ class Session:
         so a saved model that cannot be loaded is only noted in its memory)."""
         encoded = self.inputs.embedded
         if self.store.labels:  # the model kept beside the store, refitted if labels changed
+            # The model is built only if there are weights to load: built on this thread
+            # during a fit, it would draw from the global generator the fit is using.
             self._memory.restore_for(
-                self, self._new_model(), token=self._label_epoch, warn=not encoded
+                self, self._new_model, token=self._label_epoch, warn=not encoded
             )
         if encoded:
             self._events.emit("embedding", progress=self.inputs.progress)
@@ -319,13 +318,11 @@ class Session:
         return self.store.classes
 
     def _new_model(self) -> nn.Module:
-        """A model of the session's settings. Built after any running fit and without moving
-        the global random generator (the trainer seeds it around this call for a fit): a
-        model for saved weights is often built on another thread while a fit runs."""
+        """A model of the session's settings (fresh weights from torch's global generator,
+        which the trainer seeds around this call for a fit)."""
         cfg = self.train_config
         head = cfg.loss_head or "loss_pred" in _strategies.get(self.strategy).needs
-        with unseeded():
-            model = self.inputs.new_model(self._models, len(self.classes), loss_head=head)
+        model = self.inputs.new_model(self._models, len(self.classes), loss_head=head)
         if cfg.label_spreading and cfg.spread_vote > 0:
             model = SpreadVote(model, weight=cfg.spread_vote, k=cfg.spread_vote_k)
         return model
@@ -588,7 +585,7 @@ class Session:
         """The trainer saved a new model: load it (never a fit here) and announce it."""
         before = self._trainer.current
         evaluation = self._memory.restore(
-            self._new_model(),
+            self._new_model,
             labels=self.store.labels,
             classes=self.classes,
             fingerprint=self.inputs.fingerprint,
@@ -730,7 +727,6 @@ class Session:
         """Load a checkpoint saved by :meth:`export_model` into a fresh model; it becomes the
         newest. One made for another dataset, class list or encoder is refused unless
         ``allow_other_dataset``."""
-        self._trainer.cancel()  # a running fit ends now, not after building the model waits for it
         version = self._memory.load_for(self, path, self._new_model(), allow_other_dataset)
         self._on_trainer_event("trained", version=version)  # recorded, announced, evaluated
 

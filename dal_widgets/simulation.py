@@ -442,7 +442,7 @@ def simulate(
         cell that raises is kept in ``result.failures`` with its traceback, the others run
         on, and a warning says how many failed (unless ``on_cell`` is given). A cell gives
         the same curve wherever it runs at the same torch thread count (threads of one
-        process share torch's global RNG: use processes for exact repeats). The dataset,
+        process share torch's global generator, so their fits take turns). The dataset,
         model, train config and encoder are pickled to the workers; in ``"processes"`` their
         code must be importable there (not defined in the notebook). With an encoder, the
         pool is embedded once in this process before the cells start.
@@ -521,7 +521,16 @@ def simulate(
     cells = [Cell(name, seed, oracle) for seed in seed_list for name in strategies]
     configs: dict[str, dict[str, Any]] = {}
     if results is not None:  # keys only for a results file: describing a model costs a copy
-        same = {k: describe(v) for k, v in shared.items() if k != "dataset"}
+        from dal_widgets._encoded import head_config
+        from dal_widgets.training import TrainConfig
+
+        # No train config: the sessions' default, which changes with the package, by value.
+        default = TrainConfig() if encoder is None else head_config(encoder, dataset.multi_label)
+        same = {
+            k: describe(default if k == "train_config" and v is None else v)
+            for k, v in shared.items()
+            if k != "dataset"
+        }
         same.update(dataset=_data_key(dataset), initial=initial, noise=noise)
         for cell in cells:
             config = {**same, "strategy": cell.strategy, "seed": cell.seed}

@@ -1,11 +1,13 @@
 """Torch's global random generator, shared by the threads of this package.
 
 Torch has one global CPU generator per process. A fit seeds it and draws from it for its
-whole run (dropout masks, a model's initial weights); a draw from another thread meanwhile,
-such as a model built on the embedding thread to receive saved weights, moves the fit's
-stream, and the same seed and labels then give another model. Every place of this package
-that seeds or draws from the global generator holds :data:`GLOBAL_RNG`, so such draws wait
-for the fit and the fit stays reproducible (draws from the user's own code are not covered).
+whole run (dropout masks, a model's initial weights); a draw from another thread meanwhile
+moves the fit's stream, and the same seed and labels then give another model. Every fit and
+seeded model build of this package holds :data:`GLOBAL_RNG`, so fits in threads of one
+process (a thread-pool grid, two sessions in one kernel) take turns and each repeats what it
+gives alone. Models built only to receive saved weights are built only when there are
+weights to load. Draws from the user's own code, or a model loaded by hand while another
+session fits, are not covered.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
-__all__ = ["GLOBAL_RNG", "seeded", "unseeded"]
+__all__ = ["GLOBAL_RNG", "seeded"]
 
 #: Held while the global generator is seeded and drawn from (re-entrant: a seeded fit builds
 #: its ensemble members' models seeded too).
@@ -30,14 +32,4 @@ def seeded(seed: int, devices: Sequence[Any] = ()) -> Iterator[None]:
 
     with GLOBAL_RNG, torch.random.fork_rng(devices=list(devices)):
         torch.manual_seed(seed)
-        yield
-
-
-@contextmanager
-def unseeded() -> Iterator[None]:
-    """Draw from the global generator alone (after any running fit), leaving its state as it
-    was: for models whose weights are about to be replaced by saved ones."""
-    import torch
-
-    with GLOBAL_RNG, torch.random.fork_rng(devices=[]):
         yield
