@@ -22,16 +22,18 @@ from dal_widgets._checks import param_error
 from dal_widgets.data import Dataset
 from dal_widgets.training import TrainConfig
 
-__all__ = ["HEAD_CONFIG", "ModelInputs", "check_encoder", "head_config"]
+__all__ = ["HEAD_CONFIG", "ModelInputs", "check_encoder", "default_config"]
 
 #: How a head over embeddings is fitted by default (see :meth:`TrainConfig.head`).
 HEAD_CONFIG = TrainConfig.head()
 
 
-def head_config(encoder: Any, multi_label: bool) -> TrainConfig:
-    """The head's default training over ``encoder``'s embeddings: :data:`HEAD_CONFIG`, with
-    label spreading for an encoder learned on the pool itself (``spreads_by_default``) on
-    single-label data."""
+def default_config(encoder: Any, multi_label: bool) -> TrainConfig:
+    """The training a session settles on without a ``train_config``: ``TrainConfig()``
+    without an encoder; over one's embeddings :data:`HEAD_CONFIG`, with label spreading for
+    an encoder learned on the pool itself (``spreads_by_default``) on single-label data."""
+    if encoder is None:
+        return TrainConfig()
     if getattr(encoder, "spreads_by_default", False) and not multi_label:
         return HEAD_CONFIG.with_(label_spreading=True)
     return HEAD_CONFIG

@@ -17,7 +17,7 @@ from torch import nn
 
 from dal_widgets import strategies as _strategies
 from dal_widgets._checks import check_int, check_real, param_error
-from dal_widgets._encoded import ModelInputs, check_encoder, head_config
+from dal_widgets._encoded import ModelInputs, check_encoder, default_config
 from dal_widgets._events import SESSION_EVENTS as EVENTS
 from dal_widgets._events import Events
 from dal_widgets._explain import PickNotes, suggestion
@@ -142,12 +142,12 @@ class Session:
         # A self-supervised encoder still to be pretrained: the raw inputs and the default
         # model serve until it is ready, then its head (see _switch_inputs).
         pretrains = encoder is not None and not getattr(encoder, "ready", True)
-        head = head_config(encoder, dataset.multi_label)  # spreads for one learned on the pool
-        default = TrainConfig() if encoder is None or pretrains else head
+        settled = default_config(encoder, dataset.multi_label)  # a head's, once embedded
+        default = TrainConfig() if pretrains else settled
         self.train_config = (train_config or default).validated(
             where + ".train_config", multi_label=dataset.multi_label
         )
-        self._head_config = train_config or head  # after a pretrained encoder's switch
+        self._head_config = train_config or settled  # after a pretrained encoder's switch
         self._models = ModelFactory(model, where)
         check_encoder(encoder, dataset, where)  # before the store is opened
         team = check_team(team, dataset, where, read_only=read_only)

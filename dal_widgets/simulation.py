@@ -521,11 +521,10 @@ def simulate(
     cells = [Cell(name, seed, oracle) for seed in seed_list for name in strategies]
     configs: dict[str, dict[str, Any]] = {}
     if results is not None:  # keys only for a results file: describing a model costs a copy
-        from dal_widgets._encoded import head_config
-        from dal_widgets.training import TrainConfig
+        from dal_widgets._encoded import default_config
 
         # No train config: the sessions' default, which changes with the package, by value.
-        default = TrainConfig() if encoder is None else head_config(encoder, dataset.multi_label)
+        default = default_config(encoder, dataset.multi_label)
         same = {
             k: describe(default if k == "train_config" and v is None else v)
             for k, v in shared.items()

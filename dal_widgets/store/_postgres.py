@@ -356,8 +356,13 @@ class PostgresStore(_EventLog, _Exports):
     def _try_writer_lock(self, raw: Any) -> bool:
         """The project's writer lock on ``raw``'s session: exclusive for a store that writes
         alone, a share for a team's (so one alone and a team exclude each other)."""
-        take = "pg_try_advisory_lock_shared" if self._shared else "pg_try_advisory_lock"
+        take = f"pg_try_advisory_lock{self._lock_kind}"
         return bool(raw.execute(f"SELECT {take}(%s)", (self._key,)).fetchone()[0])
+
+    @property
+    def _lock_kind(self) -> str:
+        """The advisory functions' suffix for this store's writer lock: a team's is shared."""
+        return "_shared" if self._shared else ""
 
     def _holder(self, raw: Any) -> str:
         """Who holds the project's writer lock, as its connection named itself."""
@@ -711,9 +716,7 @@ class PostgresStore(_EventLog, _Exports):
                 try:
                     if not self.read_only and not raw.closed:  # now, not when the server
                         # notices the closed connection: the next writer must not wait
-                        unlock = (
-                            "pg_advisory_unlock_shared" if self._shared else "pg_advisory_unlock"
-                        )
+                        unlock = f"pg_advisory_unlock{self._lock_kind}"
                         raw.execute(f"SELECT {unlock}(%s)", (self._key,))
                 except Exception:  # noqa: BLE001 (closing: the server frees it with the session)
                     pass
